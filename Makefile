@@ -1,0 +1,31 @@
+# The two commands of the README's quick start; each creates or reuses .venv and installs what it needs.
+#   make demo   - the main job
+#   make test   - the test suite
+# torch is installed first with an exact pin: on the project's CPU machines `torch==2.13.0` is the CPU
+# wheel already on disk, and pyproject's range then installs nothing more (no multi-GB CUDA build).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tinypipe-installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tinypipe demo --output demo-output
+
+test: $(STAMP)
+	$(PY) -m pytest -x -q
+
+bench: $(STAMP)
+	$(PY) bench/bench_repo_load.py
+
+clean:
+	rm -rf $(VENV) demo-output .bench

@@ -1,0 +1,135 @@
+"""Hub paths, never touching the network: offline mode, a patched download, a patched HfApi push."""
+
+import secrets
+import shutil
+
+import huggingface_hub
+import huggingface_hub.constants
+import huggingface_hub.errors
+import pytest
+
+from tinypipe import AutoModelPipeline, ConfigMixin, RepoError, save_config
+
+
+class Card(ConfigMixin):
+    @save_config
+    def __init__(self, prompt: str = "a photo of sks dog"):
+        self.prompt = prompt
+
+    def model_card_data(self):
+        return {"base_model": "tinypipe/tiny-sd", "method": "LoRA", "tags": ["lora", "diffusers"],
+                "prompts": {"Instance prompt": self.prompt}, "training_arguments": {"learning_rate": 5e-4}}
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """Pretend huggingface_hub is online; every hub call in these tests is patched anyway."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.fixture
+def published(tmp_path):
+    Card().save_pretrained(tmp_path / "published")
+    return tmp_path / "published"
+
+
+@pytest.fixture
+def fake_download(monkeypatch, published):
+    calls = []
+
+    def snapshot_download(repo_id, revision=None, local_dir=None, token=None, **kwargs):
+        calls.append({"repo_id": repo_id, "revision": revision, "token": token})
+        shutil.copytree(published, local_dir, dirs_exist_ok=True)
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
+def test_download_into_cache_and_load(tmp_path, online, fake_download):
+    model = AutoModelPipeline.from_pretrained(tmp_path / "cache", "me/card", revision="v1", token="hf_secret")
+    assert isinstance(model, Card) and model.prompt == "a photo of sks dog"
+    assert fake_download == [{"repo_id": "me/card", "revision": "v1", "token": "hf_secret"}]
+    assert (tmp_path / "cache/me/card/model/config.json").is_file()
+
+
+def test_complete_cached_copy_is_reused(tmp_path, online, fake_download):
+    AutoModelPipeline.from_pretrained(tmp_path / "cache", "me/card", revision="v1")
+    AutoModelPipeline.from_pretrained(tmp_path / "cache", "me/card", revision="v1")
+    AutoModelPipeline.from_pretrained(tmp_path / "cache", "me/card")
+    assert len(fake_download) == 1
+    AutoModelPipeline.from_pretrained(tmp_path / "cache", "me/card", revision="v2")
+    assert [call["revision"] for call in fake_download] == ["v1", "v2"]
+
+
+def test_offline_mode_reuses_the_cache_and_never_downloads(tmp_path, online, fake_download, monkeypatch):
+    AutoModelPipeline.from_pretrained(tmp_path / "cache", "me/card")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert isinstance(AutoModelPipeline.from_pretrained(tmp_path / "cache", "me/card"), Card)
+    with pytest.raises(RepoError, match=r"'me/other' is not in the cache folder .* offline mode is on"):
+        AutoModelPipeline.from_pretrained(tmp_path / "cache", "me/other")
+    assert len(fake_download) == 1
+
+
+def test_interrupted_download_is_not_taken_as_complete(tmp_path, online, monkeypatch, published):
+    def broken(repo_id, local_dir=None, **kwargs):
+        shutil.copytree(published / "model", local_dir / "model")
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", broken)
+    with pytest.raises(RepoError, match="Downloading 'me/card' .* failed: connection reset"):
+        AutoModelPipeline.from_pretrained(tmp_path / "cache", "me/card")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RepoError, match="offline mode is on"):
+        AutoModelPipeline.from_pretrained(tmp_path / "cache", "me/card")
+
+
+class FakeApi:
+    instances = []
+
+    def __init__(self, token=None):
+        self.token = token
+        self.calls = []
+        FakeApi.instances.append(self)
+
+    def create_repo(self, repo_id, private=None, exist_ok=False, repo_type=None):
+        self.calls.append(("create_repo", repo_id, private, exist_ok))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, repo_id, folder_path, commit_message=None, ignore_patterns=None):
+        self.calls.append(("upload_folder", repo_id, str(folder_path)))
+
+
+def test_push_to_hub_creates_repo_uploads_and_writes_card(tmp_path, monkeypatch):
+    FakeApi.instances.clear()
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    token = "hf_" + secrets.token_hex(12)  # random: this file itself is copied into model_code/
+    repo = Card().save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="me/card", private=True, token=token)
+    api = FakeApi.instances[0]
+    assert api.token == token
+    assert api.calls == [("create_repo", "me/card", True, True), ("upload_folder", "me/card", str(repo))]
+    card = (repo / "README.md").read_text()
+    assert "library_name: tinypipe" in card and "base_model: tinypipe/tiny-sd" in card
+    for expected in ("- lora", "- diffusers", "a photo of sks dog", '"learning_rate": 0.0005'):
+        assert expected in card
+    for path in repo.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+
+
+def test_failed_push_keeps_the_local_save_and_says_how_to_log_in(tmp_path, monkeypatch):
+    class NoToken(FakeApi):
+        def create_repo(self, *args, **kwargs):
+            raise huggingface_hub.errors.LocalTokenNotFoundError("Token is required")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", NoToken)
+    with pytest.raises(RepoError, match=r"local repo is saved and intact\. Log in with `huggingface-cli login`"):
+        Card(prompt="kept").save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="me/card")
+    assert Card.from_pretrained(tmp_path / "out").prompt == "kept"
+
+
+def test_push_without_repo_id(tmp_path):
+    with pytest.raises(RepoError, match="needs repo_id"):
+        Card().save_pretrained(tmp_path / "out", push_to_hub=True)
+    assert Card.from_pretrained(tmp_path / "out").prompt == "a photo of sks dog"

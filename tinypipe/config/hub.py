@@ -1,0 +1,138 @@
+"""The Hugging Face Hub side of repos: download into a cache folder, publish with a model card.
+
+All network access goes through huggingface_hub (`snapshot_download`, `HfApi`), so its offline mode
+(`HF_HUB_OFFLINE=1`), tokens and endpoints behave as users expect.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from ..errors import RepoError
+
+__all__ = ["resolve_repo", "push_repo", "register_builtin_repo", "render_model_card", "is_offline"]
+
+_DOWNLOAD_STAMP = ".tinypipe-download.json"
+
+# Built-in names (e.g. the tiny offline model) that write a repo instead of downloading one.
+_BUILTIN_REPOS: dict[str, Callable[[Path], None]] = {}
+
+
+def register_builtin_repo(name: str, write: Callable[[Path], None]) -> None:
+    """Make `name` usable wherever a hub id is: `write(folder)` saves the repo into `folder`."""
+    _BUILTIN_REPOS[name] = write
+
+
+def is_offline() -> bool:
+    """huggingface_hub's offline mode, read at call time (`HF_HUB_OFFLINE=1`)."""
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "")
+    return bool(constants.HF_HUB_OFFLINE) or flag.upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _complete_copy(local: Path, revision: Optional[str]) -> bool:
+    try:
+        stamp = json.loads((local / _DOWNLOAD_STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    return revision is None or stamp.get("revision") == revision
+
+
+def resolve_repo(path: Union[str, Path], repo: Optional[str] = None, *, revision: Optional[str] = None, token: Optional[str] = None) -> Path:
+    """The local folder of a repo: `path` itself, or hub repo `repo` downloaded into `path/<repo>`.
+
+    A complete earlier download of the same revision is reused without touching the network.
+
+    Args:
+        path: A repo folder, or (with `repo`) the cache folder.
+        repo: A hub id like `"me/my-lora"`, or a tinypipe built-in name.
+        revision: Branch, tag or commit; None means the default branch (and accepts any cached copy).
+        token: Hub token for private repos.
+
+    Raises:
+        RepoError: Offline mode is on and no complete copy is cached, or the download failed.
+    """
+    if repo is None:
+        return Path(path)
+    local = Path(path) / repo
+    if _complete_copy(local, revision):
+        return local
+    if repo in _BUILTIN_REPOS:
+        staging = local.with_name(f".{local.name}.tmp-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        _BUILTIN_REPOS[repo](staging)
+        (staging / _DOWNLOAD_STAMP).write_text(json.dumps({"repo": repo, "revision": revision, "builtin": True}))
+        shutil.rmtree(local, ignore_errors=True)
+        os.replace(staging, local)
+        return local
+    if is_offline():
+        raise RepoError(
+            f"{repo!r} is not in the cache folder {path} and huggingface_hub offline mode is on (HF_HUB_OFFLINE). "
+            "Download it once while online, or unset HF_HUB_OFFLINE."
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    try:
+        snapshot_download(repo_id=repo, revision=revision, local_dir=local, token=token)
+    except (HfHubHTTPError, HFValidationError, OSError) as error:
+        raise RepoError(f"Downloading {repo!r} (revision {revision or 'default'}) into {local} failed: {error}") from error
+    (local / _DOWNLOAD_STAMP).write_text(json.dumps({"repo": repo, "revision": revision}))
+    return local
+
+
+def render_model_card(card_data: dict[str, Any], repo_id: str) -> "Any":
+    """Build a huggingface_hub `ModelCard` (README.md) from an object's `model_card_data()`.
+
+    Args:
+        card_data: `base_model`, `method`, `prompts`, `tags`, `images` (paths relative to the repo),
+            `training_arguments`; all optional.
+        repo_id: The hub repo the card describes.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    tags = sorted(set(["tinypipe", *card_data.get("tags", [])]))
+    metadata = ModelCardData(library_name="tinypipe", tags=tags, base_model=card_data.get("base_model"))
+    lines = [f"# {repo_id}", "", f"Trained with [tinypipe](https://pypi.org/project/tinypipe/): {card_data.get('method', 'model')}."]
+    if card_data.get("base_model"):
+        lines += ["", f"Base model: `{card_data['base_model']}`."]
+    for label, prompt in card_data.get("prompts", {}).items():
+        lines += ["", f"{label}: `{prompt}`"]
+    if card_data.get("training_arguments"):
+        arguments = json.dumps(card_data["training_arguments"], indent=2, sort_keys=True, default=str)
+        lines += ["", "## Training arguments", "", "```json", arguments, "```"]
+    if card_data.get("images"):
+        lines += ["", "## Validation images", ""] + [f"![]({image})" for image in card_data["images"]]
+    lines += ["", "## Use it", "", "```python", "from tinypipe import AutoModelPipeline", "",
+              f'pipeline = AutoModelPipeline.from_pretrained("cache", "{repo_id}")', "```", ""]
+    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def push_repo(obj: Any, repo: Path, *, repo_id: Optional[str], private: Optional[bool], token: Optional[str], commit_message: Optional[str]) -> str:
+    """Publish the saved repo folder to the hub as `repo_id`, with a model card.
+
+    The local save is already complete when this runs; a failed push raises an error that says
+    where the local repo is and how to log in. The token is passed to huggingface_hub only.
+
+    Returns:
+        The URL of the hub repo.
+    """
+    if not repo_id:
+        raise RepoError("push_to_hub=True needs repo_id='user/name'.")
+    from huggingface_hub import HfApi
+
+    render_model_card(obj.model_card_data(), repo_id).save(repo / "README.md")
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(repo_id=repo_id, folder_path=repo, commit_message=commit_message or "Upload with tinypipe",
+                          ignore_patterns=[".cache/**", _DOWNLOAD_STAMP, ".*.tmp-*/**", ".*.old-*/**"])
+    except Exception as error:
+        raise RepoError(
+            f"Pushing {repo} to the hub as {repo_id!r} failed ({type(error).__name__}: {error}). The local repo is saved "
+            "and intact. Log in with `huggingface-cli login` (or pass token=...) and push again."
+        ) from error
+    return str(url)

@@ -1,0 +1,221 @@
+"""The one module that reads and writes repos on disk.
+
+```
+<repo>/
+  model/        config.json, filelist.txt, weights          (ConfigMixin.__prefix__ = "model")
+  model_code/   *.py, filelist.txt                           (user code defining the classes above)
+  trainer/      config.json, filelist.txt, train_config/...  (TrainerConfigMixin.__prefix__)
+```
+
+Saving writes everything into a temporary sibling folder first, then moves it into place, so an
+interrupted save never leaves a half-written folder that loads. Loading verifies `filelist.txt`
+before reading anything else.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from .. import __version__
+from ..errors import ConfigError, RepoError
+from .coders import decode_value, encode_value
+from .filelist import FILELIST, verify_filelist, write_filelist
+from .mixin import ConfigMixin, subfolder_reference
+from .modules import class_path, module_source_file, resolve_class
+
+__all__ = ["save_repo", "load_repo", "check_version", "CONFIG_NAME", "CODE_FOLDER"]
+
+CONFIG_NAME = "config.json"
+CODE_FOLDER = "model_code"
+_OLD_MARK = ".old-"
+
+
+def check_version(written_by: Optional[str], source: str) -> None:
+    """Refuse a config written by a newer major version of tinypipe than this one."""
+    if written_by is None:
+        return
+    try:
+        major = int(str(written_by).split(".")[0])
+    except ValueError:
+        raise ConfigError(f"{source}: '__version__' is {written_by!r}, not a version like '0.1.0'.") from None
+    if major > int(__version__.split(".")[0]):
+        raise ConfigError(
+            f"{source} was written by tinypipe {written_by}, a newer major version than this tinypipe {__version__}. "
+            "Upgrade tinypipe (pip install -U tinypipe) to load it."
+        )
+
+
+def _dump_json(data: dict) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+# -- saving -------------------------------------------------------------------------------------------
+
+
+def _write_object(obj: ConfigMixin, folder: Path, code_files: dict[str, Path]) -> None:
+    """Write one object's config.json and weights into `folder`; sub-folder objects recursively."""
+    folder.mkdir(parents=True, exist_ok=True)
+    owner = type(obj).__qualname__
+    config: dict[str, Any] = {"__module__": class_path(type(obj)), "__version__": __version__}
+    subfolders = type(obj)._subfolder_names()
+    for name, value in obj.config.items():
+        if name in subfolders and isinstance(value, ConfigMixin):
+            _write_object(value, folder / name, code_files)
+            config[name] = subfolder_reference(value)
+        else:
+            config[name] = encode_value(value, f"{owner} argument {name!r}")
+        _collect_code(value, code_files)
+    _collect_code(obj, code_files)
+    (folder / CONFIG_NAME).write_text(_dump_json(config), encoding="utf-8")
+    obj.save_weights(folder)
+
+
+def _collect_code(value: Any, code_files: dict[str, Path]) -> None:
+    """Find the user modules that define the classes of `value` (and of what it holds)."""
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _collect_code(item, code_files)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect_code(item, code_files)
+    else:
+        cls = type(value)
+        source = module_source_file(cls)
+        if source is not None:
+            module_path = class_path(cls).rsplit(".", len(cls.__qualname__.split(".")))[0]
+            code_files[module_path.replace(".", "/") + ".py"] = source
+        if isinstance(value, ConfigMixin):
+            for item in value.config.values():
+                _collect_code(item, code_files)
+
+
+def _write_code(staging: Path, repo: Path, code_files: dict[str, Path]) -> None:
+    """Write `model_code/`: the repo's existing code files plus the ones this save needs."""
+    existing = repo / CODE_FOLDER
+    target = staging / CODE_FOLDER
+    if existing.is_dir():
+        shutil.copytree(existing, target, ignore=shutil.ignore_patterns(FILELIST, "__pycache__"))
+    for relative, source in sorted(code_files.items()):
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, destination)
+    write_filelist(target)
+
+
+def _swap_into_place(staging: Path, repo: Path) -> None:
+    """Move every folder of `staging` into `repo`, replacing the old one only once the new one is whole."""
+    if not repo.exists():
+        os.rename(staging, repo)
+        return
+    for entry in sorted(staging.iterdir()):
+        target = repo / entry.name
+        old = repo / f".{entry.name}{_OLD_MARK}{uuid.uuid4().hex[:8]}"
+        if target.exists():
+            os.rename(target, old)
+        os.rename(entry, target)
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def save_repo(obj: ConfigMixin, repo: Path) -> Path:
+    """Save `obj` into `repo/<obj.__prefix__>/` (and `repo/model_code/` if it is user code), atomically.
+
+    Args:
+        obj: The object to save.
+        repo: The repo folder; created if missing.
+
+    Returns:
+        The repo folder.
+    """
+    repo = Path(repo)
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    if repo.exists() and not repo.is_dir():
+        raise RepoError(f"{repo} exists and is not a folder; choose another path for save_pretrained.")
+    staging = Path(tempfile.mkdtemp(prefix=f".{repo.name}.tmp-", dir=repo.parent))
+    try:
+        code_files: dict[str, Path] = {}
+        component = staging / obj.__prefix__
+        _write_object(obj, component, code_files)
+        write_filelist(component)
+        if code_files:
+            _write_code(staging, repo, code_files)
+        _swap_into_place(staging, repo)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return repo
+
+
+# -- loading ------------------------------------------------------------------------------------------
+
+
+def _component_folder(repo: Path, prefix: str) -> Path:
+    """`repo/<prefix>`; a bare component folder (holding config.json) is accepted too."""
+    folder = repo / prefix
+    if folder.is_dir():
+        return folder
+    leftovers = sorted(repo.glob(f".{prefix}{_OLD_MARK}*")) if repo.is_dir() else []
+    if leftovers:  # a save was cut off between moving the old folder out and the new one in
+        return leftovers[-1]
+    if (repo / CONFIG_NAME).is_file() and (repo / FILELIST).is_file():
+        return repo
+    if not repo.exists():
+        raise RepoError(f"{repo} does not exist. Give the folder written by save_pretrained, or a hub id with a cache folder.")
+    raise RepoError(f"{folder / CONFIG_NAME} is missing: {repo} holds no '{prefix}' saved by save_pretrained.")
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise RepoError(f"{path} is missing; the folder was not written by save_pretrained (or is incomplete).")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise RepoError(f"{path} is not valid JSON: {error}.") from error
+    if not isinstance(config, dict) or "__module__" not in config:
+        raise RepoError(f"{path} has no '__module__' key naming the class to build.")
+    check_version(config.get("__version__"), str(path))
+    return config
+
+
+def _read_object(folder: Path, expected: type, trust_remote_code: bool, code_folder: Optional[Path], overrides: Mapping[str, Any]) -> ConfigMixin:
+    config = _read_config(folder)
+    source = str(folder / CONFIG_NAME)
+    cls = resolve_class(config.pop("__module__"), expected, trust_remote_code=trust_remote_code, code_folder=code_folder, source=source)
+    config.pop("__version__", None)
+
+    def resolve(name: str, base: type) -> type:
+        return resolve_class(name, base, trust_remote_code=trust_remote_code, code_folder=code_folder, source=source)
+
+    arguments = {}
+    for name, value in config.items():
+        if isinstance(value, dict) and "__subfolder__" in value:
+            arguments[name] = _read_object(folder / name, ConfigMixin, trust_remote_code, code_folder, {})
+        else:
+            arguments[name] = decode_value(value, resolve)
+    return cls._build_from_folder(folder, arguments, overrides)
+
+
+def load_repo(repo: Path, expected: type, *, trust_remote_code: bool = False, overrides: Optional[Mapping[str, Any]] = None) -> Any:
+    """Load the object of class `expected` (or a subclass) saved in `repo`.
+
+    Args:
+        repo: The repo folder.
+        expected: The class asked for; its `__prefix__` names the folder to read.
+        trust_remote_code: Allow importing code from `model_code/` or from modules not yet imported.
+        overrides: Constructor arguments that win over the saved config.
+
+    Raises:
+        RepoError: The repo is missing, incomplete, altered or unsafe.
+        TrustRemoteCodeError: Loading would run code and `trust_remote_code` is False.
+    """
+    repo = Path(repo)
+    folder = _component_folder(repo, expected.__prefix__)
+    verify_filelist(folder)
+    code_folder = repo / CODE_FOLDER
+    if code_folder.is_dir() and trust_remote_code:
+        verify_filelist(code_folder)
+    return _read_object(folder, expected, trust_remote_code, code_folder if code_folder.is_dir() else None, overrides or {})

@@ -1,0 +1,263 @@
+"""Trainers whose methods take their arguments from a saved config, and the config objects themselves.
+
+```python
+class Trainer(TrainerConfigMixin):
+    @save_config
+    def __init__(self, train_args=None):
+        self.train_args = train_args
+
+    @set_from_config
+    def train(self, epoch: FromConfig):
+        ...
+
+class TrainConfig(BaseArgsFromConfig):
+    @copy_signature(Trainer.train)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+
+trainer = Trainer(train_config=TrainConfig(2))   # `<method>_config` for each @set_from_config method
+trainer.train()      # epoch=2 from the config
+trainer.train(4)     # epoch=4: the caller wins
+```
+
+One precedence rule: argument given at call time > saved config > signature default.
+"""
+
+import functools
+import inspect
+from typing import Any, Callable, ClassVar, Mapping, TypeVar, Union
+
+from ..errors import ConfigError
+from .annotations import FromConfig, parameter_markers
+from .coders import encode_arguments
+from .mixin import ConfigMixin, _copy_structure
+
+__all__ = ["TrainerConfigMixin", "set_from_config", "BaseArgsFromConfig", "copy_signature"]
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def _from_config_signature(method: Callable) -> inspect.Signature:
+    """The `FromConfig` parameters of `method`, self dropped: what its config object holds."""
+    markers = parameter_markers(method)
+    parameters = [p for p in list(inspect.signature(method).parameters.values())[1:] if FromConfig in markers[p.name]]
+    return inspect.Signature(parameters)
+
+
+def _as_mapping(value: Any) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, ConfigMixin):
+        return value.config
+    return value
+
+
+def set_from_config(name_or_method: Union[str, Callable, None] = None):
+    """Fill each `FromConfig` parameter the caller did not give from `self.<method>_config`.
+
+    Use bare (`@set_from_config`, config attribute `<method name>_config`) or with a name
+    (`@set_from_config("fit_args")`). A `**kwargs: FromConfig` parameter also receives the saved
+    keys that are not named parameters. Precedence: call-time argument > saved config > default.
+
+    Example:
+    ```python
+    @set_from_config
+    def train(self, data: Ignore = None, epoch: FromConfig = 1, lr: Optional[FromConfig] = None):
+        ...
+    ```
+    """
+
+    def decorate(method: _F) -> _F:
+        config_name = name_or_method if isinstance(name_or_method, str) else f"{method.__name__}_config"
+        signature = inspect.signature(method)
+        from_config = _from_config_signature(method)
+        named = [p.name for p in from_config.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        var_keyword = next((p.name for p in from_config.parameters.values() if p.kind is p.VAR_KEYWORD), None)
+
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            bound = signature.bind_partial(self, *args, **kwargs)
+            saved = _as_mapping(getattr(self, config_name, None))
+            for name in named:
+                if name not in bound.arguments and name in saved:
+                    bound.arguments[name] = saved[name]
+            if var_keyword is not None:
+                given = bound.arguments.get(var_keyword, {})
+                extra = {key: value for key, value in saved.items() if key not in signature.parameters and key not in given}
+                bound.arguments[var_keyword] = {**extra, **given}
+            missing = [p.name for p in list(signature.parameters.values())[1:] if p.name not in bound.arguments
+                       and p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            if missing:
+                raise TypeError(
+                    f"{type(self).__qualname__}.{method.__name__}() needs {missing}: give them at call time "
+                    f"or in {config_name}."
+                )
+            return method(*bound.args, **bound.kwargs)
+
+        wrapper.__tinypipe_config_name__ = config_name
+        wrapper.__tinypipe_from_config__ = from_config
+        return wrapper
+
+    if callable(name_or_method):
+        return decorate(name_or_method)
+    return decorate
+
+
+class TrainerConfigMixin(ConfigMixin):
+    """Base class of trainers: a `ConfigMixin` saved under `trainer/` whose `@set_from_config`
+    methods read their defaults from `<method>_config` objects given to the constructor.
+
+    The constructor accepts `<method>_config=` for every `@set_from_config` method (a
+    `BaseArgsFromConfig`, a dict of that method's `FromConfig` parameters, or None); each is
+    recorded and saved as a sub-folder (`trainer/train_config/config.json`).
+    """
+
+    __prefix__: ClassVar[str] = "trainer"
+    _method_configs: ClassVar[dict[str, inspect.Signature]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        configs: dict[str, inspect.Signature] = {}
+        for klass in reversed(cls.__mro__):
+            for attribute in vars(klass).values():
+                name = getattr(attribute, "__tinypipe_config_name__", None)
+                if name is not None:
+                    configs[name] = attribute.__tinypipe_from_config__
+        init_parameters = cls._init_spec().signature.parameters
+        cls._method_configs = {name: sig for name, sig in configs.items() if name not in init_parameters}
+
+    @classmethod
+    def _extra_config_names(cls) -> tuple[str, ...]:
+        return tuple(sorted(cls._method_configs))
+
+    def _pop_extra_config_arguments(self, kwargs: dict) -> dict:
+        recorded = {}
+        for name, signature in type(self)._method_configs.items():
+            value = kwargs.pop(name, None)
+            if isinstance(value, Mapping) and not isinstance(value, ConfigMixin):
+                _check_arguments(signature, value, f"{type(self).__qualname__}({name}=...)")
+                value = dict(value)
+            elif value is not None and not isinstance(value, ConfigMixin):
+                raise ConfigError(
+                    f"{type(self).__qualname__}: {name} must be a BaseArgsFromConfig object, a dict or None, "
+                    f"got {type(value).__name__}."
+                )
+            object.__setattr__(self, name, value)
+            recorded[name] = value
+        return recorded
+
+
+def _check_arguments(signature: inspect.Signature, arguments: Mapping[str, Any], owner: str) -> None:
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        return
+    valid = [name for name in signature.parameters]
+    unknown = sorted(key for key in arguments if key not in valid)
+    if unknown:
+        raise ConfigError(f"{owner}: unknown keys {unknown}; valid keys are {sorted(valid)}.")
+
+
+def copy_signature(source: Callable) -> Callable[[_F], _F]:
+    """Give the decorated `__init__` the signature of `source` (a `@set_from_config` method).
+
+    `BaseArgsFromConfig` then accepts exactly that method's `FromConfig` parameters, positional or
+    keyword, and validates them.
+    """
+
+    def decorate(init: _F) -> _F:
+        init.__tinypipe_copied_from__ = source
+        init.__signature__ = inspect.signature(source)
+        return init
+
+    return decorate
+
+
+class BaseArgsFromConfig(ConfigMixin):
+    """A config object holding the arguments of one `@set_from_config` method.
+
+    Its parameters are the `FromConfig` parameters of the method whose signature was copied with
+    `@copy_signature`, in order; defaults are recorded like any `@save_config` argument. Values can
+    be read as attributes (`train_config.epoch`) or from `.config`.
+
+    Example:
+    ```python
+    class TrainConfig(BaseArgsFromConfig):
+        @copy_signature(Trainer.train)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    config = TrainConfig(2)
+    config.update_config({"epoch": 3})
+    ```
+    """
+
+    __prefix__: ClassVar[str] = "args"
+    _arguments_signature: ClassVar[inspect.Signature] = inspect.Signature()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        source = getattr(cls.__init__, "__tinypipe_copied_from__", None)
+        if source is not None:
+            cls._arguments_signature = _from_config_signature(source)
+
+    @classmethod
+    def _records_itself(cls) -> bool:
+        return True
+
+    @classmethod
+    def _owner(cls) -> str:
+        return cls.__qualname__
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        signature = type(self)._arguments_signature
+        _check_arguments(signature, kwargs, self._owner())
+        try:
+            bound = signature.bind_partial(*args, **kwargs)
+        except TypeError as error:
+            raise ConfigError(f"{self._owner()}: {error}; its parameters are {list(signature.parameters)}.") from None
+        bound.apply_defaults()
+        arguments = {}
+        for name, value in bound.arguments.items():
+            if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                arguments.update(value)
+            else:
+                arguments[name] = value
+        self._set_arguments(arguments)
+
+    def _set_arguments(self, arguments: dict) -> None:
+        arguments = _copy_structure(arguments)
+        encode_arguments(arguments, self._owner())
+        object.__setattr__(self, "_tinypipe_config", arguments)
+
+    @classmethod
+    def _valid_argument_names(cls) -> list[str]:
+        return [p.name for p in cls._arguments_signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+
+    @classmethod
+    def _check_keys(cls, keys, what: str) -> None:
+        _check_arguments(cls._arguments_signature, dict.fromkeys(keys), cls._owner())
+
+    @classmethod
+    def _from_arguments(cls, arguments: Mapping[str, Any], overrides: Mapping[str, Any]):
+        cls._check_keys(arguments, "config keys")
+        cls._check_keys(overrides, "arguments")
+        return cls(**{**arguments, **overrides})
+
+    def update_config(self, values: Mapping[str, Any]) -> "BaseArgsFromConfig":
+        """Change some values; unknown keys are refused with the list of valid ones.
+
+        Returns:
+            self, so calls can be chained.
+        """
+        _check_arguments(type(self)._arguments_signature, values, self._owner())
+        self._set_arguments({**self.config, **values})
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        config = self.__dict__.get("_tinypipe_config", {})
+        if name in config:
+            return config[name]
+        raise AttributeError(f"{type(self).__qualname__} has no attribute or config key {name!r}")
+
+    def __repr__(self) -> str:
+        arguments = ", ".join(f"{key}={value!r}" for key, value in self.config.items())
+        return f"{type(self).__qualname__}({arguments})"
