@@ -16,7 +16,7 @@ from .config import (  # noqa: E402  (the version is read by the config core)
     set_from_config,
     wrap_config_mixin,
 )
-from .errors import ConfigError, DataError, RepoError, TinypipeError, TrustRemoteCodeError  # noqa: E402
+from .errors import ConfigError, DataError, RepoError, TinypipeError, TrainingError, TrustRemoteCodeError  # noqa: E402
 
 __all__ = [
     "AutoModelPipeline",
@@ -30,6 +30,7 @@ __all__ = [
     "RepoError",
     "SubFolder",
     "TinypipeError",
+    "TrainingError",
     "TrainerConfigMixin",
     "TrustRemoteCodeError",
     "__version__",

@@ -23,3 +23,7 @@ class TrustRemoteCodeError(RepoError):
 
 class DataError(TinypipeError):
     """A training data set, image or record that cannot be used."""
+
+
+class TrainingError(TinypipeError):
+    """Training cannot go on: a loss that became NaN/inf, or settings that cannot work together."""

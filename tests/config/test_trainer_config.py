@@ -113,3 +113,18 @@ def test_trainer_from_config_rebuilds_method_configs():
     trainer = Trainer(name="x", train_config=TrainConfig(6))
     rebuilt = Trainer.from_config(trainer.config, name="y")
     assert rebuilt.name == "y" and rebuilt.train()["epoch"] == 6
+
+
+def test_unknown_call_time_argument_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"Trainer.train\(\): unknown arguments \['epochs'\]; valid ones are \['batch', 'data', 'epoch', 'lr', 'steps'\]"):
+        Trainer().train(epochs=3)
+
+
+def test_set_method_config_replaces_one_config_and_is_saved(tmp_path):
+    trainer = Trainer(train_config=TrainConfig(2), evaluate_config={"metric": "loss"})
+    trainer.set_method_config("train_config", TrainConfig(9))
+    assert trainer.train()["epoch"] == 9 and trainer.evaluate() == "loss"
+    trainer.save_pretrained(tmp_path / "repo")
+    assert AutoTrainerPipeline.from_pretrained(tmp_path / "repo").train()["epoch"] == 9
+    with pytest.raises(ConfigError, match=r"has no method config 'fit_config'"):
+        trainer.set_method_config("fit_config", None)

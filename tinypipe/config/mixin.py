@@ -160,6 +160,17 @@ class ConfigMixin:
         """The recorded constructor arguments, read-only: `{argument name: value}`."""
         return MappingProxyType(getattr(self, "_tinypipe_config", {}))
 
+    def _record(self, **changes: Any) -> None:
+        """Update recorded arguments after the object itself changed (e.g. a trainer added a LoRA).
+
+        The config must always describe how to build an object equivalent to this one; only the
+        object's own methods call this.
+        """
+        type(self)._check_keys(changes, "arguments")
+        arguments = _copy_structure({**self.config, **changes})
+        encode_arguments(arguments, type(self).__qualname__)
+        object.__setattr__(self, "_tinypipe_config", arguments)
+
     # -- building from a config ---------------------------------------------------------------------
 
     @classmethod

@@ -74,8 +74,14 @@ def set_from_config(name_or_method: Union[str, Callable, None] = None):
         named = [p.name for p in from_config.parameters.values() if p.kind is not p.VAR_KEYWORD]
         var_keyword = next((p.name for p in from_config.parameters.values() if p.kind is p.VAR_KEYWORD), None)
 
+        accepts_any_keyword = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+
         @functools.wraps(method)
         def wrapper(self, *args, **kwargs):
+            unknown = sorted(key for key in kwargs if key not in signature.parameters)
+            if unknown and not accepts_any_keyword:
+                valid = sorted(name for name in list(signature.parameters)[1:])
+                raise ConfigError(f"{type(self).__qualname__}.{method.__name__}(): unknown arguments {unknown}; valid ones are {valid}.")
             bound = signature.bind_partial(self, *args, **kwargs)
             saved = _as_mapping(getattr(self, config_name, None))
             for name in named:
@@ -131,20 +137,30 @@ class TrainerConfigMixin(ConfigMixin):
         return tuple(sorted(cls._method_configs))
 
     def _pop_extra_config_arguments(self, kwargs: dict) -> dict:
-        recorded = {}
-        for name, signature in type(self)._method_configs.items():
-            value = kwargs.pop(name, None)
-            if isinstance(value, Mapping) and not isinstance(value, ConfigMixin):
-                _check_arguments(signature, value, f"{type(self).__qualname__}({name}=...)")
-                value = dict(value)
-            elif value is not None and not isinstance(value, ConfigMixin):
-                raise ConfigError(
-                    f"{type(self).__qualname__}: {name} must be a BaseArgsFromConfig object, a dict or None, "
-                    f"got {type(value).__name__}."
-                )
-            object.__setattr__(self, name, value)
-            recorded[name] = value
-        return recorded
+        return {name: self._accept_method_config(name, kwargs.pop(name, None)) for name in type(self)._method_configs}
+
+    def _accept_method_config(self, name: str, value: Any) -> Any:
+        """Check one `<method>_config` value, set it as an attribute, and return what is recorded."""
+        if isinstance(value, Mapping) and not isinstance(value, ConfigMixin):
+            _check_arguments(type(self)._method_configs[name], value, f"{type(self).__qualname__}({name}=...)")
+            value = dict(value)
+        elif value is not None and not isinstance(value, ConfigMixin):
+            raise ConfigError(
+                f"{type(self).__qualname__}: {name} must be a BaseArgsFromConfig object, a dict or None, got {type(value).__name__}."
+            )
+        object.__setattr__(self, name, value)
+        return value
+
+    def set_method_config(self, name: str, value: Any) -> None:
+        """Replace the config of one `@set_from_config` method (e.g. with the effective arguments of a run).
+
+        Args:
+            name: The config name, e.g. `"train_config"`.
+            value: A `BaseArgsFromConfig`, a dict, or None.
+        """
+        if name not in type(self)._method_configs:
+            raise ConfigError(f"{type(self).__qualname__} has no method config {name!r}; it has {sorted(type(self)._method_configs)}.")
+        self._record(**{name: self._accept_method_config(name, value)})
 
 
 def _check_arguments(signature: inspect.Signature, arguments: Mapping[str, Any], owner: str) -> None:
