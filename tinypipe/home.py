@@ -1,7 +1,14 @@
 """Where tinypipe keeps files of its own: caches, built-in models, the job store."""
 
+import json
 import os
+import shutil
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
+from filelock import FileLock
 
 
 def tinypipe_home() -> Path:
@@ -17,3 +24,80 @@ def tinypipe_home() -> Path:
         home = Path(cache) / "tinypipe"
     home.mkdir(parents=True, exist_ok=True)
     return home
+
+
+# Written last into a materialised folder: a folder without it (or with another fingerprint) is never used.
+_COMPLETE_MARKER = "tinypipe_builtin.json"
+
+
+def cached_folder(name: str, fingerprint: dict, build: Callable[[Path], None]) -> Path:
+    """Build a folder under `tinypipe_home() / "builtin"` once and reuse it while `fingerprint` is unchanged.
+
+    `build` writes the folder's contents into a temporary sibling; the fingerprint is written in last and
+    the sibling is renamed into place, so a crash never leaves a half-written folder that gets used. Writers
+    take a file lock, so concurrent processes (an `accelerate launch`) build it once, and a folder with the
+    right fingerprint is never moved while someone reads it. Under torch.distributed every rank must call it
+    (as every rank of a data-parallel run does): rank 0 builds, the others wait. A folder with another fingerprint (an older
+    library version, other shipped files) is moved aside and rebuilt.
+
+    Args:
+        name (`str`):
+            The folder's name, such as `"tinypipe/tiny-sd"` (`/` becomes `--`).
+        fingerprint (`dict`):
+            JSON-encodable values that change whenever the folder's contents would change.
+        build (`Callable[[Path], None]`):
+            Writes the contents into the (existing, empty) folder it is given.
+
+    Returns:
+        The folder.
+    """
+    # Under `accelerate launch`, transformers writes weights only on rank 0: the other ranks wait for it.
+    rank = _distributed_rank()
+    if rank is not None and rank > 0:
+        torch.distributed.barrier()
+    try:
+        return _build_once(name, fingerprint, build)
+    finally:
+        if rank == 0:
+            torch.distributed.barrier()
+
+
+def _distributed_rank() -> int | None:
+    """This process's rank when torch.distributed is initialised, else `None`."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return None
+
+
+def _build_once(name: str, fingerprint: dict, build: Callable[[Path], None]) -> Path:
+    folder = tinypipe_home() / "builtin" / name.replace("/", "--")
+    if _read_marker(folder) == fingerprint:
+        return folder
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder.with_name(f".{folder.name}.lock")):
+        if _read_marker(folder) == fingerprint:  # another process built it while we waited
+            return folder
+        staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
+        staging.mkdir()
+        try:
+            # 1. Build the complete folder where no one else looks; the marker goes in last.
+            build(staging)
+            (staging / _COMPLETE_MARKER).write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+            # 2. Move a stale or damaged folder out of the way, then publish atomically.
+            if folder.exists():
+                stale = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.stale")
+                os.replace(folder, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _read_marker(folder: Path) -> dict | None:
+    """The fingerprint recorded in a materialised folder, or `None` if the folder is missing or incomplete."""
+    try:
+        return json.loads((folder / _COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None

@@ -17,7 +17,6 @@ from tinypipe.trainers.image_data import (
     load_image_examples,
 )
 
-
 LOGGER = "tinypipe.trainers.image_data"
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 

@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 from ..errors import RepoError
 
@@ -16,13 +16,24 @@ __all__ = ["resolve_repo", "push_repo", "register_builtin_repo", "render_model_c
 
 _DOWNLOAD_STAMP = ".tinypipe-download.json"
 
-# Built-in names (e.g. the tiny offline model) that write a repo instead of downloading one.
-_BUILTIN_REPOS: dict[str, Callable[[Path], None]] = {}
+# Built-in names (the tiny offline models) that write a repo instead of downloading one:
+# name -> "module:function", imported only when the name is used.
+_BUILTIN_REPOS: dict[str, str] = {
+    "tinypipe/tiny-sd": "tinypipe.models.diffusion:write_builtin_repo",
+    "tinypipe/tiny-llama": "tinypipe.models.causal_lm:write_builtin_repo",
+}
 
 
-def register_builtin_repo(name: str, write: Callable[[Path], None]) -> None:
-    """Make `name` usable wherever a hub id is: `write(folder)` saves the repo into `folder`."""
-    _BUILTIN_REPOS[name] = write
+def register_builtin_repo(name: str, writer: str) -> None:
+    """Make `name` usable wherever a hub id is: `writer` ("module:function") saves the repo into a folder."""
+    _BUILTIN_REPOS[name] = writer
+
+
+def _write_builtin(name: str, folder: Path) -> None:
+    import importlib
+
+    module_name, function = _BUILTIN_REPOS[name].split(":")
+    getattr(importlib.import_module(module_name), function)(folder)
 
 
 def is_offline() -> bool:
@@ -63,7 +74,7 @@ def resolve_repo(path: Union[str, Path], repo: Optional[str] = None, *, revision
     if repo in _BUILTIN_REPOS:
         staging = local.with_name(f".{local.name}.tmp-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
-        _BUILTIN_REPOS[repo](staging)
+        _write_builtin(repo, staging)
         (staging / _DOWNLOAD_STAMP).write_text(json.dumps({"repo": repo, "revision": revision, "builtin": True}))
         shutil.rmtree(local, ignore_errors=True)
         os.replace(staging, local)

@@ -1,0 +1,20 @@
+"""Model pipelines: config objects that wrap a diffusers / transformers model and its fine-tuned weights."""
+
+from .builtin import TINY_SD, build_tiny_stable_diffusion, builtin_model_folder, shapes_dataset
+from .builtin_lm import TINY_INSTRUCTIONS, TINY_LLAMA, build_tiny_llama, builtin_lm_folder, tiny_instructions
+from .causal_lm import CausalLMPipeline
+from .diffusion import DiffusionPipeline
+
+__all__ = [
+    "CausalLMPipeline",
+    "DiffusionPipeline",
+    "TINY_INSTRUCTIONS",
+    "TINY_LLAMA",
+    "TINY_SD",
+    "build_tiny_llama",
+    "build_tiny_stable_diffusion",
+    "builtin_lm_folder",
+    "builtin_model_folder",
+    "shapes_dataset",
+    "tiny_instructions",
+]

@@ -24,7 +24,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
-
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(

@@ -1,0 +1,432 @@
+"""`CausalLMPipeline`: a transformers causal language model with an optional PEFT LoRA adapter, as a config object.
+
+```python
+from tinypipe.models import CausalLMPipeline
+
+pipeline = CausalLMPipeline("tinypipe/tiny-llama")           # or a hub id (+ revision) / a local transformers folder
+pipeline.generate(instruction="What is the capital of France?")
+pipeline.save_pretrained("out")   # out/model/config.json (+ adapter_config.json, adapter_model.safetensors with a LoRA)
+```
+
+The adapter files are PEFT's own format, so plain peft reads them unchanged:
+`peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), "out/model")`.
+"""
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
+
+from ..config import ConfigMixin, Ignore, save_config
+from ..errors import ConfigError, RepoError
+from .builtin_lm import TINY_LLAMA, builtin_lm_folder, is_builtin_lm
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CausalLMPipeline", "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME", "ATTENTION_PROJECTIONS", "load_base_model"]
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+"""The default LoRA targets: the attention projections of Llama-style models."""
+QUANTIZATIONS = (None, "8bit", "4bit")
+
+
+def _quantization_config(quantization: Optional[str], torch_dtype: torch.dtype):
+    """transformers' `BitsAndBytesConfig` for `"8bit"`/`"4bit"`, or None; a clear error where bitsandbytes cannot run."""
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(f"quantization={quantization!r} is not supported; use None, '8bit' or '4bit'.")
+    if quantization is None:
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"quantization={quantization!r} loads the base model through bitsandbytes, which is not installed. "
+                          "Run `pip install bitsandbytes` on a machine with a CUDA GPU, or set quantization=None.") from None
+    if not torch.cuda.is_available():
+        raise ConfigError(f"quantization={quantization!r} needs a CUDA GPU (bitsandbytes' 8/4-bit layers run on CUDA only) "
+                          "and none is visible. Set quantization=None to train in full precision.")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype)
+
+
+def load_base_model(base_model: str, revision: Optional[str] = None, torch_dtype: torch.dtype = torch.float32,
+                    quantization: Optional[str] = None, token: Optional[str] = None):
+    """Load a transformers causal LM and its tokenizer: a built-in name, a local transformers folder, or a hub id.
+
+    A tokenizer without a pad token gets its end-of-sequence token as pad token (tinypipe finds
+    padding from the sequence lengths, so `<eos>` is still learned).
+
+    Returns:
+        `(model, tokenizer)`.
+
+    Raises:
+        ConfigError: A local folder that is not a transformers model, a hub id that cannot be had, or a
+            quantization bitsandbytes cannot do here.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    quantization_config = _quantization_config(quantization, torch_dtype)
+    if is_builtin_lm(base_model):
+        source: Union[str, Path] = builtin_lm_folder(base_model)
+    elif Path(base_model).exists():
+        source = Path(base_model)
+        if not (source / "config.json").is_file():
+            raise ConfigError(f"{source} is not a transformers model folder (no config.json); give a folder written by "
+                              f"transformers' save_pretrained, a hub id, or the built-in {TINY_LLAMA!r}.")
+    else:
+        source = base_model
+    hub_revision = revision if not isinstance(source, Path) else None
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=hub_revision, token=token)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, revision=hub_revision, token=token, dtype=torch_dtype, quantization_config=quantization_config,
+            **({"device_map": {"": 0}} if quantization_config is not None else {}),
+        )
+    except OSError as error:
+        raise ConfigError(
+            f"Could not load the base model {base_model!r} (revision {revision or 'main'}): {str(error).splitlines()[0]} "
+            "Check the hub id and revision, log in for private models, or unset HF_HUB_OFFLINE to download it."
+        ) from error
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        transformers_logging.enable_progress_bar()
+    if is_builtin_lm(base_model):
+        model.name_or_path = base_model  # what peft records as the adapter's base model
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"The tokenizer of {base_model!r} has no end-of-sequence token, so the model could never learn "
+                          "where a response ends. Use a tokenizer with an eos_token.")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+class CausalLMPipeline(ConfigMixin):
+    """A causal language model with an optional PEFT LoRA adapter.
+
+    Args:
+        base_model: A hub id (`"meta-llama/Llama-3.2-1B"`), a local transformers folder, or the built-in
+            offline model `"tinypipe/tiny-llama"`.
+        revision: Hub revision of `base_model`.
+        lora_rank: Rank `r` of the LoRA adapter; None for no adapter.
+        lora_alpha: LoRA scale numerator (the update is scaled by `lora_alpha / lora_rank`); defaults to the rank.
+        lora_dropout: Dropout on the LoRA input while training.
+        lora_target_modules: Module names the LoRA wraps (the attention projections by default), or
+            `"all-linear"` for every linear layer but the output head.
+        quantization: Load the base model in `"8bit"` or `"4bit"` through bitsandbytes (CUDA only), or None.
+        torch_dtype: dtype the base model is loaded in.
+        device: Where to run (not recorded); `cuda` when available, else `cpu`.
+        token: Hub token for a private base model (not recorded).
+
+    Example:
+    ```python
+    pipeline = CausalLMPipeline("tinypipe/tiny-llama", lora_rank=8)
+    pipeline.generate(instruction="Add the two numbers.", input="2 and 3", max_new_tokens=16)
+    ```
+    """
+
+    __weight__ = ADAPTER_WEIGHTS_NAME
+
+    @save_config
+    def __init__(
+        self,
+        base_model: str = TINY_LLAMA,
+        revision: Optional[str] = None,
+        lora_rank: Optional[int] = None,
+        lora_alpha: Optional[float] = None,
+        lora_dropout: float = 0.0,
+        lora_target_modules: Union[tuple, str] = ATTENTION_PROJECTIONS,
+        quantization: Optional[str] = None,
+        torch_dtype: torch.dtype = torch.float32,
+        device: Ignore = None,
+        token: Ignore = None,
+    ):
+        self.base_model, self.revision = base_model, revision
+        self.model, self.tokenizer = load_base_model(base_model, revision, torch_dtype, quantization, token)
+        if quantization is None:
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            self.model.to(self.device)
+        else:
+            self.device = self.model.device
+        self.model.eval()
+        if lora_rank is not None:
+            self._add_lora(lora_rank, lora_alpha, lora_dropout, lora_target_modules)
+
+    # -- the adapter --------------------------------------------------------------------------------
+
+    @property
+    def has_lora(self) -> bool:
+        """Whether the model carries a LoRA adapter."""
+        return self.config.get("lora_rank") is not None
+
+    def lora_config(self):
+        """The peft `LoraConfig` of the adapter (None without one)."""
+        if not self.has_lora:
+            return None
+        return self._make_lora_config(self.config["lora_rank"], self.config["lora_alpha"], self.config["lora_dropout"],
+                                      self.config["lora_target_modules"])
+
+    def _make_lora_config(self, rank: int, alpha: Optional[float], dropout: float, targets: Union[Sequence[str], str]):
+        from peft import LoraConfig
+
+        return LoraConfig(task_type="CAUSAL_LM", r=rank, lora_alpha=alpha or rank, lora_dropout=dropout,
+                          target_modules=targets if isinstance(targets, str) else list(targets),
+                          base_model_name_or_path=self.base_model, revision=self.revision)
+
+    def _add_lora(self, rank: int, alpha: Optional[float], dropout: float, targets: Union[Sequence[str], str]) -> None:
+        from peft import get_peft_model
+
+        if rank < 1:
+            raise ConfigError(f"lora_rank (r) must be >= 1, got {rank}.")
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {dropout}.")
+        targets = targets if isinstance(targets, str) else tuple(targets)
+        previous = dict(self.config)
+        self._record(lora_rank=rank, lora_alpha=alpha, lora_dropout=dropout, lora_target_modules=targets)
+        try:
+            self.model = get_peft_model(self.model, self._make_lora_config(rank, alpha, dropout, targets))
+        except ValueError as error:
+            self._record(**{key: previous.get(key) for key in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules")})
+            modules = sorted({name.rsplit(".", 1)[-1] for name, module in self.model.named_modules() if isinstance(module, torch.nn.Linear)})
+            raise ConfigError(f"target_modules={targets!r} do not fit {self.base_model!r} ({str(error).splitlines()[0]}). "
+                              f"Its linear layers are {modules}; pick some of them, or 'all-linear'.") from error
+        self.model.eval()
+
+    def add_lora(self, rank: int = 8, alpha: Optional[float] = None, dropout: float = 0.0,
+                 target_modules: Union[Sequence[str], str] = ATTENTION_PROJECTIONS) -> None:
+        """Add a fresh LoRA adapter (it changes nothing until trained); the config records it.
+
+        Raises:
+            ConfigError: The pipeline already has an adapter, or `target_modules` match no layer.
+        """
+        if self.has_lora:
+            raise ConfigError("This pipeline already has a LoRA adapter; build a pipeline without one to add a new one.")
+        self._add_lora(rank, alpha, dropout, target_modules)
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The adapter weights with peft's keys, as in `adapter_model.safetensors`."""
+        from peft.utils import get_peft_model_state_dict
+
+        # The base embeddings are never trained here, so peft need not look the base model up to check them.
+        return get_peft_model_state_dict(self.model, save_embedding_layers=False) if self.has_lora else {}
+
+    def load_adapter(self, folder: Union[str, Path]) -> None:
+        """Load a PEFT LoRA adapter folder (`adapter_config.json` + `adapter_model.safetensors`), e.g. one peft saved.
+
+        Raises:
+            ConfigError: The pipeline already has an adapter.
+            RepoError: A file is missing, empty or corrupt, or the adapter does not fit the base model
+                (the message names the file and the mismatched weights).
+        """
+        from peft import LoraConfig
+        from peft.utils import set_peft_model_state_dict
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        # 1. Read and check both files before changing the model.
+        folder = Path(folder)
+        config_path, weights_path = folder / ADAPTER_CONFIG_NAME, folder / ADAPTER_WEIGHTS_NAME
+        for path in (config_path, weights_path):
+            if not path.is_file() or path.stat().st_size == 0:
+                raise RepoError(f"{path} is {'empty' if path.is_file() else 'missing'}; a PEFT adapter folder holds "
+                                f"{ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME}. Save the adapter again.")
+        try:
+            settings = json.loads(config_path.read_text(encoding="utf-8"))
+            lora = LoraConfig(**{key: value for key, value in settings.items() if key in LoraConfig.__dataclass_fields__})
+        except (ValueError, TypeError) as error:
+            raise RepoError(f"{config_path} is not a valid LoRA adapter config: {error}") from error
+        if settings.get("peft_type", "LORA") != "LORA":
+            raise RepoError(f"{config_path} describes a {settings['peft_type']} adapter; tinypipe loads LoRA adapters only.")
+        try:
+            state = load_file(str(weights_path))
+        except (SafetensorError, OSError) as error:
+            raise RepoError(f"{weights_path} is not a valid safetensors file (truncated or corrupt: {error}). Save it again.") from error
+
+        # 2. Add an adapter of the same shape and check the file fills it exactly.
+        if self.has_lora:
+            raise ConfigError("This pipeline already has a LoRA adapter; load the adapter into a pipeline without one.")
+        targets = lora.target_modules if isinstance(lora.target_modules, str) else tuple(sorted(lora.target_modules))
+        try:
+            self._add_lora(lora.r, lora.lora_alpha, lora.lora_dropout, targets)
+        except ConfigError as error:
+            raise RepoError(f"{config_path} does not fit the base model {self.base_model!r}: {error}") from error
+        expected = {key: tensor.shape for key, tensor in self.adapter_state_dict().items()}
+        missing = sorted(expected.keys() - state.keys())
+        unexpected = sorted(state.keys() - expected.keys())
+        mismatched = sorted(key for key in expected.keys() & state.keys() if tuple(state[key].shape) != tuple(expected[key]))
+        if missing or unexpected or mismatched:
+            self._remove_lora()
+            details = "; ".join(f"{label}: {keys[:2]}{' ...' if len(keys) > 2 else ''} ({len(keys)})"
+                                for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)) if keys)
+            raise RepoError(f"{weights_path} does not match the base model {self.base_model!r} ({details}). "
+                            "It was trained on another base model or with other settings; load it on the model it was trained on.")
+        set_peft_model_state_dict(self.model, state)
+        self.model.eval()
+
+    def _remove_lora(self) -> None:
+        """Take a freshly added adapter off again (after it turned out not to fit)."""
+        self.model = self.model.unload()
+        self._record(lora_rank=None, lora_alpha=None, lora_dropout=0.0, lora_target_modules=ATTENTION_PROJECTIONS)
+
+    def merge(self, save_directory: Union[str, Path, None] = None):
+        """A plain transformers model with the LoRA merged into its weights; this pipeline is left unchanged.
+
+        Args:
+            save_directory: Also save the merged model and the tokenizer there (transformers' format,
+                safetensors), loadable with `AutoModelForCausalLM.from_pretrained`.
+
+        Returns:
+            A `transformers.PreTrainedModel` (a copy; without an adapter, a copy of the base model).
+
+        Raises:
+            ConfigError: The base model is quantized (load it with quantization=None to merge).
+        """
+        if self.config["quantization"] is not None:
+            raise ConfigError("Cannot merge a LoRA into a quantized base model; build the pipeline with quantization=None "
+                              "and load the adapter to merge it.")
+        model = copy.deepcopy(self.model)
+        merged = model.merge_and_unload() if self.has_lora else model
+        merged.eval()
+        if save_directory is not None:
+            merged.save_pretrained(save_directory, safe_serialization=True)
+            self.tokenizer.save_pretrained(save_directory)
+        return merged
+
+    # -- generation ---------------------------------------------------------------------------------
+
+    def _prompts(self, prompt: Union[str, Sequence[str], None], instruction: Union[str, Sequence[str], None],
+                 input: Union[str, Sequence[str]]) -> tuple[list[str], bool]:
+        from ..trainers.text_data import render_prompt
+
+        if (prompt is None) == (instruction is None):
+            raise ConfigError("generate() needs either a prompt or an instruction (with an optional input), not both.")
+        if prompt is not None:
+            return ([prompt], True) if isinstance(prompt, str) else (list(prompt), False)
+        single = isinstance(instruction, str)
+        instructions = [instruction] if single else list(instruction)
+        inputs = [input] * len(instructions) if isinstance(input, str) else list(input)
+        if len(inputs) != len(instructions):
+            raise ConfigError(f"generate() got {len(instructions)} instructions but {len(inputs)} inputs.")
+        return [render_prompt(text, context or "") for text, context in zip(instructions, inputs)], single
+
+    @torch.no_grad()
+    def generate_ids(self, prompts: Sequence[str], max_new_tokens: int = 64, do_sample: bool = False,
+                     temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = 0) -> list[list[int]]:
+        """The new token ids for each prompt, up to and including `<eos>` when the model produced one.
+
+        Args:
+            prompts: Texts to continue (the tokenizer adds its `<bos>`).
+            max_new_tokens: Most tokens generated per prompt.
+            do_sample: Sample instead of greedy decoding; `temperature` and `top_p` then apply.
+            seed: Seed of the sampling (torch's RNG state is left as it was); None for an unseeded draw.
+        """
+        tokenizer = self.tokenizer
+        padding_side = tokenizer.padding_side
+        tokenizer.padding_side = "left"  # generation continues from the right end of every row
+        try:
+            batch = tokenizer(list(prompts), return_tensors="pt", padding=True).to(self.device)
+        finally:
+            tokenizer.padding_side = padding_side
+        settings = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+        if do_sample:
+            settings.update(temperature=temperature, top_p=top_p)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                output = self.model.generate(**batch, **settings)
+        finally:
+            self.model.train(was_training)
+        results = []
+        for row in output[:, batch["input_ids"].shape[1]:].tolist():
+            if tokenizer.eos_token_id in row:
+                row = row[: row.index(tokenizer.eos_token_id) + 1]
+            results.append(row)
+        return results
+
+    def generate(
+        self,
+        prompt: Union[str, Sequence[str], None] = None,
+        *,
+        instruction: Union[str, Sequence[str], None] = None,
+        input: Union[str, Sequence[str]] = "",
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: Optional[int] = 0,
+    ) -> Union[str, list[str]]:
+        """Continue a prompt, or answer an instruction rendered with the alpaca template; greedy by default.
+
+        Args:
+            prompt: A text or a list of texts to continue as they are.
+            instruction: Instead of `prompt`: an instruction or a list of them, rendered with the alpaca
+                template the trainer uses (with `input` when it is non-empty).
+            input: The input of the instruction (or one per instruction).
+            max_new_tokens: Most tokens generated; generation stops earlier at `<eos>`.
+            do_sample: Sample instead of greedy decoding; `temperature` and `top_p` then apply.
+            seed: Seed of the sampling.
+
+        Returns:
+            The generated text (without the prompt and special tokens): a string for a single prompt or
+            instruction, else a list.
+
+        Example:
+        ```python
+        pipeline.generate(instruction="Translate the word into French.", input="cat")   # 'chat' once trained
+        ```
+        """
+        prompts, single = self._prompts(prompt, instruction, input)
+        ids = self.generate_ids(prompts, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                top_p=top_p, seed=seed)
+        texts = [self.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+        return texts[0] if single else texts
+
+    # -- saving and loading -------------------------------------------------------------------------
+
+    def save_weights(self, folder: Path) -> None:
+        """Write the adapter as PEFT does: `adapter_config.json` and `adapter_model.safetensors` (no adapter, no files)."""
+        from safetensors.torch import save_file
+
+        if not self.has_lora:
+            return
+        settings = self.model.peft_config["default"].to_dict()
+        settings.update(base_model_name_or_path=self.base_model, revision=self.revision)
+        settings = {key: sorted(value) if isinstance(value, set) else value for key, value in settings.items()}
+        (folder / ADAPTER_CONFIG_NAME).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        state = {key: tensor.detach().to("cpu").contiguous() for key, tensor in self.adapter_state_dict().items()}
+        save_file(state, str(folder / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+
+    @classmethod
+    def _build_from_folder(cls, folder: Path, arguments: Mapping[str, Any], overrides: Mapping[str, Any]) -> "CausalLMPipeline":
+        """Build the base model, then load the saved adapter (checked against the base model)."""
+        lora_keys = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules")
+        lora = {key: arguments[key] for key in lora_keys if key in arguments}
+        pipeline = cls._from_arguments({**arguments, "lora_rank": None}, overrides)
+        if lora.get("lora_rank") is None:
+            return pipeline
+        pipeline.load_adapter(folder)
+        pipeline._record(**lora)
+        return pipeline
+
+    def model_card_data(self) -> dict[str, Any]:
+        tags = ["transformers", "text-generation"] + (["peft", "lora"] if self.has_lora else [])
+        return {"base_model": self.config["base_model"], "method": "LoRA (PEFT)" if self.has_lora else "causal LM", "tags": tags}
+
+
+def write_builtin_repo(folder: Path) -> None:
+    """Save the built-in tiny Llama as a tinypipe repo (what `from_pretrained(cache, "tinypipe/tiny-llama")` loads)."""
+    CausalLMPipeline(TINY_LLAMA).save_pretrained(folder)

@@ -1,0 +1,533 @@
+"""`DiffusionPipeline`: a Stable-Diffusion text-to-image model with an optional LoRA, as a config object.
+
+```python
+from tinypipe.models import DiffusionPipeline
+
+pipeline = DiffusionPipeline("tinypipe/tiny-sd")                 # or a hub id / a local diffusers folder
+images = pipeline.generate(["a photo of sks circle"], seed=0)    # PIL images
+pipeline.save_pretrained("out")   # out/model/config.json (+ pytorch_lora_weights.safetensors with a LoRA)
+```
+
+The LoRA file is diffusers' own format, so plain diffusers reads it unchanged:
+`StableDiffusionPipeline.from_pretrained(base).load_lora_weights("out/model")`.
+
+Two more kinds of fine-tuned weights, each in the format diffusers reads:
+- fully fine-tuned components (DreamBooth): `model/` is then also a complete diffusers pipeline folder
+  (`model_index.json`, `unet/`, `text_encoder/`, ...), so `StableDiffusionPipeline.from_pretrained("out/model")`
+  loads it;
+- textual-inversion tokens: `learned_embeds.safetensors` `{token: tensor[num_vectors, dim]}` (further tokens
+  in `learned_embeds-2.safetensors`, ...), read by `pipe.load_textual_inversion("out/model")`.
+"""
+
+import contextlib
+import json
+import logging
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
+from PIL import Image
+
+from ..config import ConfigMixin, Ignore, save_config
+from ..errors import ConfigError, RepoError
+from .builtin import TINY_SD, builtin_model_folder, is_builtin
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DiffusionPipeline", "LORA_WEIGHTS_NAME", "TEXTUAL_INVERSION_NAME", "UNET_LORA_TARGETS", "check_new_token",
+           "load_base_pipeline", "read_textual_inversion"]
+
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+TEXTUAL_INVERSION_NAME = "learned_embeds.safetensors"
+FINE_TUNABLE_COMPONENTS = ("unet", "text_encoder")
+ADAPTER_NAME = "default"
+UNET_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+TEXT_ENCODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def default_device() -> str:
+    """`cuda` when a GPU is visible, else `cpu`."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Silence the loading progress bars and notices of diffusers/transformers for one load."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
+
+
+def load_base_pipeline(base_model: str, revision: Optional[str] = None, torch_dtype: torch.dtype = torch.float32, token: Optional[str] = None):
+    """Load a diffusers `StableDiffusionPipeline`: a built-in name, a local diffusers folder, or a hub id.
+
+    Raises:
+        ConfigError: A local folder that is not a diffusers pipeline, or a hub id that cannot be had.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    if is_builtin(base_model):
+        source: Union[str, Path] = builtin_model_folder(base_model)
+    elif Path(base_model).exists():
+        source = Path(base_model)
+        if not (source / "model_index.json").is_file():
+            raise ConfigError(f"{source} is not a diffusers pipeline folder (no model_index.json); give a folder "
+                              "written by diffusers' save_pretrained, a hub id, or the built-in 'tinypipe/tiny-sd'.")
+    else:
+        source = base_model
+    try:
+        with quiet_loading():
+            return StableDiffusionPipeline.from_pretrained(
+                source, revision=revision if not isinstance(source, Path) else None, torch_dtype=torch_dtype, token=token,
+                safety_checker=None, requires_safety_checker=False,
+            )
+    except OSError as error:
+        raise ConfigError(
+            f"Could not load the base model {base_model!r} (revision {revision or 'main'}): {str(error).splitlines()[0]} "
+            "Check the hub id and revision, log in for private models, or unset HF_HUB_OFFLINE to download it."
+        ) from error
+
+
+class DiffusionPipeline(ConfigMixin):
+    """A Stable-Diffusion text-to-image pipeline with an optional LoRA on the UNet (and text encoder).
+
+    Args:
+        base_model: A hub id (`"runwayml/stable-diffusion-v1-5"`), a local diffusers folder, or the
+            built-in offline model `"tinypipe/tiny-sd"`.
+        revision: Hub revision of `base_model`.
+        lora_rank: Rank of the LoRA adapter; None for no LoRA.
+        lora_alpha: LoRA scale numerator (the update is scaled by `lora_alpha / lora_rank`); defaults to the rank.
+        lora_target_modules: UNet modules the LoRA wraps (the attention projections by default).
+        text_encoder_lora: Also put a LoRA on the text encoder's attention projections.
+        torch_dtype: dtype the base model is loaded in.
+        device: Where to run (not recorded); `cuda` when available, else `cpu`.
+        token: Hub token for a private base model (not recorded).
+        fine_tuned_components: Components whose weights were fully fine-tuned (`"unet"`, `"text_encoder"`);
+            their weights live in the repo, so such a pipeline is rebuilt with `from_pretrained`, not `from_config`.
+        textual_inversion_tokens: Tokens added by textual inversion, whose embeddings live in the repo
+            (`learned_embeds.safetensors`); set by `load_textual_inversion` / `add_textual_inversion`.
+        weights_folder: A diffusers pipeline folder to load the models from instead of `base_model` (not
+            recorded; `from_pretrained` passes the repo's own folder for fine-tuned components).
+
+    Example:
+    ```python
+    pipeline = DiffusionPipeline("tinypipe/tiny-sd", lora_rank=4)
+    images = pipeline.generate("a photo of sks circle", num_inference_steps=20, seed=1)
+    ```
+    """
+
+    __weight__ = LORA_WEIGHTS_NAME
+
+    @save_config
+    def __init__(
+        self,
+        base_model: str = TINY_SD,
+        revision: Optional[str] = None,
+        lora_rank: Optional[int] = None,
+        lora_alpha: Optional[float] = None,
+        lora_target_modules: tuple = UNET_LORA_TARGETS,
+        text_encoder_lora: bool = False,
+        torch_dtype: torch.dtype = torch.float32,
+        device: Ignore = None,
+        token: Ignore = None,
+        fine_tuned_components: tuple = (),
+        textual_inversion_tokens: tuple = (),
+        weights_folder: Ignore = None,
+    ):
+        unknown = sorted(set(fine_tuned_components) - set(FINE_TUNABLE_COMPONENTS))
+        if unknown:
+            raise ConfigError(f"fine_tuned_components may hold {list(FINE_TUNABLE_COMPONENTS)}, got {unknown}.")
+        if (fine_tuned_components and weights_folder is None) or textual_inversion_tokens:
+            raise ConfigError(
+                f"This config records fine-tuned weights (components {list(fine_tuned_components)}, textual-inversion "
+                f"tokens {list(textual_inversion_tokens)}) that only a saved repo holds; load it with "
+                "DiffusionPipeline.from_pretrained(<repo>) rather than from_config."
+            )
+        self.device = torch.device(device or default_device())
+        source = str(weights_folder) if weights_folder is not None else base_model
+        self.pipe = load_base_pipeline(source, revision if weights_folder is None else None, torch_dtype, token).to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        if lora_rank is not None:
+            self._add_lora(lora_rank, lora_alpha, lora_target_modules, text_encoder_lora)
+
+    # -- components ---------------------------------------------------------------------------------
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    @property
+    def vae(self):
+        return self.pipe.vae
+
+    @property
+    def text_encoder(self):
+        return self.pipe.text_encoder
+
+    @property
+    def tokenizer(self):
+        return self.pipe.tokenizer
+
+    @property
+    def has_lora(self) -> bool:
+        return self.config["lora_rank"] is not None
+
+    def lora_configs(self) -> dict[str, Any]:
+        """The peft `LoraConfig` of each model that has a LoRA: `{"unet": ..., "text_encoder": ...}`."""
+        from peft import LoraConfig
+
+        if not self.has_lora:
+            return {}
+        rank, alpha = self.config["lora_rank"], self.config["lora_alpha"] or self.config["lora_rank"]
+        configs = {"unet": LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                      target_modules=list(self.config["lora_target_modules"]))}
+        if self.config["text_encoder_lora"]:
+            configs["text_encoder"] = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                                 target_modules=list(TEXT_ENCODER_LORA_TARGETS))
+        return configs
+
+    def _add_lora(self, rank: int, alpha: Optional[float], targets: Sequence[str], text_encoder_lora: bool) -> None:
+        if rank < 1:
+            raise ConfigError(f"lora_rank must be >= 1, got {rank}.")
+        self._record(lora_rank=rank, lora_alpha=alpha, lora_target_modules=tuple(targets), text_encoder_lora=text_encoder_lora)
+        for name, config in self.lora_configs().items():
+            getattr(self.pipe, name).add_adapter(config, adapter_name=ADAPTER_NAME)
+
+    def add_lora(self, rank: int = 4, alpha: Optional[float] = None, target_modules: Sequence[str] = UNET_LORA_TARGETS,
+                 text_encoder: bool = False) -> None:
+        """Add a fresh LoRA adapter (no effect until trained); the config records it.
+
+        Raises:
+            ConfigError: The pipeline already has a LoRA.
+        """
+        if self.has_lora:
+            raise ConfigError("This pipeline already has a LoRA; load a base pipeline to add a new one.")
+        if self.config["fine_tuned_components"]:
+            raise ConfigError("This pipeline's own weights were fine-tuned; save it, then train a LoRA on "
+                              "DiffusionPipeline(base_model='<repo>/model'), which is a diffusers folder.")
+        self._add_lora(rank, alpha, target_modules, text_encoder)
+
+    def lora_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The LoRA weights in diffusers' key format: `{"unet": {...}, "text_encoder": {...}}`."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        return {name: convert_state_dict_to_diffusers(get_peft_model_state_dict(getattr(self.pipe, name), adapter_name=ADAPTER_NAME))
+                for name in self.lora_configs()}
+
+    def mark_fine_tuned(self, components: Sequence[str]) -> None:
+        """Record that `components` (`"unet"`, `"text_encoder"`) were fully fine-tuned, so saving writes their weights.
+
+        Raises:
+            ConfigError: An unknown component, or a pipeline with a LoRA (train one or the other).
+        """
+        unknown = sorted(set(components) - set(FINE_TUNABLE_COMPONENTS))
+        if unknown:
+            raise ConfigError(f"Only {list(FINE_TUNABLE_COMPONENTS)} can be fine-tuned, got {unknown}.")
+        if self.has_lora:
+            raise ConfigError("This pipeline has a LoRA; fine-tune a pipeline without one (or train the LoRA).")
+        done = tuple(name for name in FINE_TUNABLE_COMPONENTS if name in set(components) | set(self.config["fine_tuned_components"]))
+        self._record(fine_tuned_components=done)
+
+    # -- textual inversion --------------------------------------------------------------------------
+
+    def add_textual_inversion(self, token: str, vectors: torch.Tensor) -> list[int]:
+        """Add `token` (and `<token>_1 ... <token>_{n-1}` for `n` vectors) with the given embedding rows.
+
+        A prompt naming `token` then uses all `n` vectors, as diffusers' `load_textual_inversion` does.
+
+        Args:
+            token: The new token, e.g. `"<cat-toy>"`; it must not be known to the tokenizer.
+            vectors: `[n, dim]` (or `[dim]`) embedding rows; cast to the text encoder's dtype.
+
+        Returns:
+            The token ids of the `n` new tokens, in order.
+
+        Raises:
+            ConfigError: A known token, or vectors of the wrong shape or with NaN/inf values.
+        """
+        vectors = vectors.detach().reshape(1, -1) if vectors.dim() == 1 else vectors.detach()
+        embedding = self.text_encoder.get_input_embeddings()
+        dim = embedding.weight.shape[1]
+        if vectors.dim() != 2 or vectors.shape[1] != dim or vectors.shape[0] < 1:
+            raise ConfigError(f"The embedding for {token!r} has shape {list(vectors.shape)}; this text encoder needs "
+                              f"[num_vectors, {dim}]. It was trained for another base model.")
+        if not vectors.is_floating_point() or not torch.isfinite(vectors).all():
+            raise ConfigError(f"The embedding for {token!r} is not finite floating-point values ({vectors.dtype}).")
+        tokens = [token] + [f"{token}_{index}" for index in range(1, vectors.shape[0])]
+        for name in tokens:
+            check_new_token(self.tokenizer, name)
+        self.tokenizer.add_tokens(tokens)
+        ids = self.tokenizer.convert_tokens_to_ids(tokens)
+        rows = max(len(self.tokenizer), embedding.weight.shape[0])  # never shrink a padded embedding matrix
+        self.text_encoder.resize_token_embeddings(rows, mean_resizing=False)
+        with torch.no_grad():
+            weight = self.text_encoder.get_input_embeddings().weight
+            weight[ids] = vectors.to(weight.device, weight.dtype)
+        self._record(textual_inversion_tokens=tuple(self.config["textual_inversion_tokens"]) + (token,))
+        return ids
+
+    def load_textual_inversion(self, embedding: Union[str, Path, torch.Tensor, Mapping[str, Any]], token: Optional[str] = None) -> str:
+        """Load a textual-inversion embedding: a file or an in-memory tensor / state dict.
+
+        Accepted: diffusers' `{token: tensor}` (`.safetensors`, or a legacy `.bin` read with
+        `torch.load(weights_only=True)`, so nothing in it can run), the A1111 `.pt` layout
+        (`{"string_to_param": {"*": tensor}, "name": ...}`), and a bare tensor with an explicit `token`.
+
+        Args:
+            embedding: The file, tensor or dict.
+            token: The token to add; overrides the name stored in the file (needed for a bare tensor).
+
+        Returns:
+            The token added.
+
+        Example:
+        ```python
+        pipeline.load_textual_inversion("learned_embeds.safetensors")
+        pipeline.load_textual_inversion(torch.randn(2, 768), token="<my-style>")
+        ```
+        """
+        token, vectors = read_textual_inversion(embedding, token)
+        self.add_textual_inversion(token, vectors)
+        return token
+
+    def textual_inversion_embeddings(self) -> dict[str, torch.Tensor]:
+        """The embedding rows of every textual-inversion token: `{token: tensor[num_vectors, dim]}`."""
+        weight = self.text_encoder.get_input_embeddings().weight
+        vocab = self.tokenizer.get_vocab()
+        embeddings = {}
+        for token in self.config["textual_inversion_tokens"]:
+            names = [token]
+            while f"{token}_{len(names)}" in vocab:
+                names.append(f"{token}_{len(names)}")
+            embeddings[token] = weight[self.tokenizer.convert_tokens_to_ids(names)].detach().cpu().clone()
+        return embeddings
+
+    # -- generation ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Union[str, Sequence[str]],
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        seed: Optional[int] = 0,
+        negative_prompt: Union[str, Sequence[str], None] = None,
+        num_images_per_prompt: int = 1,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+    ) -> list[Image.Image]:
+        """Generate images for one prompt or a list of prompts.
+
+        Args:
+            prompts: A prompt or a list of prompts.
+            num_inference_steps: Denoising steps.
+            guidance_scale: Classifier-free guidance scale (1 turns guidance off).
+            seed: Seed of the CPU generator that draws the initial noise; None for a random one.
+            negative_prompt: What to steer away from.
+            num_images_per_prompt: Images for each prompt.
+            height: Image height in pixels (the model's default when None); likewise `width`.
+
+        Returns:
+            `len(prompts) * num_images_per_prompt` PIL images.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
+        was_training = self.unet.training
+        self.unet.eval()
+        try:
+            result = self.pipe(prompt=prompts, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+                               guidance_scale=guidance_scale, generator=generator, num_images_per_prompt=num_images_per_prompt,
+                               height=height, width=width, output_type="pil")
+        finally:
+            self.unet.train(was_training)
+        return list(result.images)
+
+    # -- saving and loading -------------------------------------------------------------------------
+
+    def save_weights(self, folder: Path) -> None:
+        """Write the fine-tuned weights in diffusers' formats.
+
+        A LoRA goes to `pytorch_lora_weights.safetensors` (rank/alpha in its metadata); fully fine-tuned
+        components make the folder a complete diffusers pipeline; textual-inversion tokens go to
+        `learned_embeds.safetensors` (then `learned_embeds-2.safetensors`, ...).
+        """
+        if self.config["fine_tuned_components"]:
+            with quiet_loading():
+                self.pipe.save_pretrained(folder, safe_serialization=True)
+        for index, (token, vectors) in enumerate(self.textual_inversion_embeddings().items()):
+            from safetensors.torch import save_file
+
+            save_file({token: vectors.contiguous()}, str(folder / textual_inversion_file_name(index)))
+        if self.has_lora:
+            self._save_lora(folder)
+
+    def _save_lora(self, folder: Path) -> None:
+        from diffusers import StableDiffusionPipeline
+
+        configs = self.lora_configs()
+        layers = self.lora_state_dicts()
+        StableDiffusionPipeline.save_lora_weights(
+            folder, unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers.get("text_encoder"),
+            weight_name=LORA_WEIGHTS_NAME, safe_serialization=True,
+            unet_lora_adapter_metadata=configs["unet"].to_dict(),
+            text_encoder_lora_adapter_metadata=configs["text_encoder"].to_dict() if "text_encoder" in configs else None,
+        )
+
+    @classmethod
+    def _build_from_folder(cls, folder: Path, arguments: Mapping[str, Any], overrides: Mapping[str, Any]) -> "DiffusionPipeline":
+        """Build the base pipeline (or the saved fine-tuned one), add the saved textual-inversion tokens, then
+        load the saved LoRA with diffusers' own `load_lora_weights`."""
+        lora = {key: arguments[key] for key in ("lora_rank", "lora_alpha", "lora_target_modules", "text_encoder_lora") if key in arguments}
+        tokens = tuple(arguments.get("textual_inversion_tokens") or ())
+        if arguments.get("fine_tuned_components"):
+            if not (folder / "model_index.json").is_file():
+                raise RepoError(f"{folder / 'model_index.json'} is missing: the config records fine-tuned "
+                                f"{list(arguments['fine_tuned_components'])} weights, saved there as a diffusers pipeline.")
+            overrides = {**overrides, "weights_folder": folder}
+        pipeline = cls._from_arguments({**arguments, "lora_rank": None, "textual_inversion_tokens": ()}, overrides)
+        for index, token in enumerate(tokens):
+            path = folder / textual_inversion_file_name(index)
+            if token in pipeline.tokenizer.get_vocab():  # already in the saved fine-tuned tokenizer and text encoder
+                pipeline._record(textual_inversion_tokens=tuple(pipeline.config["textual_inversion_tokens"]) + (token,))
+            elif not path.is_file():
+                raise RepoError(f"{path} is missing: the config records the textual-inversion token {token!r}.")
+            else:
+                pipeline.load_textual_inversion(path, token)
+        if lora.get("lora_rank") is None:
+            return pipeline
+        weights = folder / LORA_WEIGHTS_NAME
+        if not weights.is_file():
+            raise RepoError(f"{weights} is missing: the config records a LoRA of rank {lora['lora_rank']}.")
+        try:
+            with quiet_loading():
+                pipeline.pipe.load_lora_weights(folder, weight_name=LORA_WEIGHTS_NAME, adapter_name=ADAPTER_NAME)
+        except (ValueError, RuntimeError, KeyError) as error:
+            raise RepoError(f"{weights} does not fit the base model {arguments.get('base_model')!r}: {str(error).splitlines()[0]}") from error
+        pipeline._record(**lora)
+        return pipeline
+
+    def model_card_data(self) -> dict[str, Any]:
+        tags = ["diffusers", "stable-diffusion", "text-to-image"] + (["lora"] if self.has_lora else [])
+        method = "LoRA" if self.has_lora else "diffusion pipeline"
+        if self.config["fine_tuned_components"]:
+            tags, method = tags + ["dreambooth"], "DreamBooth (full fine-tune)"
+        if self.config["textual_inversion_tokens"]:
+            tags, method = tags + ["textual_inversion"], "textual inversion" if method == "diffusion pipeline" else method
+        return {"base_model": self.config["base_model"], "method": method, "tags": tags}
+
+
+def textual_inversion_file_name(index: int) -> str:
+    """`learned_embeds.safetensors` for the first token, `learned_embeds-2.safetensors` for the second, ..."""
+    return TEXTUAL_INVERSION_NAME if index == 0 else TEXTUAL_INVERSION_NAME.replace(".safetensors", f"-{index + 1}.safetensors")
+
+
+def check_new_token(tokenizer, token: str) -> None:
+    """Refuse a token that cannot be added: empty, with whitespace, or already meaning something to `tokenizer`.
+
+    A token the tokenizer reads as one known piece (`"dog"`, `"sks"`) is refused too: adding it would
+    silently change what every prompt using that word means.
+
+    Raises:
+        ConfigError: Naming the token and what to do instead.
+    """
+    if not isinstance(token, str) or not token or any(character.isspace() for character in token):
+        raise ConfigError(f"A textual-inversion token must be a non-empty string without spaces, got {token!r}; "
+                          "use something like '<my-concept>'.")
+    if token in tokenizer.get_vocab() or len(tokenizer.tokenize(token)) == 1:
+        raise ConfigError(f"The token {token!r} is already known to the tokenizer; adding it would change what prompts "
+                          "using it mean. Choose a new token, e.g. '<my-concept>'.")
+
+
+def read_textual_inversion(embedding: Union[str, Path, torch.Tensor, Mapping[str, Any]], token: Optional[str] = None) -> tuple[str, torch.Tensor]:
+    """Read a textual-inversion embedding into `(token, tensor[num_vectors, dim])`, without running any code.
+
+    Args:
+        embedding: A `.safetensors` file, a `.bin`/`.pt` file (read with `torch.load(weights_only=True)`), a
+            tensor, or a state dict in the diffusers (`{token: tensor}`) or A1111 (`string_to_param`) layout.
+        token: The token; wins over the name in the file, and is required for a bare tensor.
+
+    Raises:
+        ConfigError: An unreadable or refused file, or a layout that is not one of the above.
+    """
+    source = repr(str(embedding)) if isinstance(embedding, (str, Path)) else "the embedding"
+    if isinstance(embedding, (str, Path)):
+        embedding = _read_embedding_file(Path(embedding))
+    if isinstance(embedding, torch.Tensor):
+        if token is None:
+            raise ConfigError(f"{source} is a bare tensor with no token name; pass token='<my-token>'.")
+        return token, embedding
+    if not isinstance(embedding, Mapping):
+        raise ConfigError(f"{source} holds a {type(embedding).__name__}, not a tensor or a {{token: tensor}} dict.")
+    if "string_to_param" in embedding:  # A1111 / stable-diffusion-webui
+        parameters = embedding["string_to_param"]
+        if not isinstance(parameters, Mapping) or len(parameters) != 1:
+            raise ConfigError(f"{source} is an A1111 embedding whose 'string_to_param' should hold one tensor; it holds "
+                              f"{len(parameters) if isinstance(parameters, Mapping) else type(parameters).__name__}.")
+        name = embedding.get("name")
+        vectors = next(iter(parameters.values()))
+        token = token or (name if isinstance(name, str) and name else None)
+        if token is None:
+            raise ConfigError(f"{source} is an A1111 embedding with no 'name'; pass token='<my-token>'.")
+    elif len(embedding) == 1:  # diffusers
+        stored, vectors = next(iter(embedding.items()))
+        token = token or stored
+    else:
+        keys = sorted(map(str, embedding))[:5]
+        raise ConfigError(f"{source} holds {len(embedding)} keys {keys}; a textual-inversion embedding holds one "
+                          "{token: tensor} (diffusers) or 'string_to_param' (A1111). Save each token in its own file.")
+    if not isinstance(vectors, torch.Tensor):
+        raise ConfigError(f"{source}: the embedding of {token!r} is a {type(vectors).__name__}, not a tensor.")
+    return token, vectors
+
+
+def _read_embedding_file(path: Path) -> Any:
+    """The object stored in an embedding file; pickles are read with `weights_only=True` (no code runs)."""
+    if not path.is_file():
+        raise ConfigError(f"The embedding file {path} does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise ConfigError(f"{path} is not a readable safetensors file: {error}.") from error
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, OSError) as error:
+        raise ConfigError(
+            f"Refused to load {path}: it is not a plain file of tensors ({str(error).splitlines()[0][:200]}). Pickled "
+            "files are read with torch.load(weights_only=True) so that nothing in them runs; convert the embedding to "
+            ".safetensors from a source you trust."
+        ) from error
+
+
+def read_lora_metadata(path: Path) -> dict[str, Any]:
+    """The adapter settings diffusers stored in a LoRA file's safetensors metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata() or {}
+    return json.loads(metadata.get("lora_adapter_metadata", "{}"))
+
+
+def write_builtin_repo(folder: Path) -> None:
+    """Save the built-in tiny model as a tinypipe repo (what `from_pretrained(cache, "tinypipe/tiny-sd")` loads)."""
+    DiffusionPipeline(TINY_SD).save_pretrained(folder)

@@ -1,0 +1,273 @@
+"""Small pieces shared by the diffusion trainers (LoRA, DreamBooth, textual inversion).
+
+Each is a plain function; the trainers read top to bottom and call these for the parts that are the
+same in all of them: settings checks, caching VAE latents and text embeddings, the data order, the
+denoising loss, and validation images.
+"""
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..errors import ConfigError
+from .image_data import ImageExample, image_to_tensor
+from .optim import make_accelerator, seed_everything  # noqa: F401  (used as steps.make_accelerator)
+
+__all__ = [
+    "ExampleCache", "check_settings", "make_accelerator", "seed_everything", "native_resolution", "encode_examples",
+    "mark_lora_trainable", "mark_fully_trainable", "trainable_state", "load_trainable", "training_noise_scheduler", "epoch_order",
+    "process_batches", "denoising_losses", "no_sync_unless", "validation_images", "image_grid", "save_images",
+    "save_before_after",
+]
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def check_settings(*, num_train_epochs: int, max_train_steps: Optional[int], train_batch_size: int,
+                   gradient_accumulation_steps: int, checkpointing_steps: Optional[int], validation_epochs: int,
+                   mixed_precision: str, rank: Optional[int] = None) -> None:
+    """Refuse settings that cannot work, naming the argument and the accepted values."""
+    positive = {"num_train_epochs": num_train_epochs, "train_batch_size": train_batch_size,
+                "gradient_accumulation_steps": gradient_accumulation_steps, "validation_epochs": validation_epochs}
+    if max_train_steps is not None:
+        positive["max_train_steps"] = max_train_steps
+    if checkpointing_steps is not None:
+        positive["checkpointing_steps"] = checkpointing_steps
+    if rank is not None:
+        positive["rank"] = rank
+    for name, value in positive.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}.")
+    if mixed_precision not in MIXED_PRECISION:
+        raise ConfigError(f"mixed_precision must be one of {list(MIXED_PRECISION)}, got {mixed_precision!r}.")
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("mixed_precision='fp16' needs a CUDA GPU; on CPU use 'bf16' or 'no'.")
+
+
+def native_resolution(pipeline) -> int:
+    """The image size the base model was trained at: UNet sample size x VAE downscale."""
+    return int(pipeline.unet.config.sample_size) * int(pipeline.pipe.vae_scale_factor)
+
+
+@dataclass
+class ExampleCache:
+    """What the loop needs of each example, computed once: VAE posterior and text conditioning.
+
+    `latent_mean`/`latent_std` are `[N, C, h, w]` (with `random_flip`, `[2N, ...]`: the flipped
+    copies follow); `text_embeddings` is `[N, tokens, dim]` when the text encoder is frozen, else
+    `input_ids` `[N, tokens]`.
+    """
+
+    latent_mean: torch.Tensor
+    latent_std: torch.Tensor
+    scaling_factor: float
+    text_embeddings: Optional[torch.Tensor]
+    input_ids: torch.Tensor
+    flipped: bool
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def tokenize(tokenizer, captions: Sequence[str]) -> torch.Tensor:
+    """Token ids padded/truncated to the tokenizer's length, as the text encoder expects."""
+    return tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def encode_examples(pipeline, examples: Sequence[ImageExample], resolution: int, *, center_crop: bool, random_flip: bool,
+                    seed: int, cache_text: bool, device: torch.device, batch_size: int = 8) -> ExampleCache:
+    """Run the frozen VAE (and text encoder) over every example once.
+
+    With `random_flip`, both orientations are encoded, so a flip costs nothing per step. With
+    `center_crop=False`, each image's random crop is drawn once (seeded) rather than every step.
+    """
+    generator = torch.Generator("cpu").manual_seed(seed)
+    pixels = torch.stack([image_to_tensor(example.image, resolution, center_crop=center_crop, generator=generator)
+                          for example in examples])
+    if random_flip:
+        pixels = torch.cat([pixels, pixels.flip(-1)])
+    vae = pipeline.vae
+    means, stds = [], []
+    for start in range(0, len(pixels), batch_size):
+        posterior = vae.encode(pixels[start:start + batch_size].to(device, vae.dtype)).latent_dist
+        means.append(posterior.mean.float())
+        stds.append(posterior.std.float())
+    input_ids = tokenize(pipeline.tokenizer, [example.caption for example in examples])
+    embeddings = None
+    if cache_text:
+        embeddings = torch.cat([pipeline.text_encoder(input_ids[start:start + batch_size].to(device))[0].float()
+                                for start in range(0, len(input_ids), batch_size)])
+    return ExampleCache(torch.cat(means), torch.cat(stds), float(vae.config.scaling_factor), embeddings, input_ids, random_flip)
+
+
+def mark_lora_trainable(pipeline, trainable_models: Sequence[torch.nn.Module]) -> list[torch.nn.Parameter]:
+    """Freeze the whole pipeline, then let only the LoRA weights of `trainable_models` train (in fp32)."""
+    for model in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
+        model.requires_grad_(False)
+    parameters = []
+    for model in trainable_models:
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                parameter.data = parameter.data.float()
+                parameter.requires_grad_(True)
+                parameters.append(parameter)
+    return parameters
+
+
+def mark_fully_trainable(pipeline, trainable_models: Sequence[torch.nn.Module]) -> list[torch.nn.Parameter]:
+    """Freeze the whole pipeline, then let every weight of `trainable_models` train (in fp32), as a full fine-tune."""
+    for model in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
+        model.requires_grad_(False)
+    parameters = []
+    for model in trainable_models:
+        if any(parameter.dtype != torch.float32 for parameter in model.parameters()):
+            model.to(torch.float32)
+        model.requires_grad_(True)
+        parameters.extend(model.parameters())
+    return parameters
+
+
+def _trainable_named(pipeline, trainable_models: Sequence[torch.nn.Module]) -> dict[str, torch.nn.Parameter]:
+    names = {id(pipeline.unet): "unet", id(pipeline.text_encoder): "text_encoder"}
+    return {f"{names[id(model)]}.{name}": parameter for model in trainable_models
+            for name, parameter in model.named_parameters() if parameter.requires_grad}
+
+
+def trainable_state(pipeline, trainable_models: Sequence[torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """The trainable weights by name (`unet.<param>`, `text_encoder.<param>`), for checkpoints."""
+    return {name: parameter.detach().cpu().clone() for name, parameter in _trainable_named(pipeline, trainable_models).items()}
+
+
+@torch.no_grad()
+def load_trainable(pipeline, trainable_models: Sequence[torch.nn.Module], state: dict[str, torch.Tensor]) -> None:
+    """Copy checkpointed weights back into the trainable parameters (exactly, bit for bit)."""
+    named = _trainable_named(pipeline, trainable_models)
+    if set(named) != set(state):
+        missing, extra = sorted(set(named) - set(state))[:3], sorted(set(state) - set(named))[:3]
+        raise ConfigError(f"The checkpoint does not match this training run (missing {missing}, unexpected {extra}); "
+                          "resume with the same rank, targets and train_text_encoder setting.")
+    for name, parameter in named.items():
+        parameter.copy_(state[name])
+
+
+def training_noise_scheduler(pipeline):
+    """A DDPM scheduler with the base model's noise schedule, as the diffusers training scripts use."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipeline.pipe.scheduler.config)
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled example order of one epoch; a pure function of (seed, epoch), so resuming repeats it."""
+    generator = torch.Generator("cpu").manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(count, generator=generator).tolist()
+
+
+def process_batches(order: Sequence[int], batch_size: int, accelerator) -> list[list[int]]:
+    """This process's batches of one epoch: global batches of `batch_size x processes`, split by rank.
+
+    The last global batch wraps around to the start so every process gets a full batch.
+    """
+    per_step = batch_size * accelerator.num_processes
+    steps = max(1, -(-len(order) // per_step))
+    padded = [order[i % len(order)] for i in range(steps * per_step)]
+    start = accelerator.process_index * batch_size
+    return [padded[step * per_step + start: step * per_step + start + batch_size] for step in range(steps)]
+
+
+def no_sync_unless(accelerator, models: Sequence[torch.nn.Module], sync: bool):
+    """Skip the gradient all-reduce on accumulation steps that do not update (DDP); a no-op otherwise."""
+    if sync or accelerator.num_processes == 1:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    for model in models:
+        stack.enter_context(accelerator.no_sync(model))
+    return stack
+
+
+def denoising_losses(unet, text_encoder, noise_scheduler, cache: ExampleCache, batch: Sequence[int], generator: torch.Generator,
+                     *, snr_gamma: Optional[float], noise_offset: float, device: torch.device,
+                     text_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The per-example denoising loss of one batch (DDPM training objective, as diffusers computes it).
+
+    Args:
+        cache: Cached latents and text conditioning. `batch`: example indices into it.
+        generator: CPU generator for every random draw of the step (posterior sample, flip, noise, timesteps).
+        snr_gamma: Min-SNR-gamma weighting; None for plain MSE.
+        noise_offset: Offset-noise strength.
+        text_embeddings: Conditioning to use instead of the cache's (textual inversion computes its own).
+
+    Returns:
+        A `[len(batch)]` tensor of losses.
+    """
+    index = torch.tensor(list(batch))
+    if cache.flipped:
+        index = index + len(cache) * torch.randint(0, 2, (len(index),), generator=generator)
+    mean, std = cache.latent_mean[index], cache.latent_std[index]
+    latents = (mean + std * torch.randn(mean.shape, generator=generator)) * cache.scaling_factor
+    noise = torch.randn(latents.shape, generator=generator)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator)
+    latents, noise, timesteps = latents.to(device), noise.to(device), timesteps.to(device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    if text_embeddings is None:
+        ids = torch.tensor(list(batch))
+        text_embeddings = cache.text_embeddings[ids].to(device) if cache.text_embeddings is not None else \
+            text_encoder(cache.input_ids[ids].to(device))[0]
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    prediction = unet(noisy, timesteps, text_embeddings.to(noisy.dtype), return_dict=False)[0]
+    losses = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if snr_gamma is not None:
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(noise_scheduler, timesteps)
+        weights = torch.minimum(snr, torch.full_like(snr, snr_gamma))
+        weights = weights / snr if noise_scheduler.config.prediction_type == "epsilon" else weights / (snr + 1)
+        losses = losses * weights
+    return losses
+
+
+def validation_images(pipeline, prompt: str, count: int, seed: int, num_inference_steps: int, guidance_scale: float) -> list[Image.Image]:
+    """`count` seeded images for `prompt` (the same seeds before and after training)."""
+    if count < 1:
+        return []
+    return pipeline.generate(prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
+                             num_images_per_prompt=count)
+
+
+def image_grid(rows: Sequence[Sequence[Image.Image]]) -> Image.Image:
+    """Paste rows of equally sized images into one image."""
+    width, height = rows[0][0].size
+    grid = Image.new("RGB", (width * max(len(row) for row in rows), height * len(rows)), "white")
+    for row_index, row in enumerate(rows):
+        for column, image in enumerate(row):
+            grid.paste(image, (column * width, row_index * height))
+    return grid
+
+
+def save_images(images: Sequence[Image.Image], folder: Path) -> None:
+    """Write `image-00.png ...` and `grid.png` into `folder`."""
+    if not images:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        image.save(folder / f"image-{index:02d}.png")
+    image_grid([images]).save(folder / "grid.png")
+
+
+def save_before_after(before: Sequence[Image.Image], after: Sequence[Image.Image], path: Path) -> None:
+    """A two-row grid: the base model's validation images above the fine-tuned model's (same seeds)."""
+    if before and after:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image_grid([before, after]).save(path)

@@ -1,0 +1,523 @@
+"""`DreamBoothTrainer`: teach a Stable-Diffusion pipeline a subject bound to a rare token, with prior preservation.
+
+```python
+from tinypipe.models import DiffusionPipeline
+from tinypipe.trainers import DreamBoothTrainer
+
+trainer = DreamBoothTrainer()
+trainer.init_model(DiffusionPipeline("tinypipe/tiny-sd"))
+pipeline = trainer.train(data="my_dog/", instance_prompt="a photo of sks dog", with_prior_preservation=True,
+                         class_prompt="a photo of a dog", num_class_images=100, output_dir="out")
+pipeline.generate("a photo of sks dog on the beach")
+```
+
+By default the whole UNet is fine-tuned (`train_text_encoder=True`: the text encoder too), and `out/model/`
+is then also a complete diffusers pipeline folder: `StableDiffusionPipeline.from_pretrained("out/model")`.
+With `use_lora=True` a LoRA is trained instead and saved as the LoRA trainer saves it.
+
+Prior preservation (the DreamBooth paper, section 4.2): class images - the user's (`class_data_dir`), the
+rest generated with the base model and cached in the tinypipe home under a key of base model, revision,
+class prompt, resolution, seed and count - are trained on beside the instance images, in the same batch;
+the loss is `instance loss + prior_loss_weight * class loss`. The loop follows diffusers'
+`train_dreambooth.py`, with the VAE latents (and the text embeddings, when the text encoder is frozen) of
+instance and class images computed once instead of every step.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import (
+    BaseArgsFromConfig,
+    FromConfig,
+    Ignore,
+    TrainerConfigMixin,
+    copy_signature,
+    save_config,
+    set_from_config,
+)
+from ..errors import ConfigError, DataError, TrainingError
+from ..home import tinypipe_home
+from ..models.builtin import TINY_SD, builtin_model_folder, is_builtin
+from ..models.diffusion import DiffusionPipeline
+from . import diffusion_steps as steps
+from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .image_data import (
+    IMAGE_EXTENSIONS,
+    ImageExample,
+    check_caption_lengths,
+    load_image,
+    load_image_examples,
+)
+from .optim import make_lr_scheduler, make_optimizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DreamBoothTrainer", "DreamBoothTrainConfig", "class_images_cache_folder", "prepare_class_examples"]
+
+CLASS_IMAGES_FOLDER = "class_images"
+_CLASS_IMAGES_INFO = "class_images.json"
+
+
+class DreamBoothTrainer(TrainerConfigMixin):
+    """Fine-tunes a `DiffusionPipeline` on a subject (DreamBooth): the full UNet, or a LoRA with `use_lora=True`.
+
+    Every hyperparameter is a `FromConfig` argument of `train`: give it at call time, or in the
+    `train_config` given to the constructor (`DreamBoothTrainer(train_config=DreamBoothTrainConfig(...))`).
+
+    Example:
+    ```python
+    trainer = DreamBoothTrainer(train_config=DreamBoothTrainConfig(learning_rate=5e-6, max_train_steps=400))
+    trainer.init_model(DiffusionPipeline("tinypipe/tiny-sd"))
+    pipeline = trainer.train(data="tinypipe/shapes", instance_prompt="a photo of sks circle",
+                             with_prior_preservation=True, class_prompt="a photo of a circle", output_dir="out")
+    ```
+    """
+
+    @save_config
+    def __init__(self):
+        self.model: Optional[DiffusionPipeline] = None
+
+    def init_model(self, model: Any) -> "DreamBoothTrainer":
+        """Set the pipeline to fine-tune: a `DiffusionPipeline`, or a base model id / folder / built-in name."""
+        self.model = model if isinstance(model, DiffusionPipeline) else DiffusionPipeline(str(model))
+        return self
+
+    @set_from_config
+    def train(
+        self,
+        data: FromConfig = None,
+        filter_fn: Ignore = None,
+        base_model: FromConfig = TINY_SD,
+        instance_prompt: FromConfig = None,
+        use_lora: FromConfig = False,
+        with_prior_preservation: FromConfig = False,
+        class_prompt: FromConfig = None,
+        class_data_dir: FromConfig = None,
+        num_class_images: FromConfig = 100,
+        prior_loss_weight: FromConfig = 1.0,
+        sample_batch_size: FromConfig = 4,
+        class_inference_steps: FromConfig = 50,
+        class_guidance_scale: FromConfig = 7.5,
+        validation_prompt: FromConfig = None,
+        num_validation_images: FromConfig = 4,
+        validation_epochs: FromConfig = 10,
+        num_train_epochs: FromConfig = 30,
+        epoch: FromConfig = None,
+        max_train_steps: FromConfig = None,
+        train_batch_size: FromConfig = 2,
+        gradient_accumulation_steps: FromConfig = 1,
+        learning_rate: FromConfig = 5e-6,
+        scale_lr: FromConfig = False,
+        lr_schedule: FromConfig = "constant",
+        warmup_steps: FromConfig = 0,
+        lr_num_cycles: FromConfig = 1,
+        lr_power: FromConfig = 1.0,
+        use_8bit_adam: FromConfig = True,
+        adam_beta1: FromConfig = 0.9,
+        adam_beta2: FromConfig = 0.999,
+        adam_weight_decay: FromConfig = 1e-2,
+        adam_epsilon: FromConfig = 1e-8,
+        max_grad_norm: FromConfig = 1.0,
+        rank: FromConfig = 4,
+        lora_alpha: FromConfig = None,
+        train_text_encoder: FromConfig = False,
+        mixed_precision: FromConfig = "no",
+        gradient_checkpointing: FromConfig = False,
+        snr_gamma: FromConfig = None,
+        noise_offset: FromConfig = 0.0,
+        resolution: FromConfig = None,
+        center_crop: FromConfig = True,
+        random_flip: FromConfig = False,
+        seed: FromConfig = 0,
+        checkpointing_steps: FromConfig = 500,
+        checkpoints_total_limit: FromConfig = None,
+        resume_from_checkpoint: FromConfig = None,
+        output_dir: FromConfig = None,
+        validation_inference_steps: FromConfig = 25,
+        validation_guidance_scale: FromConfig = 7.5,
+    ) -> DiffusionPipeline:
+        """Fine-tune the pipeline on the instance images in `data` and return it.
+
+        Args:
+            data: Instance images: a folder (captions in `<name>.txt` or `metadata.jsonl`), a JSON file,
+                a list of PIL images / paths / (image, caption) pairs, a `datasets.Dataset`, or `"tinypipe/shapes"`.
+            filter_fn: Keeps the instance `ImageExample`s it returns True for.
+            base_model: Base model used when `init_model` was not called.
+            instance_prompt: Prompt with the rare identifier (`"a photo of sks dog"`); the caption of images that have none.
+            use_lora: Train a LoRA instead of the full UNet (and text encoder).
+            with_prior_preservation: Also train on class images with the class prompt, to keep the class itself.
+            class_prompt: Prompt of the class images (`"a photo of a dog"`); needed with prior preservation.
+            class_data_dir: A folder of class images of your own; missing ones are generated.
+            num_class_images: Class images to train with (yours first, the rest generated and cached).
+            prior_loss_weight: Weight of the class-image loss.
+            sample_batch_size: Images per generation batch for the class images.
+            class_inference_steps, class_guidance_scale: Settings of the generated class images.
+            validation_prompt: Prompt of the validation images (defaults to `instance_prompt`).
+            num_validation_images: Images per validation.
+            validation_epochs: Validate every this many epochs (and at the end).
+            num_train_epochs: Passes over the data. `epoch` is the same, and wins when given.
+            max_train_steps: Optimizer steps; overrides the epochs when given.
+            train_batch_size: Instance images per batch per process (as many class images join them).
+            gradient_accumulation_steps: Batches per optimizer step.
+            learning_rate: Peak learning rate (5e-6 suits a full fine-tune; use about 1e-4 with `use_lora`).
+            scale_lr: Multiply the learning rate by batch size x accumulation x processes.
+            lr_schedule: linear, cosine, cosine_with_restarts, polynomial, constant or constant_with_warmup.
+            warmup_steps: Warm-up optimizer steps. `lr_num_cycles`, `lr_power`: for the restart/polynomial schedules.
+            use_8bit_adam: bitsandbytes' 8-bit AdamW where it runs (CUDA); otherwise AdamW, said once.
+            adam_beta1, adam_beta2, adam_weight_decay, adam_epsilon: AdamW settings.
+            max_grad_norm: Gradient clipping norm.
+            rank: LoRA rank (with `use_lora`). `lora_alpha`: LoRA alpha (defaults to the rank).
+            train_text_encoder: Also train the text encoder (fully, or its LoRA with `use_lora`).
+            mixed_precision: "no", "fp16" (GPU) or "bf16".
+            gradient_checkpointing: Trade compute for memory in the UNet.
+            snr_gamma: Min-SNR loss weighting gamma (e.g. 5.0); None for plain MSE.
+            noise_offset: Offset noise strength (e.g. 0.05).
+            resolution: Training resolution; defaults to the model's native one.
+            center_crop: Center crop (else random crop). `random_flip`: random horizontal flips.
+            seed: Seed of everything random in the run, the generated class images included.
+            checkpointing_steps: Write a checkpoint every this many optimizer steps (needs `output_dir`).
+            checkpoints_total_limit: Keep at most this many checkpoints.
+            resume_from_checkpoint: "latest" or a checkpoint folder.
+            output_dir: Where the repo, validation images and checkpoints go; None writes nothing.
+            validation_inference_steps, validation_guidance_scale: Settings of the validation images.
+
+        Returns:
+            The fine-tuned `DiffusionPipeline`.
+
+        Raises:
+            ConfigError: Settings that cannot work. DataError: Unusable data. TrainingError: The loss became NaN/inf.
+        """
+        arguments = {name: value for name, value in locals().items() if name in DreamBoothTrainConfig._valid_argument_names()}
+        # 1. Check the settings before any heavy work.
+        if epoch is not None:
+            num_train_epochs = epoch
+        steps.check_settings(num_train_epochs=num_train_epochs, max_train_steps=max_train_steps, train_batch_size=train_batch_size,
+                             gradient_accumulation_steps=gradient_accumulation_steps, checkpointing_steps=checkpointing_steps,
+                             validation_epochs=validation_epochs, mixed_precision=mixed_precision, rank=rank if use_lora else None)
+        if data is None:
+            raise ConfigError("DreamBoothTrainer.train() needs data: the instance images, as a folder, a JSON file, a list "
+                              "of images, a datasets.Dataset, or 'tinypipe/shapes'.")
+        if with_prior_preservation:
+            check_prior_settings(class_prompt, num_class_images, prior_loss_weight, sample_batch_size)
+        elif class_prompt is not None or class_data_dir is not None:
+            logger.warning("class_prompt/class_data_dir are set but with_prior_preservation is False; they are not used.")
+        accelerator = steps.make_accelerator(mixed_precision)
+        steps.seed_everything(seed)
+        if self.model is None:
+            self.init_model(base_model)
+        pipeline = self.model
+        if not use_lora and pipeline.has_lora:
+            raise ConfigError("This pipeline has a LoRA; a full DreamBooth fine-tune needs one without. "
+                              "Pass use_lora=True to train its LoRA instead.")
+        arguments.update(base_model=pipeline.config["base_model"], data=data if isinstance(data, (str, Path)) else None,
+                         class_data_dir=str(class_data_dir) if class_data_dir is not None else None)
+        output = Path(output_dir) if output_dir is not None else None
+        logger.info("DreamBooth training with %s", json.dumps(arguments, sort_keys=True, default=str))
+
+        # 2. Data: instance images, then class images (yours, then generated or cached), one latent cache for both.
+        instance_examples = load_image_examples(data, default_caption=instance_prompt, filter_fn=filter_fn)
+        resolution = resolution or steps.native_resolution(pipeline)
+        class_examples = []
+        if with_prior_preservation:
+            class_examples = prepare_class_examples(
+                pipeline, class_prompt=class_prompt, class_data_dir=class_data_dir, num_class_images=num_class_images,
+                resolution=resolution, seed=seed, sample_batch_size=sample_batch_size, inference_steps=class_inference_steps,
+                guidance_scale=class_guidance_scale, accelerator=accelerator)
+        check_caption_lengths(instance_examples + class_examples, pipeline.tokenizer)
+        cache = steps.encode_examples(pipeline, instance_examples + class_examples, resolution, center_crop=center_crop,
+                                      random_flip=random_flip, seed=seed, cache_text=not train_text_encoder, device=accelerator.device)
+        instance_count, class_count = len(instance_examples), len(class_examples)
+        epoch_length = max(instance_count, class_count)
+
+        # 3. Model: what trains - the full UNet (and text encoder), or a LoRA on them.
+        validation_prompt = validation_prompt or instance_prompt or instance_examples[0].caption
+        before = steps.validation_images(pipeline, validation_prompt, num_validation_images, seed,
+                                         validation_inference_steps, validation_guidance_scale) if accelerator.is_main_process else []
+        trainable_models = [pipeline.unet] + ([pipeline.text_encoder] if train_text_encoder else [])
+        if use_lora:
+            if not pipeline.has_lora:
+                pipeline.add_lora(rank=rank, alpha=lora_alpha, text_encoder=train_text_encoder)
+            parameters = steps.mark_lora_trainable(pipeline, trainable_models)
+        else:
+            parameters = steps.mark_fully_trainable(pipeline, trainable_models)
+        if gradient_checkpointing:
+            pipeline.unet.enable_gradient_checkpointing()
+
+        # 4. Steps, optimizer and schedule.
+        batches_per_epoch = math.ceil(epoch_length / (train_batch_size * accelerator.num_processes))
+        updates_per_epoch = math.ceil(batches_per_epoch / gradient_accumulation_steps)
+        total_steps = max_train_steps or num_train_epochs * updates_per_epoch
+        if scale_lr:
+            learning_rate = learning_rate * gradient_accumulation_steps * train_batch_size * accelerator.num_processes
+        optimizer = make_optimizer(parameters, learning_rate=learning_rate, use_8bit_adam=use_8bit_adam,
+                                   betas=(adam_beta1, adam_beta2), weight_decay=adam_weight_decay, epsilon=adam_epsilon)
+        lr_scheduler = make_lr_scheduler(optimizer, lr_schedule=lr_schedule, warmup_steps=warmup_steps, total_steps=total_steps,
+                                         num_cycles=lr_num_cycles, power=lr_power)
+        prepared = accelerator.prepare(*trainable_models, optimizer)
+        models, optimizer = prepared[:-1], prepared[-1]
+        unet, text_encoder = models[0], (models[1] if train_text_encoder else pipeline.text_encoder)
+        noise_scheduler = steps.training_noise_scheduler(pipeline)
+        generator = torch.Generator("cpu").manual_seed(seed + 1_000_003 * accelerator.process_index)
+
+        # 5. Resume from a checkpoint.
+        global_step = 0
+        if resume_from_checkpoint and output is None:
+            raise ConfigError("resume_from_checkpoint needs output_dir, the folder the checkpoints were written to.")
+        checkpoint_path = resolve_checkpoint(output, resume_from_checkpoint) if output is not None else None
+        if checkpoint_path is not None:
+            checkpoint = load_checkpoint(checkpoint_path, optimizer=optimizer, lr_scheduler=lr_scheduler, generators={"noise": generator})
+            steps.load_trainable(pipeline, trainable_models, checkpoint.trainable)
+            global_step = checkpoint.step
+            logger.info("Resumed from %s at step %d", checkpoint_path, global_step)
+
+        # 6. The loop: each batch holds instance examples and as many class examples; the loss is split as in the paper.
+        progress = tqdm(total=total_steps, initial=global_step, desc="DreamBooth", disable=not accelerator.is_main_process)
+        first_epoch = global_step // updates_per_epoch
+        for epoch_index in range(first_epoch, math.ceil(total_steps / updates_per_epoch)):
+            for model in models:
+                model.train()
+            order = steps.epoch_order(epoch_length, seed, epoch_index)
+            batches = steps.process_batches(order, train_batch_size, accelerator)
+            done = (global_step - epoch_index * updates_per_epoch) * gradient_accumulation_steps
+            for position in range(done, len(batches)):
+                is_update = (position + 1) % gradient_accumulation_steps == 0 or position == len(batches) - 1
+                instance_batch = [index % instance_count for index in batches[position]]
+                class_batch = [instance_count + index % class_count for index in batches[position]] if class_count else []
+                with steps.no_sync_unless(accelerator, models, is_update):
+                    losses = steps.denoising_losses(unet, text_encoder, noise_scheduler, cache, instance_batch + class_batch,
+                                                    generator, snr_gamma=snr_gamma, noise_offset=noise_offset, device=accelerator.device)
+                    instance_loss = losses[:len(instance_batch)].mean()
+                    loss = instance_loss + prior_loss_weight * losses[len(instance_batch):].mean() if class_batch else instance_loss
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"The loss became {loss.item()} at step {global_step + 1}; training stopped and nothing was saved "
+                            f"as the result. The last good checkpoint (if any) is in {output / 'checkpoints' if output else 'no output_dir'}. "
+                            "Lower learning_rate, or set max_grad_norm / mixed_precision='no'."
+                        )
+                    accelerator.backward(loss / gradient_accumulation_steps)
+                if not is_update:
+                    continue
+                if max_grad_norm:
+                    accelerator.clip_grad_norm_(parameters, max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                global_step += 1
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+                if output is not None and checkpointing_steps and global_step % checkpointing_steps == 0 and accelerator.is_main_process:
+                    save_checkpoint(output, global_step, trainable=steps.trainable_state(pipeline, trainable_models),
+                                    optimizer=optimizer, lr_scheduler=lr_scheduler, generators={"noise": generator},
+                                    state={"epoch": epoch_index}, total_limit=checkpoints_total_limit)
+                if global_step >= total_steps:
+                    break
+            is_last = global_step >= total_steps
+            if accelerator.is_main_process and output is not None and ((epoch_index + 1) % validation_epochs == 0 or is_last):
+                images = steps.validation_images(pipeline, validation_prompt, num_validation_images, seed,
+                                                 validation_inference_steps, validation_guidance_scale)
+                steps.save_images(images, output / "validation" / f"epoch-{epoch_index + 1:04d}")
+            if is_last:
+                break
+        progress.close()
+        accelerator.wait_for_everyone()
+
+        # 7. The result: the trained pipeline, and the repo with the effective configuration.
+        for model in trainable_models:
+            model.eval()
+            model.requires_grad_(False)
+        if gradient_checkpointing:
+            pipeline.unet.disable_gradient_checkpointing()
+        if not use_lora:
+            pipeline.mark_fine_tuned([name for name, on in (("unet", True), ("text_encoder", train_text_encoder)) if on])
+        self.set_method_config("train_config", DreamBoothTrainConfig(**arguments))
+        if output is not None and accelerator.is_main_process:
+            after = steps.validation_images(pipeline, validation_prompt, num_validation_images, seed,
+                                            validation_inference_steps, validation_guidance_scale)
+            steps.save_before_after(before, after, output / "validation" / "before_after.png")
+            pipeline.save_pretrained(output)
+            self.save_pretrained(output)
+        accelerator.end_training()
+        return pipeline
+
+
+class DreamBoothTrainConfig(BaseArgsFromConfig):
+    """The arguments of `DreamBoothTrainer.train`, as a config object (`update_config` rejects unknown keys).
+
+    Example:
+    ```python
+    config = DreamBoothTrainConfig(with_prior_preservation=True, class_prompt="a photo of a dog")
+    trainer = DreamBoothTrainer(train_config=config)
+    ```
+    """
+
+    @copy_signature(DreamBoothTrainer.train)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+
+
+# -- class images for prior preservation ---------------------------------------------------------------
+
+
+def check_prior_settings(class_prompt: Any, num_class_images: Any, prior_loss_weight: Any, sample_batch_size: Any) -> None:
+    """Refuse prior-preservation settings that cannot work, saying what to give instead."""
+    if not isinstance(class_prompt, str) or not class_prompt.strip():
+        raise ConfigError("with_prior_preservation=True needs class_prompt, the prompt of the subject's class "
+                          "(e.g. 'a photo of a dog' for 'a photo of sks dog').")
+    for name, value in (("num_class_images", num_class_images), ("sample_batch_size", sample_batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a whole number >= 1 with prior preservation, got {value!r} "
+                              "(diffusers uses 100 class images; or set with_prior_preservation=False).")
+    if not isinstance(prior_loss_weight, (int, float)) or isinstance(prior_loss_weight, bool) or not prior_loss_weight >= 0:
+        raise ConfigError(f"prior_loss_weight must be a number >= 0, got {prior_loss_weight!r}.")
+
+
+def class_images_cache_folder(pipeline: DiffusionPipeline, *, class_prompt: str, resolution: int, seed: int, count: int,
+                              inference_steps: int, guidance_scale: float) -> Optional[Path]:
+    """Where the `count` generated class images for these settings are cached; None for a pipeline that is not a base model.
+
+    The key covers the base model (and, for a built-in or local one, its weights), the revision, the class prompt,
+    the resolution, the seed, the count and the sampling settings, so changing any of them never reuses stale images.
+    A pipeline that carries its own trained weights (LoRA, fine-tune, new tokens) is not cached.
+    """
+    config = pipeline.config
+    if pipeline.has_lora or config["fine_tuned_components"] or config["textual_inversion_tokens"]:
+        return None
+    base_model = config["base_model"]
+    key = {"base_model": base_model, "revision": config["revision"], "class_prompt": class_prompt, "resolution": resolution,
+           "seed": seed, "count": count, "inference_steps": inference_steps, "guidance_scale": guidance_scale,
+           "torch_dtype": str(config["torch_dtype"]), "weights": _local_weights_fingerprint(base_model)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+    return tinypipe_home() / CLASS_IMAGES_FOLDER / digest
+
+
+def _local_weights_fingerprint(base_model: str) -> Optional[str]:
+    """A stamp of a built-in or local model's files (names, sizes, modification times); None for a hub id."""
+    folder = builtin_model_folder(base_model) if is_builtin(base_model) else Path(base_model)
+    if not folder.is_dir():
+        return None
+    stamp = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            stamp.update(f"{path.relative_to(folder).as_posix()} {stat.st_size} {stat.st_mtime_ns}\n".encode("utf-8"))
+    return stamp.hexdigest()
+
+
+def _user_class_examples(class_data_dir: Any, class_prompt: str, limit: int) -> list[ImageExample]:
+    """The first `limit` images of the user's class folder (sorted by name), captioned with the class prompt."""
+    folder = Path(class_data_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"class_data_dir {str(folder)!r} is not a folder; give a folder of class images, or leave it out "
+                          "to generate them all.")
+    if not any(path.suffix.lower() in IMAGE_EXTENSIONS for path in folder.iterdir() if not path.name.startswith(".")):
+        return []
+    examples = load_image_examples(folder, default_caption=class_prompt)
+    return [dataclasses.replace(example, caption=class_prompt) for example in examples[:limit]]
+
+
+def _generate_class_images(pipeline: DiffusionPipeline, class_prompt: str, count: int, *, resolution: int, seed: int,
+                           sample_batch_size: int, inference_steps: int, guidance_scale: float, show_progress: bool) -> list:
+    """`count` images of the class prompt from the pipeline as it is now, batch `b` seeded with `seed + b`."""
+    images = []
+    with tqdm(total=count, desc="Generating class images", disable=not show_progress) as progress:
+        for batch_index, start in enumerate(range(0, count, sample_batch_size)):
+            size = min(sample_batch_size, count - start)
+            images += pipeline.generate(class_prompt, num_inference_steps=inference_steps, guidance_scale=guidance_scale,
+                                        seed=seed + batch_index, num_images_per_prompt=size, height=resolution, width=resolution)
+            progress.update(size)
+    return images
+
+
+def _read_cached_class_images(folder: Path, count: int) -> Optional[list[Path]]:
+    """The image paths of a complete cache folder (its info file is written last), else None."""
+    try:
+        info = json.loads((folder / _CLASS_IMAGES_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    paths = [folder / name for name in info.get("images", [])]
+    return paths if len(paths) == count and all(path.is_file() for path in paths) else None
+
+
+def _write_class_image_cache(folder: Path, images: list, key_description: dict) -> None:
+    """Write the images into a temporary sibling, then rename it into place (a crash leaves nothing that is used)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
+    staging.mkdir()
+    try:
+        names = [f"class-{index:05d}.png" for index in range(len(images))]
+        for name, image in zip(names, images):
+            image.save(staging / name)
+        info = {**key_description, "images": names}
+        (staging / _CLASS_IMAGES_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if folder.exists():  # stale or damaged (no complete info file): replace it
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            if _read_cached_class_images(folder, len(images)) is None:  # a concurrent writer finished first, or not
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def prepare_class_examples(pipeline: DiffusionPipeline, *, class_prompt: str, class_data_dir: Any, num_class_images: int,
+                           resolution: int, seed: int, sample_batch_size: int, inference_steps: int, guidance_scale: float,
+                           accelerator: Any = None) -> list[ImageExample]:
+    """The class images of prior preservation: the user's first, then generated ones (cached) up to `num_class_images`.
+
+    Args:
+        pipeline: The base pipeline that generates the missing images.
+        class_prompt: Their prompt, and the caption of every class image.
+        class_data_dir: A folder of the user's class images, or None. Its non-image files are skipped; a corrupt image is an error.
+        num_class_images: How many class images to train with.
+        resolution, seed, sample_batch_size, inference_steps, guidance_scale: Generation settings (part of the cache key).
+        accelerator: With several processes, the main one generates and the others read its cache.
+
+    Returns:
+        `num_class_images` examples captioned with `class_prompt`.
+
+    Raises:
+        ConfigError: `class_data_dir` is not a folder. DataError: An image in it cannot be read.
+    """
+    # 1. The user's own class images.
+    examples = _user_class_examples(class_data_dir, class_prompt, num_class_images) if class_data_dir is not None else []
+    missing = num_class_images - len(examples)
+    if missing == 0:
+        return examples
+    if class_data_dir is not None:
+        logger.info("class_data_dir has %d of %d class images; %d more come from the base model.", len(examples),
+                    num_class_images, missing)
+
+    # 2. The rest: from the cache, or generated now (by the main process) and cached.
+    settings = dict(class_prompt=class_prompt, resolution=resolution, seed=seed, count=missing,
+                    inference_steps=inference_steps, guidance_scale=guidance_scale)
+    folder = class_images_cache_folder(pipeline, **settings)
+    is_main = accelerator is None or accelerator.is_main_process
+    paths = _read_cached_class_images(folder, missing) if folder is not None else None
+    if paths is None and (is_main or folder is None):
+        images = _generate_class_images(pipeline, class_prompt, missing, resolution=resolution, seed=seed,
+                                        sample_batch_size=sample_batch_size, inference_steps=inference_steps,
+                                        guidance_scale=guidance_scale, show_progress=is_main)
+        if folder is None:
+            return examples + [ImageExample(image, class_prompt, f"generated class image {index}") for index, image in enumerate(images)]
+        _write_class_image_cache(folder, images, {"base_model": pipeline.config["base_model"],
+                                                  "revision": pipeline.config["revision"], **settings})
+    elif paths is not None:
+        logger.info("Using %d cached class images from %s.", missing, folder)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    paths = _read_cached_class_images(folder, missing)
+    if paths is None:
+        raise DataError(f"The class image cache {folder} is incomplete; delete it and train again.")
+    return examples + [ImageExample(load_image(path), class_prompt, str(path)) for path in paths]

@@ -1,0 +1,306 @@
+"""`LoRATrainer`: fine-tune a Stable-Diffusion pipeline with LoRA on the UNet attention projections.
+
+```python
+from tinypipe.models import DiffusionPipeline
+from tinypipe.trainers import LoRATrainer
+
+trainer = LoRATrainer()
+trainer.init_model(DiffusionPipeline("tinypipe/tiny-sd"))
+pipeline = trainer.train(data="my_photos/", instance_prompt="a photo of sks dog", epoch=20, output_dir="out")
+pipeline.generate("a photo of sks dog on the beach")
+```
+
+`out/` is then a repo: `model/` (the LoRA in diffusers' format), `trainer/` (this trainer with the
+effective arguments of the run, so `AutoTrainerPipeline.from_pretrained("out").train()` re-runs it),
+`validation/` (images) and `checkpoints/`.
+
+The loop follows diffusers' `train_dreambooth_lora.py`, with the VAE latents (and the text embeddings,
+when the text encoder is frozen) computed once instead of every step.
+"""
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import (
+    BaseArgsFromConfig,
+    FromConfig,
+    Ignore,
+    TrainerConfigMixin,
+    copy_signature,
+    save_config,
+    set_from_config,
+)
+from ..errors import ConfigError, TrainingError
+from ..models.builtin import TINY_SD
+from ..models.diffusion import DiffusionPipeline
+from . import diffusion_steps as steps
+from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .image_data import check_caption_lengths, load_image_examples
+from .optim import make_lr_scheduler, make_optimizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LoRATrainer", "LoRATrainConfig"]
+
+
+class LoRATrainer(TrainerConfigMixin):
+    """Fine-tunes a `DiffusionPipeline` with a LoRA adapter (peft) on the UNet, optionally the text encoder.
+
+    Every hyperparameter is a `FromConfig` argument of `train`: give it at call time, or in the
+    `train_config` given to the constructor (`LoRATrainer(train_config=LoRATrainConfig(...))`).
+
+    Example:
+    ```python
+    trainer = LoRATrainer(train_config=LoRATrainConfig(learning_rate=1e-4, num_train_epochs=10))
+    trainer.init_model(DiffusionPipeline("tinypipe/tiny-sd"))
+    pipeline = trainer.train(data="tinypipe/shapes", instance_prompt="a photo of sks circle", output_dir="out")
+    ```
+    """
+
+    @save_config
+    def __init__(self):
+        self.model: Optional[DiffusionPipeline] = None
+
+    def init_model(self, model: Any) -> "LoRATrainer":
+        """Set the pipeline to fine-tune: a `DiffusionPipeline`, or a base model id / folder / built-in name."""
+        self.model = model if isinstance(model, DiffusionPipeline) else DiffusionPipeline(str(model))
+        return self
+
+    @set_from_config
+    def train(
+        self,
+        data: FromConfig = None,
+        filter_fn: Ignore = None,
+        base_model: FromConfig = TINY_SD,
+        instance_prompt: FromConfig = None,
+        validation_prompt: FromConfig = None,
+        num_validation_images: FromConfig = 4,
+        validation_epochs: FromConfig = 10,
+        num_train_epochs: FromConfig = 30,
+        epoch: FromConfig = None,
+        max_train_steps: FromConfig = None,
+        train_batch_size: FromConfig = 2,
+        gradient_accumulation_steps: FromConfig = 1,
+        learning_rate: FromConfig = 5e-4,
+        scale_lr: FromConfig = False,
+        lr_schedule: FromConfig = "constant",
+        warmup_steps: FromConfig = 0,
+        lr_num_cycles: FromConfig = 1,
+        lr_power: FromConfig = 1.0,
+        use_8bit_adam: FromConfig = True,
+        adam_beta1: FromConfig = 0.9,
+        adam_beta2: FromConfig = 0.999,
+        adam_weight_decay: FromConfig = 1e-2,
+        adam_epsilon: FromConfig = 1e-8,
+        max_grad_norm: FromConfig = 1.0,
+        rank: FromConfig = 4,
+        lora_alpha: FromConfig = None,
+        train_text_encoder: FromConfig = False,
+        mixed_precision: FromConfig = "no",
+        gradient_checkpointing: FromConfig = False,
+        snr_gamma: FromConfig = None,
+        noise_offset: FromConfig = 0.0,
+        resolution: FromConfig = None,
+        center_crop: FromConfig = True,
+        random_flip: FromConfig = False,
+        seed: FromConfig = 0,
+        checkpointing_steps: FromConfig = 500,
+        checkpoints_total_limit: FromConfig = None,
+        resume_from_checkpoint: FromConfig = None,
+        output_dir: FromConfig = None,
+        validation_inference_steps: FromConfig = 25,
+        validation_guidance_scale: FromConfig = 7.5,
+    ) -> DiffusionPipeline:
+        """Fine-tune the pipeline on `data` and return it (with its LoRA trained).
+
+        Args:
+            data: Training images: a folder (captions in `<name>.txt` or `metadata.jsonl`), a JSON file,
+                a list of PIL images / paths / (image, caption) pairs, a `datasets.Dataset`, or the
+                built-in `"tinypipe/shapes"`.
+            filter_fn: Keeps the `ImageExample`s it returns True for (the preprocessing filter).
+            base_model: Base model used when `init_model` was not called.
+            instance_prompt: Caption of images that have none (e.g. `"a photo of sks dog"`).
+            validation_prompt: Prompt of the validation images (defaults to `instance_prompt`).
+            num_validation_images: Images per validation.
+            validation_epochs: Validate every this many epochs (and at the end).
+            num_train_epochs: Passes over the data. `epoch` is the same, and wins when given.
+            max_train_steps: Optimizer steps; overrides the epochs when given.
+            train_batch_size: Images per batch per process.
+            gradient_accumulation_steps: Batches per optimizer step.
+            learning_rate: Peak learning rate.
+            scale_lr: Multiply the learning rate by batch size x accumulation x processes.
+            lr_schedule: linear, cosine, cosine_with_restarts, polynomial, constant or constant_with_warmup.
+            warmup_steps: Warm-up optimizer steps. `lr_num_cycles`, `lr_power`: for the restart/polynomial schedules.
+            use_8bit_adam: bitsandbytes' 8-bit AdamW where it runs (CUDA); otherwise AdamW, said once.
+            adam_beta1, adam_beta2, adam_weight_decay, adam_epsilon: AdamW settings.
+            max_grad_norm: Gradient clipping norm.
+            rank: LoRA rank. `lora_alpha`: LoRA alpha (defaults to the rank).
+            train_text_encoder: Also train a LoRA on the text encoder.
+            mixed_precision: "no", "fp16" (GPU) or "bf16".
+            gradient_checkpointing: Trade compute for memory in the UNet.
+            snr_gamma: Min-SNR loss weighting gamma (e.g. 5.0); None for plain MSE.
+            noise_offset: Offset noise strength (e.g. 0.05).
+            resolution: Training resolution; defaults to the model's native one.
+            center_crop: Center crop (else random crop). `random_flip`: random horizontal flips.
+            seed: Seed of everything random in the run.
+            checkpointing_steps: Write a checkpoint every this many optimizer steps (needs `output_dir`).
+            checkpoints_total_limit: Keep at most this many checkpoints.
+            resume_from_checkpoint: "latest" or a checkpoint folder.
+            output_dir: Where the repo, validation images and checkpoints go; None writes nothing.
+            validation_inference_steps, validation_guidance_scale: Settings of the validation images.
+
+        Returns:
+            The fine-tuned `DiffusionPipeline`.
+
+        Raises:
+            ConfigError: Settings that cannot work. DataError: Unusable data. TrainingError: The loss became NaN/inf.
+        """
+        arguments = {name: value for name, value in locals().items() if name in LoRATrainConfig._valid_argument_names()}
+        # 1. Check the settings before any heavy work.
+        if epoch is not None:
+            num_train_epochs = epoch
+        steps.check_settings(num_train_epochs=num_train_epochs, max_train_steps=max_train_steps, train_batch_size=train_batch_size,
+                             gradient_accumulation_steps=gradient_accumulation_steps, checkpointing_steps=checkpointing_steps,
+                             validation_epochs=validation_epochs, mixed_precision=mixed_precision, rank=rank)
+        if data is None:
+            raise ConfigError("LoRATrainer.train() needs data: a folder of images, a JSON file, a list of images, "
+                              "a datasets.Dataset, or 'tinypipe/shapes'.")
+        accelerator = steps.make_accelerator(mixed_precision)
+        steps.seed_everything(seed)
+        if self.model is None:
+            self.init_model(base_model)
+        pipeline = self.model
+        arguments.update(base_model=pipeline.config["base_model"], data=data if isinstance(data, (str, Path)) else None)
+        output = Path(output_dir) if output_dir is not None else None
+        logger.info("LoRA training with %s", json.dumps(arguments, sort_keys=True, default=str))
+
+        # 2. Data: read and check every example, then cache VAE latents (and text embeddings).
+        examples = load_image_examples(data, default_caption=instance_prompt, filter_fn=filter_fn)
+        check_caption_lengths(examples, pipeline.tokenizer)
+        resolution = resolution or steps.native_resolution(pipeline)
+        cache = steps.encode_examples(pipeline, examples, resolution, center_crop=center_crop, random_flip=random_flip,
+                                      seed=seed, cache_text=not train_text_encoder, device=accelerator.device)
+
+        # 3. Model: freeze the base, add (or keep) the LoRA, and pick what trains.
+        validation_prompt = validation_prompt or instance_prompt or examples[0].caption
+        before = steps.validation_images(pipeline, validation_prompt, num_validation_images, seed,
+                                         validation_inference_steps, validation_guidance_scale) if accelerator.is_main_process else []
+        if not pipeline.has_lora:
+            pipeline.add_lora(rank=rank, alpha=lora_alpha, text_encoder=train_text_encoder)
+        trainable_models = [pipeline.unet] + ([pipeline.text_encoder] if train_text_encoder else [])
+        parameters = steps.mark_lora_trainable(pipeline, trainable_models)
+        if gradient_checkpointing:
+            pipeline.unet.enable_gradient_checkpointing()
+
+        # 4. Steps, optimizer and schedule.
+        batches_per_epoch = math.ceil(len(examples) / (train_batch_size * accelerator.num_processes))
+        updates_per_epoch = math.ceil(batches_per_epoch / gradient_accumulation_steps)
+        total_steps = max_train_steps or num_train_epochs * updates_per_epoch
+        if scale_lr:
+            learning_rate = learning_rate * gradient_accumulation_steps * train_batch_size * accelerator.num_processes
+        optimizer = make_optimizer(parameters, learning_rate=learning_rate, use_8bit_adam=use_8bit_adam,
+                                   betas=(adam_beta1, adam_beta2), weight_decay=adam_weight_decay, epsilon=adam_epsilon)
+        lr_scheduler = make_lr_scheduler(optimizer, lr_schedule=lr_schedule, warmup_steps=warmup_steps, total_steps=total_steps,
+                                         num_cycles=lr_num_cycles, power=lr_power)
+        # accelerate wraps the models (DDP) and the optimizer (mixed precision); the schedule is stepped
+        # here, once per optimizer step, so it means the same with any number of processes.
+        prepared = accelerator.prepare(*trainable_models, optimizer)
+        models, optimizer = prepared[:-1], prepared[-1]
+        unet, text_encoder = models[0], (models[1] if train_text_encoder else pipeline.text_encoder)
+        noise_scheduler = steps.training_noise_scheduler(pipeline)
+        generator = torch.Generator("cpu").manual_seed(seed + 1_000_003 * accelerator.process_index)
+
+        # 5. Resume from a checkpoint.
+        global_step = 0
+        checkpoint_path = resolve_checkpoint(output, resume_from_checkpoint) if output is not None else None
+        if resume_from_checkpoint and output is None:
+            raise ConfigError("resume_from_checkpoint needs output_dir, the folder the checkpoints were written to.")
+        if checkpoint_path is not None:
+            checkpoint = load_checkpoint(checkpoint_path, optimizer=optimizer, lr_scheduler=lr_scheduler, generators={"noise": generator})
+            steps.load_trainable(pipeline, trainable_models, checkpoint.trainable)
+            global_step = checkpoint.step
+            logger.info("Resumed from %s at step %d", checkpoint_path, global_step)
+
+        # 6. The loop.
+        progress = tqdm(total=total_steps, initial=global_step, desc="LoRA", disable=not accelerator.is_main_process)
+        first_epoch = global_step // updates_per_epoch
+        for epoch_index in range(first_epoch, math.ceil(total_steps / updates_per_epoch)):
+            for model in models:
+                model.train()
+            order = steps.epoch_order(len(examples), seed, epoch_index)
+            batches = steps.process_batches(order, train_batch_size, accelerator)
+            done = (global_step - epoch_index * updates_per_epoch) * gradient_accumulation_steps
+            for position in range(done, len(batches)):
+                is_update = (position + 1) % gradient_accumulation_steps == 0 or position == len(batches) - 1
+                with steps.no_sync_unless(accelerator, models, is_update):
+                    losses = steps.denoising_losses(unet, text_encoder, noise_scheduler, cache, batches[position], generator,
+                                                    snr_gamma=snr_gamma, noise_offset=noise_offset, device=accelerator.device)
+                    loss = losses.mean()
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"The loss became {loss.item()} at step {global_step + 1}; training stopped and nothing was saved "
+                            f"as the result. The last good checkpoint (if any) is in {output / 'checkpoints' if output else 'no output_dir'}. "
+                            "Lower learning_rate, or set max_grad_norm / mixed_precision='no'."
+                        )
+                    accelerator.backward(loss / gradient_accumulation_steps)
+                if not is_update:
+                    continue
+                if max_grad_norm:
+                    accelerator.clip_grad_norm_(parameters, max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                global_step += 1
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+                if output is not None and checkpointing_steps and global_step % checkpointing_steps == 0 and accelerator.is_main_process:
+                    save_checkpoint(output, global_step, trainable=steps.trainable_state(pipeline, trainable_models),
+                                    optimizer=optimizer, lr_scheduler=lr_scheduler, generators={"noise": generator},
+                                    state={"epoch": epoch_index}, total_limit=checkpoints_total_limit)
+                if global_step >= total_steps:
+                    break
+            is_last = global_step >= total_steps
+            if accelerator.is_main_process and output is not None and ((epoch_index + 1) % validation_epochs == 0 or is_last):
+                images = steps.validation_images(pipeline, validation_prompt, num_validation_images, seed,
+                                                 validation_inference_steps, validation_guidance_scale)
+                steps.save_images(images, output / "validation" / f"epoch-{epoch_index + 1:04d}")
+            if is_last:
+                break
+        progress.close()
+        accelerator.wait_for_everyone()
+
+        # 7. The result: the trained pipeline, and the repo with the effective configuration.
+        for model in trainable_models:
+            model.eval()
+        if gradient_checkpointing:
+            pipeline.unet.disable_gradient_checkpointing()
+        self.set_method_config("train_config", LoRATrainConfig(**arguments))
+        if output is not None and accelerator.is_main_process:
+            after = steps.validation_images(pipeline, validation_prompt, num_validation_images, seed,
+                                            validation_inference_steps, validation_guidance_scale)
+            steps.save_before_after(before, after, output / "validation" / "before_after.png")
+            pipeline.save_pretrained(output)
+            self.save_pretrained(output)
+        accelerator.end_training()
+        return pipeline
+
+
+class LoRATrainConfig(BaseArgsFromConfig):
+    """The arguments of `LoRATrainer.train`, as a config object (`update_config` rejects unknown keys).
+
+    Example:
+    ```python
+    config = LoRATrainConfig(num_train_epochs=5, learning_rate=1e-4)
+    trainer = LoRATrainer(train_config=config)
+    ```
+    """
+
+    @copy_signature(LoRATrainer.train)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)

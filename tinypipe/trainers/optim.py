@@ -1,0 +1,102 @@
+"""What every trainer shares: the accelerator, seeding, optimizers and learning-rate schedules."""
+
+import logging
+import random
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LR_SCHEDULES", "make_accelerator", "seed_everything", "make_optimizer", "make_lr_scheduler"]
+
+
+def make_accelerator(mixed_precision: str):
+    """An `accelerate.Accelerator`; `accelerate launch` decides the processes and devices.
+
+    Without a GPU the accelerator is told so (`cpu=True`): only then does accelerate run several launched
+    processes as one data-parallel job on the CPU instead of each process training alone.
+    """
+    from accelerate import Accelerator
+
+    has_gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
+    has_gpu = has_gpu or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    return Accelerator(mixed_precision=mixed_precision, cpu=not has_gpu)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+
+_warned_8bit_fallback = False
+
+
+def _bitsandbytes_adamw():
+    """bitsandbytes' 8-bit AdamW when it can run here (a CUDA GPU and the package), else None."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        import bitsandbytes
+    except ImportError:
+        return None
+    return bitsandbytes.optim.AdamW8bit
+
+
+def make_optimizer(
+    parameters: Iterable[torch.nn.Parameter],
+    *,
+    learning_rate: float,
+    use_8bit_adam: bool,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 1e-2,
+    epsilon: float = 1e-8,
+) -> torch.optim.Optimizer:
+    """AdamW over `parameters`: bitsandbytes' 8-bit version when asked for and available.
+
+    When `use_8bit_adam` is set but bitsandbytes cannot run (no CUDA GPU, or not installed), this
+    says so once per process and uses `torch.optim.AdamW`.
+    """
+    global _warned_8bit_fallback
+    parameters = list(parameters)
+    if not parameters:
+        raise ConfigError("There is nothing to train: no parameter requires a gradient.")
+    if use_8bit_adam:
+        adamw_8bit = _bitsandbytes_adamw()
+        if adamw_8bit is not None:
+            return adamw_8bit(parameters, lr=learning_rate, betas=betas, weight_decay=weight_decay, eps=epsilon)
+        if not _warned_8bit_fallback:
+            logger.warning("use_8bit_adam=True, but bitsandbytes' 8-bit Adam needs a CUDA GPU and `pip install bitsandbytes`; "
+                           "falling back to torch.optim.AdamW.")
+            _warned_8bit_fallback = True
+    return torch.optim.AdamW(parameters, lr=learning_rate, betas=betas, weight_decay=weight_decay, eps=epsilon)
+
+
+def make_lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    lr_schedule: str,
+    warmup_steps: int,
+    total_steps: int,
+    num_cycles: int = 1,
+    power: float = 1.0,
+):
+    """The learning-rate schedule, via diffusers' `get_scheduler` (steps are optimizer steps).
+
+    Raises:
+        ConfigError: An unknown schedule name (the message lists the valid ones).
+    """
+    if lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule {lr_schedule!r} is not known; choose one of {list(LR_SCHEDULES)}.")
+    if warmup_steps < 0:
+        raise ConfigError(f"warmup_steps must be >= 0, got {warmup_steps}.")
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(lr_schedule, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps,
+                         num_cycles=num_cycles, power=power)
