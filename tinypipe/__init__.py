@@ -1,41 +1,41 @@
-"""tinypipe: fine-tune diffusion and causal-LM models and ship each result as a self-describing repo."""
+"""tinypipe: fine-tune diffusion and causal-LM models and ship each result as a self-describing repo.
+
+The names below are imported on first use (PEP 562), so `import tinypipe` - and the `tinypipe` command's
+`--help` - does not pay for importing torch.
+"""
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .config import (  # noqa: E402  (the version is read by the config core)
-    AutoModelPipeline,
-    AutoTrainerPipeline,
-    BaseArgsFromConfig,
-    ConfigMixin,
-    FromConfig,
-    Ignore,
-    SubFolder,
-    TrainerConfigMixin,
-    copy_signature,
-    save_config,
-    set_from_config,
-    wrap_config_mixin,
-)
-from .errors import ConfigError, DataError, RepoError, TinypipeError, TrainingError, TrustRemoteCodeError  # noqa: E402
-
-__all__ = [
+_CONFIG_NAMES = (
     "AutoModelPipeline",
     "AutoTrainerPipeline",
     "BaseArgsFromConfig",
-    "ConfigError",
     "ConfigMixin",
-    "DataError",
     "FromConfig",
     "Ignore",
-    "RepoError",
     "SubFolder",
-    "TinypipeError",
-    "TrainingError",
     "TrainerConfigMixin",
-    "TrustRemoteCodeError",
-    "__version__",
     "copy_signature",
     "save_config",
     "set_from_config",
     "wrap_config_mixin",
-]
+)
+_ERROR_NAMES = ("ConfigError", "DataError", "RepoError", "TinypipeError", "TrainingError", "TrustRemoteCodeError")
+_MODULE_OF = {**{name: ".config" for name in _CONFIG_NAMES}, **{name: ".errors" for name in _ERROR_NAMES}}
+
+__all__ = sorted([*_MODULE_OF, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'tinypipe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))

@@ -1,15 +1,359 @@
-"""The `tinypipe` command line.
+"""The `tinypipe` command line: train, track jobs, download results, generate, publish, derive.
 
-Heavy libraries (torch, diffusers, transformers) are imported inside the commands, so `--help`
-starts fast.
+Heavy libraries (torch, diffusers, transformers) are imported inside the commands, so `--help` and the
+job commands start fast. Bad input exits with code 2 and one line saying what is wrong and how to fix it.
 """
 
 import argparse
+import hashlib
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
+
+EPILOG_TRAIN = """\
+Examples:
+  tinypipe train-diffuser my-circles tinypipe/tiny-sd tinypipe/shapes "a photo of sks circle" \\
+      --training-args '{"max_train_steps": 100, "learning_rate": 1e-3}'
+  tinypipe train-diffuser my-dog runwayml/stable-diffusion-v1-5 photos/ "a photo of sks dog" \\
+      --method dreambooth --prior-class-prompt "a photo of a dog" --num-prior-class-images 100 --detach
+
+DATASET is a folder of images (captions in metadata.jsonl or <image>.txt), a JSON file listing images
+(and captions), a .zip of either, or the built-in "tinypipe/shapes". The job's repo (model/, trainer/,
+validation/, checkpoints/) goes to --output or to the job's folder; `tinypipe download-model ID` zips it.
+An interrupted run resumes from its last checkpoint with the same --output and
+--training-args '{"resume_from_checkpoint": "latest"}'.
+Several processes / GPUs: accelerate launch -m tinypipe train-diffuser ... --output DIR
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+# -- training ---------------------------------------------------------------------------------------
+
+
+def _dataset_path(dataset: str) -> str:
+    """The data set to train on: a zip file is extracted (once, by content) into the tinypipe home."""
+    path = Path(dataset)
+    if path.suffix.lower() != ".zip" or not path.is_file():
+        return str(path.resolve()) if path.exists() else dataset
+    from filelock import FileLock
+
+    from .archive import safe_extract
+    from .home import tinypipe_home
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    folder = tinypipe_home() / "datasets" / digest
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder.with_name(f".{digest}.lock")):  # the processes of an accelerate launch extract it once
+        if not folder.is_dir():
+            safe_extract(path, folder)
+    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
+    # A zip of one folder: train on that folder.
+    return str(entries[0] if len(entries) == 1 and entries[0].is_dir() else folder)
+
+
+def _diffuser_arguments(arguments: argparse.Namespace) -> dict:
+    """`train()` keyword arguments of a train-diffuser command."""
+    from .errors import ConfigError, DataError
+    from .runner import parse_training_args, placeholder_from_prompt
+
+    train = parse_training_args(arguments.training_args)
+    prompt, method = arguments.prompt, arguments.method
+    train.setdefault("validation_prompt", prompt)
+    if method == "textual-inversion":
+        placeholder = arguments.placeholder_token or train.get("placeholder_token") or placeholder_from_prompt(prompt)
+        initializer = arguments.initializer_token or train.get("initializer_token")
+        if not placeholder:
+            raise ConfigError("--method textual-inversion needs the new token: write it in PROMPT as <name> "
+                              "(\"a photo of <my-toy>\") or pass --placeholder-token.")
+        if not initializer:
+            raise ConfigError("--method textual-inversion needs --initializer-token, a known word close to the concept "
+                              "(\"toy\", \"circle\"); its embedding is where the new token starts.")
+        train.update(placeholder_token=placeholder, initializer_token=initializer)
+    else:
+        train.setdefault("instance_prompt", prompt)
+    prior = (arguments.prior_class_prompt, arguments.prior_class_image_dir, arguments.num_prior_class_images)
+    if any(prior):
+        if method == "textual-inversion":
+            raise ConfigError("Prior preservation (--prior-class-*) is for --method lora or dreambooth, not textual-inversion.")
+        if not arguments.prior_class_prompt:
+            raise ConfigError("Prior preservation needs --prior-class-prompt, the prompt of the class (\"a photo of a dog\").")
+        count = arguments.num_prior_class_images
+        if arguments.prior_class_image_dir:
+            folder = Path(arguments.prior_class_image_dir)
+            if not folder.is_dir():
+                raise DataError(f"--prior-class-image-dir {folder} is not a folder; give a folder of class images "
+                                "(missing ones are generated).")
+            count = count or sum(1 for entry in folder.iterdir() if entry.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+            train["class_data_dir"] = str(folder.resolve())
+        if not count:
+            raise ConfigError("Prior preservation needs class images: --num-prior-class-images N (generated with "
+                              "--prior-class-prompt), or a --prior-class-image-dir holding some.")
+        train.update(with_prior_preservation=True, class_prompt=arguments.prior_class_prompt, num_class_images=count)
+    return train
+
+
+def _lm_arguments(arguments: argparse.Namespace) -> dict:
+    """`train()` keyword arguments of a train-lm command."""
+    from .runner import parse_training_args
+
+    train = parse_training_args(arguments.training_args)
+    options = {"r": arguments.lora_rank, "lora_alpha": arguments.lora_alpha, "lora_dropout": arguments.lora_dropout}
+    if arguments.target_modules:
+        modules = arguments.target_modules
+        options["target_modules"] = modules if modules == "all-linear" else [name.strip() for name in modules.split(",")]
+    train.update({key: value for key, value in options.items() if value is not None})
+    return train
+
+
+def _train(arguments: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .errors import ConfigError
+    from .jobs import JobStore
+    from .runner import (
+        TrainRequest,
+        check_request,
+        is_distributed,
+        is_main_process,
+        run_job,
+        run_unrecorded,
+        start_detached,
+    )
+
+    kind = arguments.command
+    if is_distributed() and (arguments.detach or not arguments.output):
+        raise ConfigError("Under accelerate launch / torchrun, give --output DIR (a folder every process can reach) "
+                          "and leave out --detach.")
+    request = TrainRequest(
+        kind=kind, name=arguments.name, method=arguments.method if kind == "train-diffuser" else "lora",
+        model=arguments.model, dataset=_dataset_path(arguments.dataset), revision=arguments.revision,
+        log_level=arguments.log_level,
+        train_arguments=_diffuser_arguments(arguments) if kind == "train-diffuser" else _lm_arguments(arguments),
+    )
+    check_request(request)
+    output = Path(arguments.output).resolve() if arguments.output else None
+    if is_distributed() and not is_main_process():
+        return run_unrecorded(request, output)
+    store = JobStore()
+    job = store.create(request.name, kind, request.method, asdict(request), output)
+    if arguments.detach:
+        start_detached(store, job)
+        print(job.id)
+        print(f"Started job {job.id} in the background. Follow it with `tinypipe check-job-status {job.id} --include-logs`;"
+              f" its log is {job.log_file}.", file=sys.stderr)
+        return 0
+    print(f"Job {job.id}: {kind} {request.method} of {request.model}; log {job.log_file}", file=sys.stderr)
+    code = run_job(store, job, foreground=True)
+    job = store.get(job.id)
+    if job.status == "succeeded":
+        print(f"Job {job.id} succeeded in {job.duration:.0f} s. Repo: {job.output}\n"
+              f"Zip the weights and validation images with `tinypipe download-model {job.id}`.", file=sys.stderr)
+    else:
+        print(f"tinypipe: error: job {job.id} {job.status}: {job.error}", file=sys.stderr)
+    return code
+
+
+def _run_job(job_id: str) -> int:
+    """`tinypipe run-job ID`: the process a --detach job runs in (not listed in --help)."""
+    from .jobs import JobStore
+    from .runner import run_job
+
+    store = JobStore()
+    return run_job(store, store.get(job_id), foreground=False)
+
+
+# -- jobs -------------------------------------------------------------------------------------------
+
+
+def _when(seconds: Optional[float]) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "-"
+
+
+def _length(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+
+
+def _progress(log_file: Path) -> Optional[str]:
+    """The newest `step/total` of the progress bar in a job's log, if any."""
+    import re
+
+    try:
+        with open(log_file, "rb") as log:
+            log.seek(0, 2)
+            log.seek(max(0, log.tell() - 65536))
+            tail = log.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    found = re.findall(r"(\d+)/(\d+) \[", tail)
+    return f"{found[-1][0]}/{found[-1][1]} steps" if found else None
+
+
+def _recent_jobs(arguments: argparse.Namespace) -> int:
+    from .jobs import JobStore
+
+    jobs = JobStore().recent(arguments.limit)
+    if not jobs:
+        print("No jobs yet. Start one with `tinypipe train-diffuser NAME MODEL DATASET PROMPT` (see --help).")
+        return 0
+    rows = [("ID", "NAME", "COMMAND", "METHOD", "STATUS", "CREATED", "DURATION")]
+    rows += [(job.id, job.name, job.kind, job.method, job.status, _when(job.created_at), _length(job.duration)) for job in jobs]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def _job_status(arguments: argparse.Namespace) -> int:
+    from .jobs import JobStore
+
+    job = JobStore().get(arguments.job_id)
+    request = job.arguments
+    status = job.status
+    if status == "running":
+        progress = _progress(job.log_file)
+        status += f" for {_length(job.duration)}" + (f", {progress}" if progress else "")
+    elif job.finished_at:
+        status += f" at {_when(job.finished_at)}" + (f" after {_length(job.duration)}" if job.started_at else "")
+    lines = [
+        f"Job {job.id}: {job.name}",
+        f"  status    {status}",
+        f"  command   {job.kind} --method {job.method}",
+        f"  model     {request['model']}" + (f" (revision {request['revision']})" if request.get("revision") else ""),
+        f"  dataset   {request['dataset']}",
+        f"  created   {_when(job.created_at)}",
+        f"  output    {job.output}",
+        f"  log       {job.log_file}",
+    ]
+    if job.error:
+        lines.append(f"  error     {job.error}")
+    print("\n".join(lines))
+    if arguments.include_logs:
+        print(f"\n--- {job.log_file} ---")
+        try:
+            text = job.log_file.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            text = "(no log yet)\n"
+        if arguments.tail:
+            text = "\n".join(text.replace("\r", "\n").splitlines()[-arguments.tail:]) + "\n"
+        sys.stdout.write(text)
+    return 0
+
+
+def _download(arguments: argparse.Namespace) -> int:
+    from .archive import write_zip
+    from .jobs import JobError, JobStore
+
+    job = JobStore().get(arguments.job_id)
+    if job.status != "succeeded":
+        hint = {"queued": "it has not started", "running": "it is still running; wait for it",
+                "failed": f"it failed ({job.error}); see `tinypipe check-job-status {job.id} --include-logs`",
+                "cancelled": "it was cancelled"}[job.status]
+        raise JobError(f"Job {job.id} has no results to download: {hint}.")
+    model = job.output / "model"
+    if not model.is_dir():
+        raise JobError(f"Job {job.id} succeeded but its repo {job.output} has no model/ folder; was it moved or deleted?")
+    members = {f"model/{path.relative_to(model).as_posix()}": path for path in model.rglob("*") if path.is_file()}
+    validation = job.output / "validation"
+    if validation.is_dir():
+        members.update({f"validation/{path.relative_to(validation).as_posix()}": path
+                        for path in validation.rglob("*.png") if path.is_file()})
+    target = Path(arguments.to) if arguments.to else Path(f"{job.name}-{job.id}.zip")
+    write_zip(members, target)
+    print(f"Wrote {target} ({len(members)} files: the model/ weights and the validation images).")
+    return 0
+
+
+def _cancel(arguments: argparse.Namespace) -> int:
+    from .jobs import JobStore
+    from .runner import cancel_job
+
+    job = cancel_job(JobStore(), arguments.job_id)
+    print(f"Job {job.id} {job.status}; its checkpoints (if any) are in {job.output / 'checkpoints'}.")
+    return 0
+
+
+# -- repos --------------------------------------------------------------------------------------------
+
+
+def _repo_path(value: str) -> Optional[Path]:
+    """A local repo folder: the path itself, or the output of the job with this id; None if neither."""
+    path = Path(value)
+    if path.exists():
+        return path
+    import re
+
+    if re.fullmatch(r"[0-9a-f]{8}", value):
+        from .jobs import JobStore
+
+        return JobStore().get(value).output
+    return None
+
+
+def _generate(arguments: argparse.Namespace) -> int:
+    from .config import AutoModelPipeline
+    from .home import tinypipe_home
+
+    local = _repo_path(arguments.repo)
+    if local is not None:
+        pipeline = AutoModelPipeline.from_pretrained(local, trust_remote_code=arguments.trust_remote_code)
+    else:
+        cache = Path(arguments.cache_dir) if arguments.cache_dir else tinypipe_home() / "hub"
+        pipeline = AutoModelPipeline.from_pretrained(cache, arguments.repo, revision=arguments.revision,
+                                                     trust_remote_code=arguments.trust_remote_code)
+    from .models import CausalLMPipeline
+
+    if isinstance(pipeline, CausalLMPipeline):
+        text_arguments = {"prompt": arguments.prompt} if arguments.raw else {"instruction": arguments.prompt}
+        print(pipeline.generate(**text_arguments, max_new_tokens=arguments.max_new_tokens, seed=arguments.seed))
+        return 0
+    images = pipeline.generate(arguments.prompt, num_inference_steps=arguments.steps, guidance_scale=arguments.guidance_scale,
+                               seed=arguments.seed, negative_prompt=arguments.negative_prompt,
+                               num_images_per_prompt=arguments.num_images)
+    folder = Path(arguments.output)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        path = folder / f"{arguments.seed}-{index}.png"
+        image.save(path)
+        print(path)
+    return 0
+
+
+def _push(arguments: argparse.Namespace) -> int:
+    from .errors import RepoError
+    from .publish import push_repo_folder
+
+    local = _repo_path(arguments.repo)
+    if local is None:
+        raise RepoError(f"{arguments.repo} is neither a repo folder nor a job id; give the folder a training wrote.")
+    url = push_repo_folder(local, arguments.hub_id, private=arguments.private, token=arguments.token,
+                           commit_message=arguments.commit_message)
+    print(f"Pushed {local} to {url}")
+    return 0
+
+
+def _derive(arguments: argparse.Namespace) -> int:
+    from .derive import derive_pipeline
+    from .errors import RepoError
+
+    source = _repo_path(arguments.source)
+    if source is None:
+        raise RepoError(f"{arguments.source} is neither a repo folder nor a job id.")
+    output = derive_pipeline(source, Path(arguments.output), lora=arguments.lora, embedding=arguments.embedding,
+                             adapter=arguments.adapter, trust_remote_code=arguments.trust_remote_code)
+    print(f"Wrote {output}: {source} with its component replaced; {source} is unchanged.")
+    return 0
 
 
 def _demo(arguments: argparse.Namespace) -> int:
@@ -19,24 +363,160 @@ def _demo(arguments: argparse.Namespace) -> int:
     return 0
 
 
+# -- the parser -----------------------------------------------------------------------------------------
+
+
+def _add_job_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--training-args", metavar="JSON",
+                         help="Training keyword arguments as a JSON object, e.g. "
+                              """'{"num_train_epochs": 5, "learning_rate": 1e-4}'. An unknown key lists the valid ones.""")
+    command.add_argument("--revision", default="main", help="Hub revision (branch, tag or commit) of MODEL (default: main).")
+    command.add_argument("--log-level", choices=("DEBUG", "INFO"), default="INFO", help="How much the job logs (default: INFO).")
+    command.add_argument("--output", metavar="DIR",
+                         help="Folder for the repo, validation images and checkpoints (default: the job's folder under "
+                              "the tinypipe home, $TINYPIPE_HOME or ~/.cache/tinypipe).")
+    command.add_argument("--detach", action="store_true",
+                         help="Run in the background and print the job id; follow it with check-job-status.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `tinypipe` and its sub-commands."""
     parser = argparse.ArgumentParser(
         prog="tinypipe",
-        description="Fine-tune diffusion and causal-LM models and ship each result as a self-describing repo.",
+        description="Fine-tune diffusion and causal-LM models and ship each result as a self-describing repo. "
+                    "Jobs are recorded locally (in $TINYPIPE_HOME, default ~/.cache/tinypipe).",
+        epilog="Run `tinypipe COMMAND --help` for the options of each command.",
     )
     parser.add_argument("--version", action="version", version=f"tinypipe {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    raw = argparse.RawDescriptionHelpFormatter
+
+    diffuser = commands.add_parser(
+        "train-diffuser", help="Fine-tune a Stable Diffusion model on your images.", formatter_class=raw, epilog=EPILOG_TRAIN,
+        description="Fine-tune a Stable Diffusion model: LoRA on the UNet's attention processors (default),\n"
+                    "DreamBooth, or textual inversion. The run is recorded as a job.")
+    diffuser.add_argument("name", metavar="NAME", help="A name for this run (shown in get-most-recent-jobs).")
+    diffuser.add_argument("model", metavar="MODEL",
+                          help="Base model: a Hub id (runwayml/stable-diffusion-v1-5), a local diffusers folder, or the "
+                               "built-in offline tinypipe/tiny-sd.")
+    diffuser.add_argument("dataset", metavar="DATASET",
+                          help="Training images: a folder, a JSON file listing images (and captions), a .zip, or tinypipe/shapes.")
+    diffuser.add_argument("prompt", metavar="PROMPT",
+                          help="The training prompt with the rare token (\"a photo of sks dog\"); also the validation prompt. "
+                               "For textual inversion, write the new token as <name>.")
+    diffuser.add_argument("--method", choices=("lora", "dreambooth", "textual-inversion"), default="lora",
+                          help="lora: LoRA on the attention processors (default). dreambooth: full fine-tune (or LoRA with "
+                               """'{"use_lora": true}'). textual-inversion: learn a new token's embedding.""")
+    diffuser.add_argument("--prior-class-image-dir", metavar="DIR",
+                          help="Folder of class images for prior preservation (missing ones are generated).")
+    diffuser.add_argument("--prior-class-prompt", metavar="TEXT",
+                          help="Prompt of the class (\"a photo of a dog\"); turns on prior preservation.")
+    diffuser.add_argument("--num-prior-class-images", type=_positive_int, default=0, metavar="N",
+                          help="Class images to train with; generated with --prior-class-prompt when the folder has fewer "
+                               "(default: 0, or as many as --prior-class-image-dir holds).")
+    diffuser.add_argument("--placeholder-token", metavar="TOKEN", help="textual-inversion: the new token (default: the <name> in PROMPT).")
+    diffuser.add_argument("--initializer-token", metavar="WORD", help="textual-inversion: a known word the new token starts from.")
+    _add_job_options(diffuser)
+    diffuser.set_defaults(handler=_train)
+
+    lm = commands.add_parser(
+        "train-lm", help="Fine-tune a causal language model with a PEFT LoRA.", formatter_class=raw,
+        description="Fine-tune a causal LM (Llama-style) on instruction records with a PEFT LoRA.\n"
+                    "The run is recorded as a job.",
+        epilog="DATASET is a .json list or .jsonl file of alpaca records {\"instruction\", \"input\", \"output\"}, or the\n"
+               "built-in tinypipe/tiny-instructions. Example:\n"
+               "  tinypipe train-lm my-lm tinypipe/tiny-llama tinypipe/tiny-instructions --training-args '{\"num_train_epochs\": 3}'")
+    lm.add_argument("name", metavar="NAME", help="A name for this run.")
+    lm.add_argument("model", metavar="MODEL", help="Base model: a Hub id, a local transformers folder, or the built-in tinypipe/tiny-llama.")
+    lm.add_argument("dataset", metavar="DATASET", help="Instruction records: .json / .jsonl, or tinypipe/tiny-instructions.")
+    lm.add_argument("--lora-rank", type=int, metavar="R", help="LoRA rank (default 8).")
+    lm.add_argument("--lora-alpha", type=float, metavar="ALPHA", help="LoRA alpha (default 16).")
+    lm.add_argument("--lora-dropout", type=float, metavar="P", help="LoRA dropout (default 0.05).")
+    lm.add_argument("--target-modules", metavar="NAMES",
+                    help="Comma-separated module names the LoRA wraps (default: the attention projections), or all-linear.")
+    _add_job_options(lm)
+    lm.set_defaults(handler=_train)
+
+    recent = commands.add_parser("get-most-recent-jobs", help="List the most recent jobs, newest first.",
+                                 description="List the most recent jobs (id, name, method, status, times), newest first.")
+    recent.add_argument("--limit", type=int, default=10, help="How many jobs (default: 10).")
+    recent.set_defaults(handler=_recent_jobs)
+
+    status = commands.add_parser("check-job-status", help="Show a job's status, and its log.",
+                                 description="Show a job's status, progress, times, output and error; a job whose process "
+                                             "died is reported as failed.")
+    status.add_argument("job_id", metavar="JOB_ID", help="The job's id (get-most-recent-jobs lists them).")
+    status.add_argument("--include-logs", action="store_true", help="Also print the job's log.")
+    status.add_argument("--tail", type=int, metavar="N", help="With --include-logs: only the last N lines.")
+    status.set_defaults(handler=_job_status)
+
+    download = commands.add_parser("download-model", help="Zip a finished job's weights and validation images.",
+                                   description="Write a zip of a succeeded job's model/ folder (LoRA, embedding or adapter "
+                                               "weights and their configs) and its validation images.")
+    download.add_argument("job_id", metavar="JOB_ID", help="The id of a succeeded job.")
+    download.add_argument("--to", metavar="FILE", help="The zip file to write (default: NAME-JOB_ID.zip here).")
+    download.set_defaults(handler=_download)
+
+    cancel = commands.add_parser("cancel", help="Stop a queued or running job.",
+                                 description="Stop a queued or running job; its checkpoints stay for a later resume.")
+    cancel.add_argument("job_id", metavar="JOB_ID", help="The id of a queued or running job.")
+    cancel.set_defaults(handler=_cancel)
+
+    generate = commands.add_parser("generate", help="Generate images (or text) with a repo.",
+                                   description="Load a repo (a folder, a job id, or a Hub id) and generate: images into "
+                                               "--output for a diffusion repo, text on stdout for a causal LM.")
+    generate.add_argument("repo", metavar="REPO", help="A repo folder, a job id, or a Hub id.")
+    generate.add_argument("prompt", metavar="PROMPT",
+                          help="The prompt (images), or the instruction a causal LM answers (text; see --raw).")
+    generate.add_argument("--num-images", type=int, default=4, help="Images to generate (default: 4).")
+    generate.add_argument("--steps", type=int, default=25, help="Denoising steps (default: 25).")
+    generate.add_argument("--guidance-scale", type=float, default=7.5, help="Classifier-free guidance (default: 7.5).")
+    generate.add_argument("--negative-prompt", help="What to steer the images away from.")
+    generate.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
+    generate.add_argument("--output", default="generated", metavar="DIR", help="Folder for the images (default: generated).")
+    generate.add_argument("--max-new-tokens", type=int, default=64, help="Causal LM: tokens to generate (default: 64).")
+    generate.add_argument("--raw", action="store_true", help="Causal LM: continue PROMPT as is, not as an alpaca instruction.")
+    generate.add_argument("--revision", help="Hub revision, for a Hub id.")
+    generate.add_argument("--cache-dir", metavar="DIR", help="Where Hub repos are downloaded (default: the tinypipe home's hub/).")
+    generate.add_argument("--trust-remote-code", action="store_true", help="Allow the repo's own code (model_code/) to run.")
+    generate.set_defaults(handler=_generate)
+
+    push = commands.add_parser("push", help="Publish a repo to the Hugging Face Hub with a model card.",
+                               description="Publish a repo (a folder or a job id) to the Hub with a model card (base model, "
+                                           "method, prompts, training arguments, validation images). Checkpoints are not "
+                                           "uploaded; the token is never written anywhere.")
+    push.add_argument("repo", metavar="REPO", help="A repo folder or a job id.")
+    push.add_argument("hub_id", metavar="HUB_ID", help="The Hub repo to create or update, e.g. me/my-lora.")
+    push.add_argument("--private", action="store_true", help="Create the Hub repo as private.")
+    push.add_argument("--token", help="A Hub token (default: HF_TOKEN or the one saved by `hf auth login`).")
+    push.add_argument("--commit-message", help="The Hub commit message.")
+    push.set_defaults(handler=_push)
+
+    derive = commands.add_parser("derive", help="Copy a repo with one component replaced.",
+                                 description="Write a new repo: SOURCE with its LoRA, textual-inversion embedding or PEFT "
+                                             "adapter replaced by another's. SOURCE is left untouched.")
+    derive.add_argument("source", metavar="SOURCE", help="The repo to start from (a folder or a job id).")
+    derive.add_argument("output", metavar="OUTPUT", help="The new repo's folder.")
+    replacement = derive.add_mutually_exclusive_group(required=True)
+    replacement.add_argument("--lora", metavar="PATH", help="A diffusers LoRA file, or a folder / repo holding one.")
+    replacement.add_argument("--embedding", metavar="PATH", help="A textual-inversion embedding file, or a folder / repo holding one.")
+    replacement.add_argument("--adapter", metavar="PATH", help="A PEFT adapter folder, or a causal-LM repo.")
+    derive.add_argument("--trust-remote-code", action="store_true", help="Allow the repo's own code (model_code/) to run.")
+    derive.set_defaults(handler=_derive)
 
     demo = commands.add_parser("demo", help="Run the offline demo on the built-in tiny model.",
-                               description="Run the offline demo on the built-in tiny model and write its repo.")
+                               description="Fine-tune the built-in tiny model with LoRA, offline, and write its repo.")
     demo.add_argument("--output", default="demo-output", help="Folder the demo writes its repo into (default: demo-output).")
     demo.set_defaults(handler=_demo)
+
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `tinypipe` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 2 and argv[0] == "run-job":
+        return _run_job(argv[1])
     parser = build_parser()
     arguments = parser.parse_args(argv)
     if not hasattr(arguments, "handler"):
@@ -49,6 +529,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except TinypipeError as error:
         print(f"tinypipe: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `tinypipe get-most-recent-jobs | head -1`: the reader left, which is fine
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

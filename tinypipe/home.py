@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from filelock import FileLock
 
 
@@ -54,19 +53,27 @@ def cached_folder(name: str, fingerprint: dict, build: Callable[[Path], None]) -
     # Under `accelerate launch`, transformers writes weights only on rank 0: the other ranks wait for it.
     rank = _distributed_rank()
     if rank is not None and rank > 0:
-        torch.distributed.barrier()
+        _barrier()
     try:
         return _build_once(name, fingerprint, build)
     finally:
         if rank == 0:
-            torch.distributed.barrier()
+            _barrier()
 
 
 def _distributed_rank() -> int | None:
     """This process's rank when torch.distributed is initialised, else `None`."""
+    import torch  # here, so that the job commands of the CLI start without torch
+
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
     return None
+
+
+def _barrier() -> None:
+    import torch
+
+    torch.distributed.barrier()
 
 
 def _build_once(name: str, fingerprint: dict, build: Callable[[Path], None]) -> Path:

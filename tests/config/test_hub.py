@@ -124,8 +124,8 @@ def test_failed_push_keeps_the_local_save_and_says_how_to_log_in(tmp_path, monke
             raise huggingface_hub.errors.LocalTokenNotFoundError("Token is required")
 
     monkeypatch.setattr(huggingface_hub, "HfApi", NoToken)
-    with pytest.raises(RepoError, match=r"local repo is saved and intact\. Log in with `huggingface-cli login`"):
-        Card(prompt="kept").save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="me/card")
+    with pytest.raises(RepoError, match=r"local repo at .* is saved and intact\. Log in with `hf auth login`"):
+        Card(prompt="kept").save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="me/card", token="hf_expired")
     assert Card.from_pretrained(tmp_path / "out").prompt == "kept"
 
 

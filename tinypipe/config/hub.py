@@ -96,18 +96,20 @@ def resolve_repo(path: Union[str, Path], repo: Optional[str] = None, *, revision
 
 
 def render_model_card(card_data: dict[str, Any], repo_id: str) -> "Any":
-    """Build a huggingface_hub `ModelCard` (README.md) from an object's `model_card_data()`.
+    """Build a huggingface_hub `ModelCard` (README.md) from card data (see `tinypipe.publish.card_data_from_repo`).
 
     Args:
-        card_data: `base_model`, `method`, `prompts`, `tags`, `images` (paths relative to the repo),
-            `training_arguments`; all optional.
+        card_data: `base_model`, `method`, `trainer`, `instance_prompt`, `prompts` (`{label: prompt}`),
+            `tags`, `images` (paths relative to the repo), `training_arguments`; all optional.
         repo_id: The hub repo the card describes.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
     tags = sorted(set(["tinypipe", *card_data.get("tags", [])]))
-    metadata = ModelCardData(library_name="tinypipe", tags=tags, base_model=card_data.get("base_model"))
-    lines = [f"# {repo_id}", "", f"Trained with [tinypipe](https://pypi.org/project/tinypipe/): {card_data.get('method', 'model')}."]
+    metadata = ModelCardData(library_name="tinypipe", tags=tags, base_model=card_data.get("base_model"),
+                             instance_prompt=card_data.get("instance_prompt"))
+    trainer = f"'s `{card_data['trainer']}`" if card_data.get("trainer") else ""
+    lines = [f"# {repo_id}", "", f"Trained with [tinypipe](https://pypi.org/project/tinypipe/){trainer}: {card_data.get('method', 'model')}."]
     if card_data.get("base_model"):
         lines += ["", f"Base model: `{card_data['base_model']}`."]
     for label, prompt in card_data.get("prompts", {}).items():
@@ -123,27 +125,14 @@ def render_model_card(card_data: dict[str, Any], repo_id: str) -> "Any":
 
 
 def push_repo(obj: Any, repo: Path, *, repo_id: Optional[str], private: Optional[bool], token: Optional[str], commit_message: Optional[str]) -> str:
-    """Publish the saved repo folder to the hub as `repo_id`, with a model card.
+    """Publish the repo folder `obj` was just saved into, as `save_pretrained(push_to_hub=True)` does.
 
-    The local save is already complete when this runs; a failed push raises an error that says
-    where the local repo is and how to log in. The token is passed to huggingface_hub only.
+    The card is the one `tinypipe.publish.push_repo_folder` writes (so a repo that also holds `trainer/` and
+    `validation/` gets prompts, training arguments and images), with `obj.model_card_data()` describing the model.
 
     Returns:
         The URL of the hub repo.
     """
-    if not repo_id:
-        raise RepoError("push_to_hub=True needs repo_id='user/name'.")
-    from huggingface_hub import HfApi
+    from ..publish import card_data_from_repo, upload_repo
 
-    render_model_card(obj.model_card_data(), repo_id).save(repo / "README.md")
-    api = HfApi(token=token)
-    try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(repo_id=repo_id, folder_path=repo, commit_message=commit_message or "Upload with tinypipe",
-                          ignore_patterns=[".cache/**", _DOWNLOAD_STAMP, ".*.tmp-*/**", ".*.old-*/**"])
-    except Exception as error:
-        raise RepoError(
-            f"Pushing {repo} to the hub as {repo_id!r} failed ({type(error).__name__}: {error}). The local repo is saved "
-            "and intact. Log in with `huggingface-cli login` (or pass token=...) and push again."
-        ) from error
-    return str(url)
+    return upload_repo(repo, repo_id, card_data_from_repo(repo, obj), private=private, token=token, commit_message=commit_message)

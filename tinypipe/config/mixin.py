@@ -253,13 +253,29 @@ class ConfigMixin:
             return build_module_with_weights(cls, folder, lambda: cls._from_arguments(arguments, overrides))
         return cls._from_arguments(arguments, overrides)
 
-    def model_card_data(self) -> dict[str, Any]:
-        """What the model card (README.md) says about this object when it is pushed to the hub.
+    @classmethod
+    def card_data_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """What the model card (README.md) says about an object of this class saved with `config`.
+
+        Read from the config alone, so a saved repo can be published without loading its weights.
+        Subclasses override this to name their base model, method and tags.
+
+        Args:
+            config: The recorded arguments: `obj.config`, or a `config.json` read as plain JSON
+                (tuples then arrive as lists).
 
         Returns:
             A dict with any of `base_model`, `method`, `prompts`, `tags`, `images`, `training_arguments`.
         """
-        return {"tags": ["tinypipe"], "method": type(self).__qualname__}
+        return {"tags": ["tinypipe"], "method": cls.__qualname__}
+
+    def model_card_data(self) -> dict[str, Any]:
+        """What the model card (README.md) says about this object when it is pushed to the hub.
+
+        Returns:
+            `card_data_from_config(self.config)` unless a subclass knows more about itself.
+        """
+        return type(self).card_data_from_config(self.config)
 
     # -- the repo -----------------------------------------------------------------------------------
 

@@ -273,8 +273,33 @@ class CausalLMPipeline(ConfigMixin):
         set_peft_model_state_dict(self.model, state)
         self.model.eval()
 
+    def replace_adapter(self, folder: Union[str, Path]) -> None:
+        """Replace this pipeline's LoRA adapter (or add one) with a PEFT adapter folder, as `load_adapter` reads it.
+
+        The new adapter may have another rank, alpha or target modules; the config records them. If it
+        does not fit, the old adapter is put back before the error is raised.
+
+        Raises:
+            RepoError: A file is missing or corrupt, or the adapter does not fit the base model.
+        """
+        from peft.utils import set_peft_model_state_dict
+
+        if not self.has_lora:
+            self.load_adapter(folder)
+            return
+        previous = {key: self.config[key] for key in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules")}
+        state = {key: tensor.detach().clone() for key, tensor in self.adapter_state_dict().items()}
+        self._remove_lora()
+        try:
+            self.load_adapter(folder)
+        except (ConfigError, RepoError):
+            self._add_lora(previous["lora_rank"], previous["lora_alpha"], previous["lora_dropout"], previous["lora_target_modules"])
+            set_peft_model_state_dict(self.model, state)
+            self.model.eval()
+            raise
+
     def _remove_lora(self) -> None:
-        """Take a freshly added adapter off again (after it turned out not to fit)."""
+        """Take the adapter off again (one that turned out not to fit, or one being replaced)."""
         self.model = self.model.unload()
         self._record(lora_rank=None, lora_alpha=None, lora_dropout=0.0, lora_target_modules=ATTENTION_PROJECTIONS)
 
@@ -422,9 +447,12 @@ class CausalLMPipeline(ConfigMixin):
         pipeline._record(**lora)
         return pipeline
 
-    def model_card_data(self) -> dict[str, Any]:
-        tags = ["transformers", "text-generation"] + (["peft", "lora"] if self.has_lora else [])
-        return {"base_model": self.config["base_model"], "method": "LoRA (PEFT)" if self.has_lora else "causal LM", "tags": tags}
+    @classmethod
+    def card_data_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Base model, method and tags (transformers, text-generation, peft, lora) of a saved pipeline."""
+        has_lora = config.get("lora_rank") is not None
+        tags = ["transformers", "text-generation"] + (["peft", "lora"] if has_lora else [])
+        return {"base_model": config.get("base_model"), "method": "LoRA (PEFT)" if has_lora else "causal LM", "tags": tags}
 
 
 def write_builtin_repo(folder: Path) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import pickle
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -31,7 +32,7 @@ import torch
 from PIL import Image
 
 from ..config import ConfigMixin, Ignore, save_config
-from ..errors import ConfigError, RepoError
+from ..errors import ConfigError, RepoError, TinypipeError
 from .builtin import TINY_SD, builtin_model_folder, is_builtin
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ TEXTUAL_INVERSION_NAME = "learned_embeds.safetensors"
 FINE_TUNABLE_COMPONENTS = ("unet", "text_encoder")
 ADAPTER_NAME = "default"
 UNET_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+LORA_SETTINGS = ("lora_rank", "lora_alpha", "lora_target_modules", "text_encoder_lora")
 TEXT_ENCODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
@@ -223,6 +225,68 @@ class DiffusionPipeline(ConfigMixin):
                               "DiffusionPipeline(base_model='<repo>/model'), which is a diffusers folder.")
         self._add_lora(rank, alpha, target_modules, text_encoder)
 
+    def replace_lora(self, weights: Union[str, Path]) -> None:
+        """Replace this pipeline's LoRA (or add one) with the LoRA in a diffusers file (`pytorch_lora_weights.safetensors`).
+
+        Rank, alpha and target modules come from the file (diffusers reads its metadata), so they may
+        differ from the old LoRA's; the config records the new ones. If the file does not fit, the old
+        LoRA is put back before the error is raised.
+
+        Example:
+        ```python
+        pipeline = AutoModelPipeline.from_pretrained("lora-a")
+        pipeline.replace_lora("lora-b/model/pytorch_lora_weights.safetensors")
+        pipeline.save_pretrained("lora-a-with-b")
+        ```
+
+        Raises:
+            ConfigError: The file is missing, the pipeline's own weights were fine-tuned, or the LoRA has
+                per-layer ranks or alphas (tinypipe records one rank and alpha).
+            RepoError: The LoRA does not fit the base model (the message names the file and the weights).
+        """
+        weights = Path(weights)
+        if not weights.is_file():
+            raise ConfigError(f"The LoRA file {weights} does not exist; give a diffusers {LORA_WEIGHTS_NAME}.")
+        if self.config["fine_tuned_components"]:
+            raise ConfigError("This pipeline's own weights were fine-tuned, so a LoRA cannot be put on it here; use "
+                              "DiffusionPipeline(base_model='<repo>/model'), which is a diffusers folder.")
+        with tempfile.TemporaryDirectory() as backup:
+            previous = dict(self.config) if self.has_lora else None
+            if previous is not None:
+                self._save_lora(Path(backup))
+                self.pipe.delete_adapters(ADAPTER_NAME)
+                self._record(lora_rank=None)
+            try:
+                self._load_lora_file(weights)
+                self._record_loaded_lora(weights)
+            except TinypipeError:
+                self.pipe.delete_adapters(ADAPTER_NAME)  # what a half-done load left (a no-op when nothing)
+                if previous is not None:
+                    self._load_lora_file(Path(backup) / LORA_WEIGHTS_NAME)
+                    self._record(**{key: previous[key] for key in LORA_SETTINGS})
+                raise
+
+    def _record_loaded_lora(self, weights: Path) -> None:
+        """Record the settings of the LoRA diffusers just loaded; refuse one the config cannot describe."""
+        loaded = {name: getattr(self.pipe, name).peft_config[ADAPTER_NAME] for name in ("unet", "text_encoder")
+                  if ADAPTER_NAME in (getattr(getattr(self.pipe, name), "peft_config", None) or {})}
+        unet = loaded.get("unet")
+        problem = None
+        if unet is None:
+            problem = "it holds no UNet LoRA"
+        elif isinstance(unet.target_modules, str):
+            problem = f"its target modules are the pattern {unet.target_modules!r}, not a list of module names"
+        elif any(config.rank_pattern or config.alpha_pattern for config in loaded.values()):
+            problem = "its layers have different ranks or alphas, and a tinypipe config records one rank and alpha"
+        elif "text_encoder" in loaded and (loaded["text_encoder"].r, loaded["text_encoder"].lora_alpha) != (unet.r, unet.lora_alpha):
+            problem = "its text-encoder LoRA has another rank or alpha than its UNet LoRA"
+        if problem is not None:
+            raise ConfigError(f"{weights} cannot be used as this pipeline's LoRA: {problem}. Use a LoRA saved by tinypipe "
+                              "or by diffusers' training scripts.")
+        targets = set(unet.target_modules)
+        self._record(lora_rank=unet.r, lora_alpha=unet.lora_alpha, text_encoder_lora="text_encoder" in loaded,
+                     lora_target_modules=UNET_LORA_TARGETS if targets == set(UNET_LORA_TARGETS) else tuple(sorted(targets)))
+
     def lora_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
         """The LoRA weights in diffusers' key format: `{"unet": {...}, "text_encoder": {...}}`."""
         from diffusers.utils import convert_state_dict_to_diffusers
@@ -262,14 +326,8 @@ class DiffusionPipeline(ConfigMixin):
         Raises:
             ConfigError: A known token, or vectors of the wrong shape or with NaN/inf values.
         """
-        vectors = vectors.detach().reshape(1, -1) if vectors.dim() == 1 else vectors.detach()
+        vectors = self._check_embedding(token, vectors)
         embedding = self.text_encoder.get_input_embeddings()
-        dim = embedding.weight.shape[1]
-        if vectors.dim() != 2 or vectors.shape[1] != dim or vectors.shape[0] < 1:
-            raise ConfigError(f"The embedding for {token!r} has shape {list(vectors.shape)}; this text encoder needs "
-                              f"[num_vectors, {dim}]. It was trained for another base model.")
-        if not vectors.is_floating_point() or not torch.isfinite(vectors).all():
-            raise ConfigError(f"The embedding for {token!r} is not finite floating-point values ({vectors.dtype}).")
         tokens = [token] + [f"{token}_{index}" for index in range(1, vectors.shape[0])]
         for name in tokens:
             check_new_token(self.tokenizer, name)
@@ -282,6 +340,17 @@ class DiffusionPipeline(ConfigMixin):
             weight[ids] = vectors.to(weight.device, weight.dtype)
         self._record(textual_inversion_tokens=tuple(self.config["textual_inversion_tokens"]) + (token,))
         return ids
+
+    def _check_embedding(self, token: str, vectors: torch.Tensor) -> torch.Tensor:
+        """`vectors` as `[num_vectors, dim]` rows for this text encoder; ConfigError for a wrong shape or non-finite values."""
+        vectors = vectors.detach().reshape(1, -1) if vectors.dim() == 1 else vectors.detach()
+        dim = self.text_encoder.get_input_embeddings().weight.shape[1]
+        if vectors.dim() != 2 or vectors.shape[1] != dim or vectors.shape[0] < 1:
+            raise ConfigError(f"The embedding for {token!r} has shape {list(vectors.shape)}; this text encoder needs "
+                              f"[num_vectors, {dim}]. It was trained for another base model.")
+        if not vectors.is_floating_point() or not torch.isfinite(vectors).all():
+            raise ConfigError(f"The embedding for {token!r} is not finite floating-point values ({vectors.dtype}).")
+        return vectors
 
     def load_textual_inversion(self, embedding: Union[str, Path, torch.Tensor, Mapping[str, Any]], token: Optional[str] = None) -> str:
         """Load a textual-inversion embedding: a file or an in-memory tensor / state dict.
@@ -305,6 +374,40 @@ class DiffusionPipeline(ConfigMixin):
         """
         token, vectors = read_textual_inversion(embedding, token)
         self.add_textual_inversion(token, vectors)
+        return token
+
+    def replace_textual_inversion(self, embedding: Union[str, Path, torch.Tensor, Mapping[str, Any]], token: Optional[str] = None) -> str:
+        """Replace the vectors of one of this pipeline's textual-inversion tokens, or add the token to a pipeline without any.
+
+        The new embedding may have another number of vectors than the old one (diffusers'
+        `unload_textual_inversion` removes the old rows first). The token keeps its place, so the
+        saved files keep their names.
+
+        Args:
+            embedding: A file, tensor or dict, in any layout `load_textual_inversion` reads.
+            token: The token to replace; overrides the name stored in the embedding.
+
+        Returns:
+            The token replaced (or added).
+
+        Raises:
+            ConfigError: The pipeline has other textual-inversion tokens but not this one, or the
+                embedding does not fit this text encoder (nothing is changed then).
+        """
+        token, vectors = read_textual_inversion(embedding, token)
+        tokens = tuple(self.config["textual_inversion_tokens"])
+        if token not in tokens:
+            if tokens:
+                raise ConfigError(f"The embedding is for the token {token!r}, but this pipeline's textual-inversion tokens are "
+                                  f"{list(tokens)}. To load it under the pipeline's token, pass token={tokens[0]!r} (placeholder_token= "
+                                  "with derive_pipeline).")
+            return self.load_textual_inversion(vectors, token)
+        vectors = self._check_embedding(token, vectors)
+        count = len(self.textual_inversion_embeddings()[token])
+        self.pipe.unload_textual_inversion([token] + [f"{token}_{index}" for index in range(1, count)])
+        self._record(textual_inversion_tokens=tuple(name for name in tokens if name != token))
+        self.add_textual_inversion(token, vectors)
+        self._record(textual_inversion_tokens=tokens)
         return token
 
     def textual_inversion_embeddings(self) -> dict[str, torch.Tensor]:
@@ -394,7 +497,7 @@ class DiffusionPipeline(ConfigMixin):
     def _build_from_folder(cls, folder: Path, arguments: Mapping[str, Any], overrides: Mapping[str, Any]) -> "DiffusionPipeline":
         """Build the base pipeline (or the saved fine-tuned one), add the saved textual-inversion tokens, then
         load the saved LoRA with diffusers' own `load_lora_weights`."""
-        lora = {key: arguments[key] for key in ("lora_rank", "lora_alpha", "lora_target_modules", "text_encoder_lora") if key in arguments}
+        lora = {key: arguments[key] for key in LORA_SETTINGS if key in arguments}
         tokens = tuple(arguments.get("textual_inversion_tokens") or ())
         if arguments.get("fine_tuned_components"):
             if not (folder / "model_index.json").is_file():
@@ -415,22 +518,30 @@ class DiffusionPipeline(ConfigMixin):
         weights = folder / LORA_WEIGHTS_NAME
         if not weights.is_file():
             raise RepoError(f"{weights} is missing: the config records a LoRA of rank {lora['lora_rank']}.")
-        try:
-            with quiet_loading():
-                pipeline.pipe.load_lora_weights(folder, weight_name=LORA_WEIGHTS_NAME, adapter_name=ADAPTER_NAME)
-        except (ValueError, RuntimeError, KeyError) as error:
-            raise RepoError(f"{weights} does not fit the base model {arguments.get('base_model')!r}: {str(error).splitlines()[0]}") from error
+        pipeline._load_lora_file(weights)
         pipeline._record(**lora)
         return pipeline
 
-    def model_card_data(self) -> dict[str, Any]:
-        tags = ["diffusers", "stable-diffusion", "text-to-image"] + (["lora"] if self.has_lora else [])
-        method = "LoRA" if self.has_lora else "diffusion pipeline"
-        if self.config["fine_tuned_components"]:
+    def _load_lora_file(self, weights: Path) -> None:
+        """Load a diffusers LoRA file as the adapter with diffusers' own `load_lora_weights` (it reads the metadata)."""
+        try:
+            with quiet_loading():
+                self.pipe.load_lora_weights(weights.parent, weight_name=weights.name, adapter_name=ADAPTER_NAME)
+        except (ValueError, RuntimeError, KeyError) as error:
+            reason = " ".join(line.strip() for line in str(error).splitlines()[:2])  # torch's first line only says "Error(s) in ..."
+            raise RepoError(f"{weights} does not fit the base model {self.config['base_model']!r}: {reason}") from error
+
+    @classmethod
+    def card_data_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Base model, method and tags (diffusers, lora, dreambooth, textual_inversion) of a saved pipeline."""
+        has_lora = config.get("lora_rank") is not None
+        tags = ["diffusers", "stable-diffusion", "text-to-image"] + (["lora"] if has_lora else [])
+        method = "LoRA" if has_lora else "diffusion pipeline"
+        if config.get("fine_tuned_components"):
             tags, method = tags + ["dreambooth"], "DreamBooth (full fine-tune)"
-        if self.config["textual_inversion_tokens"]:
+        if config.get("textual_inversion_tokens"):
             tags, method = tags + ["textual_inversion"], "textual inversion" if method == "diffusion pipeline" else method
-        return {"base_model": self.config["base_model"], "method": method, "tags": tags}
+        return {"base_model": config.get("base_model"), "method": method, "tags": tags}
 
 
 def textual_inversion_file_name(index: int) -> str:

@@ -32,7 +32,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -87,6 +87,11 @@ class DreamBoothTrainer(TrainerConfigMixin):
     @save_config
     def __init__(self):
         self.model: Optional[DiffusionPipeline] = None
+
+    @classmethod
+    def card_data_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """A DreamBooth run is tagged `dreambooth` on the hub whether it fine-tuned the UNet or trained a LoRA."""
+        return {"tags": ["dreambooth"], "method": "DreamBooth"}
 
     def init_model(self, model: Any) -> "DreamBoothTrainer":
         """Set the pipeline to fine-tune: a `DiffusionPipeline`, or a base model id / folder / built-in name."""

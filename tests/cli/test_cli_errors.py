@@ -1,0 +1,183 @@
+"""Bad input to the `tinypipe` command: exit code 2, one message naming what is wrong and how to fix it, no job."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from tinypipe.cli import build_parser, main
+from tinypipe.jobs import JobStore
+
+TRAIN = ["train-diffuser", "run", "tinypipe/tiny-sd", "tinypipe/shapes", "a photo of sks circle"]
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    """Run the command in this process; returns (exit code, stderr)."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse's own usage errors
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def no_jobs() -> bool:
+    return JobStore().recent() == []
+
+
+def test_help_starts_without_importing_the_heavy_libraries():
+    # The speed figure is in bench/bench_cli_help.py; this checks the cause: nothing heavy is imported.
+    code = ("import sys, contextlib, io\nfrom tinypipe.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    for command in ([], ['train-diffuser'], ['get-most-recent-jobs']):\n"
+            "        try:\n            main([*command, '--help'])\n        except SystemExit:\n            pass\n"
+            "print(sorted(name for name in ('torch', 'diffusers', 'transformers', 'peft', 'accelerate') if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_every_option_of_every_command_is_explained():
+    parser = build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    assert {"train-diffuser", "train-lm", "get-most-recent-jobs", "check-job-status", "download-model", "cancel",
+            "generate", "push", "derive", "demo"} <= set(commands.choices)
+    listed = {action.dest for action in commands._choices_actions}
+    for name, command in commands.choices.items():
+        assert name in listed and command.description, f"{name} has no description"
+        for action in command._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"tinypipe {name}: {action.option_strings or action.dest} has no help text"
+
+
+def test_the_job_commands_run_in_a_shell_without_a_store_yet(capsys):
+    assert main(["get-most-recent-jobs"]) == 0
+    assert "No jobs yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train-diffuser", "run", "tinypipe/tiny-sd", "no/such/folder", "a photo"], "no/such/folder does not exist"),
+        ([*TRAIN, "--training-args", '{"learning_rate": 1e-4,}'], "--training-args is not valid JSON: .* line 1 column"),
+        ([*TRAIN, "--training-args", '[1, 2]'], "must be a JSON object"),
+        ([*TRAIN, "--training-args", '{"learnin_rate": 1e-4}'], "unknown key 'learnin_rate'; the valid keys are: .*learning_rate"),
+        ([*TRAIN, "--training-args", '{"output_dir": "x"}'], "may not set 'output_dir'; give it as --output"),
+        ([*TRAIN, "--method", "textual-inversion"], "needs the new token"),
+        (["train-diffuser", "run", "tinypipe/tiny-sd", "tinypipe/shapes", "a photo of <tok>", "--method", "textual-inversion"],
+         "needs --initializer-token"),
+        ([*TRAIN, "--num-prior-class-images", "4"], "needs --prior-class-prompt"),
+        ([*TRAIN, "--prior-class-prompt", "a photo of a circle"], "needs class images"),
+        ([*TRAIN, "--prior-class-prompt", "a circle", "--prior-class-image-dir", "missing"], "is not a folder"),
+        (["train-lm", "run", "tinypipe/tiny-llama", "missing.json"], "missing.json does not exist"),
+        (["train-lm", "run", "tinypipe/tiny-llama", "tinypipe/tiny-instructions", "--training-args", '{"rank": 4}'],
+         "unknown key 'rank'; the valid keys are: .*\\br\\b"),
+        (["check-job-status", "0badc0de"], "no job '0badc0de'.*get-most-recent-jobs"),
+        (["download-model", "0badc0de"], "no job '0badc0de'"),
+        (["cancel", "0badc0de"], "no job '0badc0de'"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message_and_no_job(capsys, argv, message):
+    import re
+
+    code, error = run(capsys, *argv)
+    assert code == 2 and error.startswith("tinypipe: error: "), error
+    assert re.search(message, error), error
+    assert "Traceback" not in error and len(error.strip().splitlines()) == 1
+    assert no_jobs()
+
+
+def test_an_unknown_method_is_refused_by_the_parser(capsys):
+    code, error = run(capsys, *TRAIN, "--method", "hypernetwork")
+    assert code == 2 and "invalid choice: 'hypernetwork'" in error and no_jobs()
+
+
+def test_an_empty_image_folder_is_refused(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, error = run(capsys, "train-diffuser", "run", "tinypipe/tiny-sd", str(tmp_path / "empty"), "a photo")
+    assert code == 2 and "contains no images" in error and str(tmp_path / "empty") in error and no_jobs()
+
+
+def test_an_empty_instruction_file_is_refused(capsys, tmp_path):
+    (tmp_path / "data.json").write_text("[]")
+    code, error = run(capsys, "train-lm", "run", "tinypipe/tiny-llama", str(tmp_path / "data.json"))
+    assert code == 2 and "No instruction examples" in error and no_jobs()
+
+
+def test_a_zipped_data_set_whose_member_escapes_is_refused_before_extracting(capsys, tmp_path):
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as zip_file:
+        zip_file.writestr("../../outside.png", b"not really")
+    code, error = run(capsys, "train-diffuser", "run", "tinypipe/tiny-sd", str(archive), "a photo")
+    assert code == 2 and "would escape" in error and no_jobs()
+    assert not (tmp_path.parent / "outside.png").exists()
+
+
+def test_download_of_a_running_or_failed_job_is_refused(capsys, tmp_path):
+    store = JobStore()
+    running = store.create("busy", "train-diffuser", "lora", {})
+    store.start(running.id)  # this live process runs it
+    code, error = run(capsys, "download-model", running.id, "--to", str(tmp_path / "x.zip"))
+    assert code == 2 and "still running" in error and not (tmp_path / "x.zip").exists()
+    failed = store.create("broken", "train-diffuser", "lora", {})
+    store.finish(failed.id, "failed", "DataError: bad image")
+    code, error = run(capsys, "download-model", failed.id)
+    assert code == 2 and "it failed (DataError: bad image)" in error and f"check-job-status {failed.id}" in error
+
+
+def test_a_job_whose_process_died_shows_as_failed(capsys):
+    store = JobStore()
+    job = store.create("crashed", "train-diffuser", "lora", {"model": "m", "dataset": "d"})
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    store.start(job.id, pid=process.pid)
+    process.wait()
+    assert main(["check-job-status", job.id]) == 0
+    out = capsys.readouterr().out
+    assert "status    failed" in out and "exited without reporting a result" in out
+
+
+def test_push_with_no_token_keeps_the_repo_and_says_how_to_log_in(capsys, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from tinypipe.models import DiffusionPipeline
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    repo = DiffusionPipeline("tinypipe/tiny-sd", lora_rank=2).save_pretrained(tmp_path / "repo")
+    before = {path: path.read_bytes() for path in repo.rglob("*") if path.is_file()}
+    code, error = run(capsys, "push", str(repo), "me/lora")
+    assert code == 2 and "hf auth login" in error and "saved and intact" in error
+    assert {path: path.read_bytes() for path in repo.rglob("*") if path.is_file()} == before
+
+
+def test_the_token_given_to_push_is_never_written(capsys, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from tinypipe.models import DiffusionPipeline
+
+    uploaded = {}
+
+    class FakeApi:
+        def __init__(self, token=None, **kwargs):
+            uploaded["token"] = token
+
+        def create_repo(self, repo_id, **kwargs):
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            uploaded["files"] = {path.name: path.read_bytes() for path in __import__("pathlib").Path(folder_path).rglob("*")
+                                 if path.is_file()}
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    repo = DiffusionPipeline("tinypipe/tiny-sd", lora_rank=2).save_pretrained(tmp_path / "repo")
+    secret = "hf_CliSecretToken0123456789"
+    assert main(["push", str(repo), "me/lora", "--token", secret]) == 0
+    printed = capsys.readouterr()
+    assert uploaded["token"] == secret and "README.md" in uploaded["files"]
+    assert "lora" in json.dumps(uploaded["files"]["README.md"].decode())
+    assert all(secret.encode() not in content for content in uploaded["files"].values())
+    assert secret not in printed.out + printed.err
+    assert all(secret.encode() not in path.read_bytes() for path in repo.rglob("*") if path.is_file())
+    assert os.environ.get("HF_TOKEN") != secret

@@ -1,0 +1,73 @@
+"""Zip files in and out: a job's results (`tinypipe download-model`) and zipped data sets.
+
+Writing is atomic (a temporary sibling, then a rename). Extracting refuses any member whose name
+would land outside the target folder (`../x`, `/etc/x`, `C:\\x`) or that is a link, before anything
+is written.
+"""
+
+import os
+import shutil
+import stat
+import uuid
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+
+from .errors import DataError
+
+__all__ = ["write_zip", "safe_extract"]
+
+
+def write_zip(members: Mapping[str, Path], target: Path) -> Path:
+    """Write `{name in the zip: file on disk}` into the zip file `target`, atomically.
+
+    Returns:
+        `target`.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with zipfile.ZipFile(staging, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, path in sorted(members.items()):
+                archive.write(path, name)
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
+    return target
+
+
+def _check_member(info: zipfile.ZipInfo, archive: Path) -> None:
+    name = info.filename.replace("\\", "/")
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or (parts and (":" in parts[0] or ".." in parts)):
+        raise DataError(f"{archive} holds the member {info.filename!r}, whose name would escape the folder it is "
+                        "extracted into; nothing was extracted. Re-create the zip with relative paths.")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise DataError(f"{archive} holds the symbolic link {info.filename!r}; nothing was extracted. "
+                        "Re-create the zip with the files themselves.")
+
+
+def safe_extract(archive: Path, folder: Path) -> Path:
+    """Extract the zip file `archive` into `folder` (made complete, then renamed into place).
+
+    Raises:
+        DataError: Not a zip file, or a member whose name would escape `folder`.
+    """
+    archive, folder = Path(archive), Path(folder)
+    try:
+        zip_file = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DataError(f"{archive} is not a readable zip file ({error}).") from error
+    with zip_file:
+        members = zip_file.infolist()
+        for info in members:
+            _check_member(info, archive)
+        staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            zip_file.extractall(staging)
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder

@@ -1,0 +1,216 @@
+"""The local job store: every `tinypipe train-*` run is a job recorded in one SQLite file, no server.
+
+A job has an id, a name, what it runs (`kind`, `method`, `arguments`), a status (queued, running,
+succeeded, failed, cancelled), timestamps, a log file and an output repo. It lives in
+`<tinypipe home>/jobs/jobs.sqlite3` (`TINYPIPE_HOME` moves it) and each job's files in
+`<tinypipe home>/jobs/<id>/`.
+
+- Several processes share the store: SQLite in WAL mode with a busy timeout serialises the writes, and
+  every status change is one conditional `UPDATE`, so a finished or cancelled job is never reopened.
+- A job records the process that runs it (pid and start time). Reading a queued or running job whose
+  process is gone marks it failed, so a crash is never reported as "running" forever.
+
+Only the standard library and psutil are imported here: `tinypipe --help` and the job commands stay fast.
+"""
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import TinypipeError
+from .home import tinypipe_home
+
+__all__ = ["Job", "JobError", "JobStore", "ACTIVE", "STATUSES"]
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE = ("queued", "running")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    method TEXT NOT NULL,
+    arguments TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    pid INTEGER,
+    pid_started REAL,
+    log_file TEXT NOT NULL,
+    output TEXT NOT NULL,
+    error TEXT
+)
+"""
+
+
+class JobError(TinypipeError):
+    """An unknown job id, or a job in the wrong state for what was asked."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the store. Times are seconds since the epoch."""
+
+    id: str
+    name: str
+    kind: str
+    method: str
+    arguments: dict
+    status: str
+    created_at: float
+    started_at: Optional[float]
+    finished_at: Optional[float]
+    pid: Optional[int]
+    pid_started: Optional[float]
+    log_file: Path
+    output: Path
+    error: Optional[str]
+
+    @property
+    def folder(self) -> Path:
+        """The job's own folder (its log, and its output unless `--output` named another)."""
+        return self.log_file.parent
+
+    @property
+    def duration(self) -> Optional[float]:
+        """Seconds it ran (so far, while running)."""
+        if self.started_at is None:
+            return None
+        return (self.finished_at or time.time()) - self.started_at
+
+
+def process_started(pid: int) -> Optional[float]:
+    """The start time of process `pid`, or None when there is no such live process."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
+    except psutil.Error:
+        return None
+
+
+class JobStore:
+    """The jobs of this machine (or of one `TINYPIPE_HOME`).
+
+    Args:
+        folder: Where the store and the job folders live; `<tinypipe home>/jobs` by default.
+    """
+
+    def __init__(self, folder: Optional[Path] = None):
+        self.folder = Path(folder) if folder is not None else tinypipe_home() / "jobs"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / "jobs.sqlite3"
+        with closing(self._connect()) as connection:
+            connection.execute(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        # Autocommit; each statement below is its own transaction. The busy timeout makes a writer wait
+        # for another process's write instead of failing with "database is locked".
+        connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA busy_timeout = 30000")
+        connection.execute("PRAGMA journal_mode = WAL")
+        return connection
+
+    def _execute(self, statement: str, parameters: tuple = ()) -> int:
+        with closing(self._connect()) as connection:
+            return connection.execute(statement, parameters).rowcount
+
+    # -- create and read ----------------------------------------------------------------------------
+
+    def create(self, name: str, kind: str, method: str, arguments: dict[str, Any], output: Optional[Path] = None) -> Job:
+        """Record a new queued job and make its folder.
+
+        Args:
+            name: The user's name for the run.
+            kind: The command that runs it (`"train-diffuser"`, `"train-lm"`).
+            method: The training method (`"lora"`, `"dreambooth"`, ...).
+            arguments: Everything needed to run it again, JSON-encodable.
+            output: Where the repo goes; `<job folder>/repo` when None.
+        """
+        for _ in range(10):
+            job_id = secrets.token_hex(4)
+            folder = self.folder / job_id
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            target = Path(output).resolve() if output is not None else folder / "repo"
+            self._execute(
+                "INSERT INTO jobs (id, name, kind, method, arguments, status, created_at, log_file, output) "
+                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (job_id, name, kind, method, json.dumps(arguments, sort_keys=True), time.time(),
+                 str(folder / "log.txt"), str(target)),
+            )
+            return self.get(job_id)
+        raise JobError(f"Could not pick a new job id in {self.folder}; check that the folder is writable.")
+
+    def get(self, job_id: str) -> Job:
+        """The job `job_id`, with a dead process's job reported as failed.
+
+        Raises:
+            JobError: No such job.
+        """
+        with closing(self._connect()) as connection:
+            row = connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobError(f"There is no job {job_id!r} in {self.path}; `tinypipe get-most-recent-jobs` lists the job ids.")
+        return self._check_alive(_job(row))
+
+    def recent(self, limit: int = 10) -> list[Job]:
+        """The `limit` newest jobs, newest first."""
+        with closing(self._connect()) as connection:
+            rows = connection.execute("SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
+        return [self._check_alive(_job(row)) for row in rows]
+
+    def _check_alive(self, job: Job) -> Job:
+        if job.status not in ACTIVE or job.pid is None:
+            return job
+        started = process_started(job.pid)
+        if started is not None and (job.pid_started is None or abs(started - job.pid_started) < 1.0):
+            return job
+        self.finish(job.id, "failed", f"the process that ran it (pid {job.pid}) exited without reporting a result; "
+                                      f"see the log {job.log_file}")
+        return self.get(job.id)
+
+    # -- status changes -----------------------------------------------------------------------------
+
+    def attach_process(self, job_id: str, pid: int) -> None:
+        """Record the process that runs (or will run) the job."""
+        self._execute("UPDATE jobs SET pid = ?, pid_started = ? WHERE id = ? AND status IN ('queued', 'running')",
+                      (pid, process_started(pid), job_id))
+
+    def start(self, job_id: str, pid: Optional[int] = None) -> bool:
+        """Mark a queued job running in process `pid` (this one by default); False if it was cancelled first."""
+        pid = os.getpid() if pid is None else pid
+        return self._execute(
+            "UPDATE jobs SET status = 'running', started_at = ?, pid = ?, pid_started = ? WHERE id = ? AND status = 'queued'",
+            (time.time(), pid, process_started(pid), job_id),
+        ) == 1
+
+    def finish(self, job_id: str, status: str, error: Optional[str] = None) -> bool:
+        """Move an active job to `status` (succeeded, failed, cancelled); False if it had already ended."""
+        if status not in STATUSES[2:]:
+            raise ValueError(f"A job finishes as one of {STATUSES[2:]}, not {status!r}.")
+        return self._execute(
+            "UPDATE jobs SET status = ?, finished_at = ?, error = ? WHERE id = ? AND status IN ('queued', 'running')",
+            (status, time.time(), error, job_id),
+        ) == 1
+
+
+def _job(row: sqlite3.Row) -> Job:
+    values = dict(row)
+    values["arguments"] = json.loads(values["arguments"])
+    values["log_file"], values["output"] = Path(values["log_file"]), Path(values["output"])
+    return Job(**values)

@@ -1,0 +1,250 @@
+"""Running the CLI's training jobs: check a request, record it as a job, run it here or in the background.
+
+`check_request` validates everything it can before a job exists (data set, method, training arguments), so
+bad input fails at once with a clear message and no job. `run_job` executes a recorded job - in the
+foreground process or in a detached `python -m tinypipe run-job ID` - and records how it ended.
+"""
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import ConfigError, DataError, TinypipeError
+from .jobs import ACTIVE, Job, JobError, JobStore, process_started
+
+__all__ = ["DIFFUSER_METHODS", "TrainRequest", "cancel_job", "check_request", "run_job", "start_detached"]
+
+logger = logging.getLogger(__name__)
+
+# method -> (trainer module, trainer class, its train-config class)
+DIFFUSER_METHODS = {
+    "lora": ("tinypipe.trainers.lora", "LoRATrainer", "LoRATrainConfig"),
+    "dreambooth": ("tinypipe.trainers.dreambooth", "DreamBoothTrainer", "DreamBoothTrainConfig"),
+    "textual-inversion": ("tinypipe.trainers.textual_inversion", "TextualInversionTrainer", "TextualInversionTrainConfig"),
+}
+LM_METHOD = ("tinypipe.trainers.causal_lm", "CausalLMTrainer", "CausalLMTrainConfig")
+# Given by the command's own arguments, so not accepted in --training-args.
+_RESERVED = {"data": "DATASET", "base_model": "MODEL", "output_dir": "--output", "filter_fn": "(Python only)"}
+
+
+@dataclass
+class TrainRequest:
+    """What a `train-diffuser` / `train-lm` command asks for, as stored in the job record."""
+
+    kind: str  # "train-diffuser" or "train-lm"
+    name: str
+    method: str
+    model: str
+    dataset: str
+    revision: Optional[str] = None
+    log_level: str = "INFO"
+    train_arguments: dict = field(default_factory=dict)  # the trainer's train() keyword arguments
+
+    def trainer_path(self) -> tuple[str, str, str]:
+        if self.kind == "train-lm":
+            return LM_METHOD
+        # LoRA with prior preservation is DreamBooth's LoRA variant: LoRA on the attention processors plus class images.
+        if self.method == "lora" and self.train_arguments.get("with_prior_preservation"):
+            return DIFFUSER_METHODS["dreambooth"]
+        return DIFFUSER_METHODS[self.method]
+
+
+def _import(module: str, name: str) -> Any:
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def parse_training_args(text: Optional[str]) -> dict:
+    """`--training-args` as a dict.
+
+    Raises:
+        ConfigError: Not JSON (with the line and column), or not a JSON object.
+    """
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--training-args is not valid JSON: {error.msg} at line {error.lineno} column {error.colno} "
+                          f"(near {text[max(0, error.pos - 10):error.pos + 10]!r}). Example: "
+                          """'{"num_train_epochs": 5, "learning_rate": 1e-4}'.""") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--training-args must be a JSON object like '{{\"learning_rate\": 1e-4}}', not {type(value).__name__}.")
+    return value
+
+
+def check_request(request: TrainRequest) -> None:
+    """Check the method, the training arguments and the data set before any job exists.
+
+    Raises:
+        ConfigError: An unknown method or training argument (the valid ones are listed), or options that do not fit.
+        DataError: A missing, empty or unreadable data set.
+    """
+    if request.kind == "train-diffuser" and request.method not in DIFFUSER_METHODS:
+        raise ConfigError(f"Unknown --method {request.method!r}; use one of {', '.join(DIFFUSER_METHODS)}.")
+    module, _, config_name = request.trainer_path()
+    valid = [name for name in _import(module, config_name)._valid_argument_names() if name not in _RESERVED]
+    for key in request.train_arguments:
+        if key in _RESERVED:
+            raise ConfigError(f"--training-args may not set {key!r}; give it as {_RESERVED[key]} instead.")
+        if key not in valid:
+            raise ConfigError(f"--training-args has the unknown key {key!r}; the valid keys are: {', '.join(sorted(valid))}.")
+    _check_dataset(request)
+
+
+def _check_dataset(request: TrainRequest) -> None:
+    if request.kind == "train-lm":
+        from .trainers.text_data import load_instruction_examples
+
+        load_instruction_examples(request.dataset)
+        return
+    from .trainers.image_data import BUILTIN_DATASETS, load_image_examples
+
+    if request.dataset not in BUILTIN_DATASETS and not Path(request.dataset).exists():
+        raise DataError(f"The data set {request.dataset} does not exist; give a folder of images, a JSON file listing "
+                        f"images (and captions), a .zip of images, or {', '.join(BUILTIN_DATASETS)}.")
+    caption = request.train_arguments.get("instance_prompt") or request.train_arguments.get("validation_prompt")
+    if request.method == "textual-inversion":
+        caption = caption or "a photo"  # textual inversion writes its own captions from templates
+    load_image_examples(request.dataset, default_caption=caption)
+
+
+def placeholder_from_prompt(prompt: str) -> Optional[str]:
+    """The first `<token>` in a prompt (`"a photo of <sks-shape>"` -> `"<sks-shape>"`), if any."""
+    found = re.search(r"<[^<>\s]+>", prompt)
+    return found.group(0) if found else None
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+
+class _Cancelled(BaseException):
+    """Raised in a job's process by SIGTERM (`tinypipe cancel`)."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise _Cancelled()
+
+
+def _configure_logging(level: str, log_file: Optional[Path]) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+    logging.getLogger("tinypipe").setLevel(level)
+
+
+def run_job(store: JobStore, job: Job, *, foreground: bool) -> int:
+    """Run a recorded job and record how it ended.
+
+    Args:
+        store: The job store.
+        job: The job (queued).
+        foreground: Log to the terminal as well as to the job's log file (a detached job's stdout and stderr
+            already go to its log file).
+
+    Returns:
+        The exit code: 0 succeeded, 1 failed, 2 failed on bad input, 130 cancelled.
+    """
+    request = TrainRequest(**job.arguments)
+    _configure_logging(request.log_level, job.log_file if foreground else None)
+    if not store.start(job.id):
+        logger.warning("Job %s was cancelled before it started.", job.id)
+        return 130
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        logger.info("Job %s (%s, %s) started in process %d; output %s", job.id, job.name, request.method, os.getpid(), job.output)
+        _train(request, job.output)
+    except (_Cancelled, KeyboardInterrupt):
+        store.finish(job.id, "cancelled", "cancelled by the user")
+        logger.warning("Job %s cancelled; its checkpoints (if any) are in %s.", job.id, job.output / "checkpoints")
+        return 130
+    except TinypipeError as error:
+        store.finish(job.id, "failed", str(error))
+        logger.error("Job %s failed: %s", job.id, error)
+        return 2
+    except Exception as error:  # noqa: BLE001 - any crash is recorded, with its traceback in the log
+        store.finish(job.id, "failed", f"{type(error).__name__}: {error}")
+        logger.error("Job %s failed:\n%s", job.id, traceback.format_exc())
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    store.finish(job.id, "succeeded")
+    logger.info("Job %s succeeded; the repo is %s", job.id, job.output)
+    return 0
+
+
+def _train(request: TrainRequest, output: Path) -> None:
+    module, trainer_name, _ = request.trainer_path()
+    trainer = _import(module, trainer_name)()
+    arguments = dict(request.train_arguments)
+    if request.kind == "train-diffuser" and request.method == "lora" and arguments.get("with_prior_preservation"):
+        arguments["use_lora"] = True
+    if request.kind == "train-lm":
+        from .models.causal_lm import CausalLMPipeline
+
+        trainer.init_model(CausalLMPipeline(request.model, revision=request.revision))
+    else:
+        from .models.diffusion import DiffusionPipeline
+
+        trainer.init_model(DiffusionPipeline(request.model, revision=request.revision))
+    trainer.train(data=request.dataset, output_dir=str(output), **arguments)
+
+
+def run_unrecorded(request: TrainRequest, output: Path) -> int:
+    """Run a request without a job record: the non-main processes of an `accelerate launch`."""
+    _configure_logging(request.log_level, None)
+    _train(request, output)
+    return 0
+
+
+def start_detached(store: JobStore, job: Job) -> int:
+    """Start `python -m tinypipe run-job ID` in its own session, writing to the job's log; returns its pid."""
+    with open(job.log_file, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tinypipe", "run-job", job.id],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    store.attach_process(job.id, process.pid)
+    process.returncode = 0  # it outlives this process on purpose: do not warn that it is still running
+    return process.pid
+
+
+def cancel_job(store: JobStore, job_id: str) -> Job:
+    """Mark an active job cancelled and stop its process (SIGTERM to its process group).
+
+    Raises:
+        JobError: An unknown id, or a job that already ended.
+    """
+    job = store.get(job_id)
+    if job.status not in ACTIVE:
+        raise JobError(f"Job {job_id} already {job.status}; there is nothing to cancel.")
+    store.finish(job_id, "cancelled", "cancelled by the user")
+    if job.pid is not None and process_started(job.pid) is not None:
+        try:
+            if os.getpgid(job.pid) == job.pid:
+                os.killpg(job.pid, signal.SIGTERM)
+            else:
+                os.kill(job.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    return store.get(job_id)
+
+
+def is_distributed() -> bool:
+    """True in a process started by `accelerate launch` / torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
