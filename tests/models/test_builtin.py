@@ -124,8 +124,8 @@ def test_vae_latents_scaled_by_scaling_factor_have_about_unit_std():
     ("shape", "color"), [("circle", (220, 40, 40)), ("square", (40, 70, 220)), ("star", (250, 200, 0))]
 )
 def test_vae_reconstruction_keeps_mean_colour(shape, color):
-    """The shipped VAE is small and slightly desaturates colours. Measured on the shipped weights: mean
-    |per-channel mean colour difference| 18.9 (red circle), 10.5 (blue square), 9.9 (yellow star) units of 255."""
+    """Measured on the shipped weights: mean |per-channel mean colour difference| 3.7 (red circle),
+    1.1 (blue square), 1.3 (yellow star) units of 255 (the weights before the shape-weighted VAE loss: 18.9 / 10.5 / 9.9)."""
     vae = build_tiny_stable_diffusion().vae
     images = [image for image, _ in shapes_dataset(count=4, shape=shape, color=color, seed=11)]
     pixels = _to_tensor(images)
@@ -135,13 +135,13 @@ def test_vae_reconstruction_keeps_mean_colour(shape, color):
 
     mean_colors = ((pixels + 1) * 127.5).mean(dim=(2, 3))
     reconstructed_colors = ((reconstructions + 1) * 127.5).mean(dim=(2, 3))
-    assert (mean_colors - reconstructed_colors).abs().mean().item() < 25
+    assert (mean_colors - reconstructed_colors).abs().mean().item() < 8
 
 
 def test_colour_word_in_prompt_steers_generated_colour():
     """Measured on the shipped weights (3 images from seed 0, 20 steps, guidance 5): red minus blue channel
-    mean +1.6 for "a photo of a red circle" and -4.9 for "a photo of a blue circle" (the light background
-    fills most of each image, so the shape moves the mean by a few units)."""
+    mean +28.2 for "a photo of a red circle" and -48.7 for "a photo of a blue circle" (the light background
+    fills most of each image, so the shape moves the mean by tens of units, not hundreds)."""
     pipeline = build_tiny_stable_diffusion()
     pipeline.set_progress_bar_config(disable=True)
 
@@ -153,7 +153,8 @@ def test_colour_word_in_prompt_steers_generated_colour():
         mean_color = images.reshape(-1, 3).mean(axis=0) * 255
         return float(mean_color[0] - mean_color[2])
 
-    assert red_minus_blue("a photo of a red circle") - red_minus_blue("a photo of a blue circle") > 3
+    red, blue = red_minus_blue("a photo of a red circle"), red_minus_blue("a photo of a blue circle")
+    assert red > 10 and blue < -10, (red, blue)
 
 
 @pytest.mark.parametrize("damage", ["missing", "wrong_keys"])

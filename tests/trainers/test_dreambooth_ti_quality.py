@@ -26,7 +26,7 @@ def sample(pipeline: DiffusionPipeline, prompt: str) -> list:
 
 
 def redness(images) -> float:
-    """Mean red minus mean blue over all pixels: about 41 for the red-circle instance images, about 2 for the base model."""
+    """Mean red minus mean blue over all pixels: about 41 for the red-circle instance images, about 7 for the base model."""
     pixels = np.stack([np.asarray(image, dtype=np.float64) for image in images])
     return float(pixels[..., 0].mean() - pixels[..., 2].mean())
 
@@ -52,16 +52,16 @@ def dreambooth_runs():
 
 
 def test_dreambooth_moves_instance_prompt_images_toward_the_instance_colour(dreambooth_runs):
-    """Redness of "a photo of sks circle" images: base 1.66 -> 4.60 after 150 full fine-tune steps (instance images: 41.1)."""
+    """Redness of "a photo of sks circle" images: base 6.84 -> 18.33 after 150 full fine-tune steps (instance images: 41.07)."""
     before, after = dreambooth_runs
-    assert redness(after["plain"]["instance"]) > redness(before["instance"]) + 1.5
+    assert redness(after["plain"]["instance"]) > redness(before["instance"]) + 6
 
 
 def test_prior_preservation_keeps_class_images_closer_to_the_base_model(dreambooth_runs):
-    """Mean |pixel change| of "a photo of a circle" images vs the base model: 24.3 without prior preservation, 18.2 with."""
+    """Mean |pixel change| of "a photo of a circle" images vs the base model: 57.2 without prior preservation, 25.3 with."""
     before, after = dreambooth_runs
     without_prior, with_prior = drift(after["plain"]["class"], before["class"]), drift(after["prior"]["class"], before["class"])
-    assert with_prior < 0.9 * without_prior
+    assert with_prior < 0.7 * without_prior
 
 
 def denoising_loss(pipeline: DiffusionPipeline, prompt: str) -> float:
@@ -79,11 +79,11 @@ def denoising_loss(pipeline: DiffusionPipeline, prompt: str) -> float:
 
 
 def test_textual_inversion_lowers_the_denoising_loss():
-    """Denoising loss on the instance images: 0.04574 with "a photo of a circle" (the initializer's embedding) ->
-    0.04452 with "a photo of a <sks-shape>" after 200 steps (-2.7%; the same latents, noise and timesteps)."""
+    """Denoising loss on the instance images: 0.03062 with "a photo of a circle" (the initializer's embedding) ->
+    0.02500 with "a photo of a <sks-shape>" after 200 steps (-18.3%; the same latents, noise and timesteps)."""
     base = DiffusionPipeline("tinypipe/tiny-sd")
     initial = denoising_loss(base, "a photo of a circle")
     pipeline = TextualInversionTrainer().train(data=RED_CIRCLES, placeholder_token="<sks-shape>", initializer_token="circle",
                                                max_train_steps=200, learning_rate=5e-3, use_8bit_adam=False, num_validation_images=0)
     trained = denoising_loss(pipeline, "a photo of a <sks-shape>")
-    assert trained < 0.99 * initial
+    assert trained < 0.9 * initial

@@ -5,10 +5,12 @@ python -m tinypipe.models.pretrain_tiny_sd --output tinypipe/models/weights/tiny
 ```
 
 Starting from the seeded random initialisation of `build_tiny_stable_diffusion(weights=None)`, on one CPU
-thread and with fixed seeds (about 15 minutes):
+thread and with fixed seeds (about 50 minutes on a 2-core machine; 4000 VAE steps, 2000 UNet steps):
 
 1. the VAE learns to reconstruct 64 px `shapes_dataset` images of all four shapes in many colours
-   (L1 + MSE + a small KL term); its `scaling_factor` is then measured so that scaled latents have unit std;
+   (L1 + MSE, with the shape's pixels weighted 5x so that small shapes keep their colour, plus a small KL
+   term); its `scaling_factor` is then measured so that scaled latents have unit std. The shipped VAE
+   reconstructs the mean colour of a shape image within about 2 units of 255;
 2. the UNet and the text encoder learn, together, to predict the noise (epsilon, Stable Diffusion's DDPM
    schedule) in the VAE latents of captioned images such as "a photo of a red circle" or "a blue square".
    One caption in ten is dropped (empty prompt), which makes classifier-free guidance work.
