@@ -188,16 +188,20 @@ def test_cancel_stops_a_detached_job(home):
     assert "already cancelled" in tinypipe(home, "cancel", job_id, expect=2).stderr
 
 
-def test_accelerate_launch_runs_train_diffuser_on_two_processes(home, tmp_path):
+@pytest.mark.parametrize("command", [
+    ("train-diffuser", "multi", "tinypipe/tiny-sd", "tinypipe/shapes", "a photo of sks circle", "--training-args", DIFFUSER_ARGS),
+    ("train-lm", "multi-lm", "tinypipe/tiny-llama", "tinypipe/tiny-instructions", "--training-args", LM_ARGS),
+], ids=["train-diffuser", "train-lm"])
+def test_accelerate_launch_runs_a_train_command_on_two_processes(home, tmp_path, command):
     output = tmp_path / "multi"
-    result = tinypipe(home, "train-diffuser", "multi", "tinypipe/tiny-sd", "tinypipe/shapes", "a photo of sks circle",
-                      "--training-args", DIFFUSER_ARGS, "--output", str(output),
+    result = tinypipe(home, *command, "--output", str(output),
                       launcher=(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tinypipe"),
                       env={"ACCELERATE_CONFIG_FILE": str(tmp_path / "none.yaml")})
-    jobs = [job for job in JobStore(home / "jobs").recent(100) if job.name == "multi"]
+    jobs = [job for job in JobStore(home / "jobs").recent(100) if job.name == command[1]]
     assert len(jobs) == 1 and jobs[0].status == "succeeded" and jobs[0].output == output  # one record, by the main process
-    assert (output / "model" / "pytorch_lora_weights.safetensors").is_file()
+    weights = "pytorch_lora_weights.safetensors" if command[0] == "train-diffuser" else "adapter_model.safetensors"
+    assert (output / "model" / weights).is_file()
     assert result.stderr.count("LoRA training with") == 2  # each process trained; only the main one recorded and saved
 
 
