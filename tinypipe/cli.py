@@ -5,7 +5,6 @@ job commands start fast. Bad input exits with code 2 and one line saying what is
 """
 
 import argparse
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ Several processes / GPUs: accelerate launch -m tinypipe train-diffuser ... --out
 """
 
 
-def _positive_int(text: str) -> int:
+def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
@@ -47,9 +46,10 @@ def _dataset_path(dataset: str) -> str:
     from filelock import FileLock
 
     from .archive import safe_extract
+    from .config.filelist import sha256_file
     from .home import tinypipe_home
 
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    digest = sha256_file(path)[:16]
     folder = tinypipe_home() / "datasets" / digest
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(folder.with_name(f".{digest}.lock")):  # the processes of an accelerate launch extract it once
@@ -64,6 +64,7 @@ def _diffuser_arguments(arguments: argparse.Namespace) -> dict:
     """`train()` keyword arguments of a train-diffuser command."""
     from .errors import ConfigError, DataError
     from .runner import parse_training_args, placeholder_from_prompt
+    from .trainers.image_data import IMAGE_EXTENSIONS
 
     train = parse_training_args(arguments.training_args)
     prompt, method = arguments.prompt, arguments.method
@@ -92,7 +93,7 @@ def _diffuser_arguments(arguments: argparse.Namespace) -> dict:
             if not folder.is_dir():
                 raise DataError(f"--prior-class-image-dir {folder} is not a folder; give a folder of class images "
                                 "(missing ones are generated).")
-            count = count or sum(1 for entry in folder.iterdir() if entry.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+            count = count or sum(1 for entry in folder.iterdir() if entry.suffix.lower() in IMAGE_EXTENSIONS)
             train["class_data_dir"] = str(folder.resolve())
         if not count:
             raise ConfigError("Prior preservation needs class images: --num-prior-class-images N (generated with "
@@ -411,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Folder of class images for prior preservation (missing ones are generated).")
     diffuser.add_argument("--prior-class-prompt", metavar="TEXT",
                           help="Prompt of the class (\"a photo of a dog\"); turns on prior preservation.")
-    diffuser.add_argument("--num-prior-class-images", type=_positive_int, default=0, metavar="N",
+    diffuser.add_argument("--num-prior-class-images", type=_non_negative_int, default=0, metavar="N",
                           help="Class images to train with; generated with --prior-class-prompt when the folder has fewer "
                                "(default: 0, or as many as --prior-class-image-dir holds).")
     diffuser.add_argument("--placeholder-token", metavar="TOKEN", help="textual-inversion: the new token (default: the <name> in PROMPT).")

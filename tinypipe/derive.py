@@ -26,7 +26,7 @@ from typing import Optional, Union
 from . import __version__
 from .config import ConfigMixin
 from .config.filelist import FILELIST, sha256_file, verify_filelist
-from .config.repo import CONFIG_NAME, load_repo
+from .config.repo import CONFIG_NAME, component_folder, load_repo
 from .errors import ConfigError
 from .models.causal_lm import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CausalLMPipeline
 from .models.diffusion import LORA_WEIGHTS_NAME, TEXTUAL_INVERSION_NAME, DiffusionPipeline
@@ -127,7 +127,7 @@ def derive_pipeline(
     try:
         pipeline.save_pretrained(staging / "repo")
         provenance = {
-            "source": {"path": str(source.resolve()), "model_filelist_sha256": sha256_file(_model_folder(source) / FILELIST)},
+            "source": {"path": str(source.resolve()), "model_filelist_sha256": sha256_file(component_folder(source, MODEL_FOLDER) / FILELIST)},
             "replaced": component,
             "replacements": [{"path": str(path.resolve()), "sha256": sha256_file(path)} for path in files],
             "tinypipe_version": __version__,
@@ -196,7 +196,7 @@ def _find_embeddings(path: Path) -> list[Path]:
 
 def _warn_on_other_base_model(pipeline: ConfigMixin, replacement: Path, component: str) -> None:
     """Warn when the replacement comes from a tinypipe repo built on another base model (its shapes may still fit)."""
-    folder = replacement if replacement.is_dir() else replacement.parent
+    folder = replacement.parent
     if not ((folder / CONFIG_NAME).is_file() and (folder / FILELIST).is_file()):
         return
     recorded = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")).get("base_model")

@@ -26,11 +26,11 @@ def tinypipe_home() -> Path:
 
 
 # Written last into a materialised folder: a folder without it (or with another fingerprint) is never used.
-_COMPLETE_MARKER = "tinypipe_builtin.json"
+_COMPLETE_MARKER = "tinypipe_cache.json"
 
 
-def cached_folder(name: str, fingerprint: dict, build: Callable[[Path], None]) -> Path:
-    """Build a folder under `tinypipe_home() / "builtin"` once and reuse it while `fingerprint` is unchanged.
+def cached_folder(name: str, fingerprint: dict, build: Callable[[Path], None], *, area: str = "builtin") -> Path:
+    """Build a folder under `tinypipe_home() / area` once and reuse it while `fingerprint` is unchanged.
 
     `build` writes the folder's contents into a temporary sibling; the fingerprint is written in last and
     the sibling is renamed into place, so a crash never leaves a half-written folder that gets used. Writers
@@ -46,6 +46,8 @@ def cached_folder(name: str, fingerprint: dict, build: Callable[[Path], None]) -
             JSON-encodable values that change whenever the folder's contents would change.
         build (`Callable[[Path], None]`):
             Writes the contents into the (existing, empty) folder it is given.
+        area (`str`, *optional*, defaults to `"builtin"`):
+            The sub-folder of the tinypipe home that holds such folders (`"class_images"` for DreamBooth's cache).
 
     Returns:
         The folder.
@@ -55,7 +57,7 @@ def cached_folder(name: str, fingerprint: dict, build: Callable[[Path], None]) -
     if rank is not None and rank > 0:
         _barrier()
     try:
-        return _build_once(name, fingerprint, build)
+        return _build_once(tinypipe_home() / area / name.replace("/", "--"), fingerprint, build)
     finally:
         if rank == 0:
             _barrier()
@@ -76,8 +78,7 @@ def _barrier() -> None:
     torch.distributed.barrier()
 
 
-def _build_once(name: str, fingerprint: dict, build: Callable[[Path], None]) -> Path:
-    folder = tinypipe_home() / "builtin" / name.replace("/", "--")
+def _build_once(folder: Path, fingerprint: dict, build: Callable[[Path], None]) -> Path:
     if _read_marker(folder) == fingerprint:
         return folder
 

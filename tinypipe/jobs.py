@@ -112,15 +112,14 @@ class JobStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / "jobs.sqlite3"
         with closing(self._connect()) as connection:
+            connection.execute("PRAGMA journal_mode = WAL")  # recorded in the file: every later connection uses it
             connection.execute(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        # Autocommit; each statement below is its own transaction. The busy timeout makes a writer wait
-        # for another process's write instead of failing with "database is locked".
+        # Autocommit; each statement below is its own transaction. The timeout makes a writer wait for
+        # another process's write instead of failing with "database is locked".
         connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         connection.row_factory = sqlite3.Row
-        connection.execute("PRAGMA busy_timeout = 30000")
-        connection.execute("PRAGMA journal_mode = WAL")
         return connection
 
     def _execute(self, statement: str, parameters: tuple = ()) -> int:

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from .config.coders import is_reserved_key
 from .config.hub import _DOWNLOAD_STAMP, render_model_card
 from .errors import ConfigError, RepoError
 
@@ -86,7 +87,7 @@ def _plain(value: Any) -> Any:
             return value[tag]
     if "__enum__" in value:
         return _plain(value.get("value"))
-    return {key: _plain(item) for key, item in value.items() if not (key.startswith("__") and key.endswith("__"))}
+    return {key: _plain(item) for key, item in value.items() if not is_reserved_key(key)}
 
 
 def _read_config(path: Path) -> Optional[dict[str, Any]]:
@@ -102,13 +103,14 @@ def _read_config(path: Path) -> Optional[dict[str, Any]]:
     return config
 
 
-def _trainer_arguments(folder: Path) -> dict[str, Any]:
-    """The trainer's recorded arguments, with each method config saved in a sub-folder (`train_config/`) merged in."""
+def _trainer_arguments(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's recorded arguments (`config`, read from `folder/config.json`), with each method config saved
+    in a sub-folder (`train_config/`) merged in."""
     arguments: dict[str, Any] = {}
-    for name, value in (_read_config(folder / "config.json") or {}).items():
+    for name, value in config.items():
         if isinstance(value, dict) and "__subfolder__" in value:
             arguments.update(_plain(_read_config(folder / name / "config.json") or {}))
-        elif not (name.startswith("__") and name.endswith("__")):
+        elif not is_reserved_key(name):
             arguments[name] = _plain(value)
     return arguments
 
@@ -172,7 +174,7 @@ def card_data_from_repo(repo: Union[str, Path], obj: Any = None) -> dict[str, An
     trainer_config_path = repo / "trainer" / "config.json"
     trainer_config = _read_config(trainer_config_path)
     if trainer_config is not None:
-        arguments = _trainer_arguments(repo / "trainer")
+        arguments = _trainer_arguments(repo / "trainer", trainer_config)
         trainer_data = _class_card_data(trainer_config.get("__module__"), arguments, trainer_config_path)
         data["tags"] += [tag for tag in trainer_data.get("tags", []) if tag not in data["tags"]]
         data.setdefault("trainer", str(trainer_config.get("__module__", "")).rsplit(".", 1)[-1] or None)

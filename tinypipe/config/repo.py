@@ -152,7 +152,7 @@ def save_repo(obj: ConfigMixin, repo: Path) -> Path:
 # -- loading ------------------------------------------------------------------------------------------
 
 
-def _component_folder(repo: Path, prefix: str) -> Path:
+def component_folder(repo: Path, prefix: str) -> Path:
     """`repo/<prefix>`; a bare component folder (holding config.json) is accepted too."""
     folder = repo / prefix
     if folder.is_dir():
@@ -213,7 +213,7 @@ def load_repo(repo: Path, expected: type, *, trust_remote_code: bool = False, ov
         TrustRemoteCodeError: Loading would run code and `trust_remote_code` is False.
     """
     repo = Path(repo)
-    folder = _component_folder(repo, expected.__prefix__)
+    folder = component_folder(repo, expected.__prefix__)
     verify_filelist(folder)
     code_folder = repo / CODE_FOLDER
     if code_folder.is_dir() and trust_remote_code:

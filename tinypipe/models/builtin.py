@@ -11,7 +11,6 @@ The tokenizer is built from the vocabulary shipped in `tinypipe/models/vocab/cli
 there), in which common prompt words and the identifier `sks` are one token each.
 """
 
-import hashlib
 import os
 import random
 import shutil
@@ -32,6 +31,7 @@ from PIL import Image, ImageDraw
 from safetensors import SafetensorError, safe_open
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from ..config.filelist import sha256_file
 from ..errors import ConfigError, DataError
 from ..home import cached_folder
 
@@ -262,7 +262,7 @@ def builtin_model_folder(name: str) -> Path:
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
         # A rerun of `pretrain_tiny_sd` changes the shipped weights without changing any version.
-        "weights_sha256": hashlib.sha256(TINY_SD_WEIGHTS.read_bytes()).hexdigest(),
+        "weights_sha256": sha256_file(TINY_SD_WEIGHTS),
     }
 
     def build(staging: Path) -> None:

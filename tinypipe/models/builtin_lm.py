@@ -14,12 +14,12 @@ Both names are accepted wherever a model id or a data set is: `CausalLMPipeline(
 `trainer.train(data="tinypipe/tiny-instructions")`, `AutoModelPipeline.from_pretrained(cache, "tinypipe/tiny-llama")`.
 """
 
-import hashlib
 from pathlib import Path
 
 import torch
 import transformers
 
+from ..config.filelist import sha256_file
 from ..errors import ConfigError
 from ..home import cached_folder
 
@@ -190,7 +190,7 @@ def builtin_lm_folder(name: str = TINY_LLAMA) -> Path:
         "format_version": _BUILTIN_FORMAT_VERSION,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "tokenizer_sha256": hashlib.sha256((TINY_LLAMA_VOCAB_FOLDER / "tokenizer.json").read_bytes()).hexdigest(),
+        "tokenizer_sha256": sha256_file(TINY_LLAMA_VOCAB_FOLDER / "tokenizer.json"),
     }
 
     def build(staging: Path) -> None:

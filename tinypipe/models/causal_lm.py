@@ -30,6 +30,7 @@ __all__ = ["CausalLMPipeline", "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME", "A
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+LORA_SETTINGS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules")  # the config keys that describe the adapter
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 """The default LoRA targets: the attention projections of Llama-style models."""
 QUANTIZATIONS = (None, "8bit", "4bit")
@@ -169,13 +170,6 @@ class CausalLMPipeline(ConfigMixin):
         """Whether the model carries a LoRA adapter."""
         return self.config.get("lora_rank") is not None
 
-    def lora_config(self):
-        """The peft `LoraConfig` of the adapter (None without one)."""
-        if not self.has_lora:
-            return None
-        return self._make_lora_config(self.config["lora_rank"], self.config["lora_alpha"], self.config["lora_dropout"],
-                                      self.config["lora_target_modules"])
-
     def _make_lora_config(self, rank: int, alpha: Optional[float], dropout: float, targets: Union[Sequence[str], str]):
         from peft import LoraConfig
 
@@ -196,7 +190,7 @@ class CausalLMPipeline(ConfigMixin):
         try:
             self.model = get_peft_model(self.model, self._make_lora_config(rank, alpha, dropout, targets))
         except ValueError as error:
-            self._record(**{key: previous.get(key) for key in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules")})
+            self._record(**{key: previous.get(key) for key in LORA_SETTINGS})
             modules = sorted({name.rsplit(".", 1)[-1] for name, module in self.model.named_modules() if isinstance(module, torch.nn.Linear)})
             raise ConfigError(f"target_modules={targets!r} do not fit {self.base_model!r} ({str(error).splitlines()[0]}). "
                               f"Its linear layers are {modules}; pick some of them, or 'all-linear'.") from error
@@ -287,7 +281,7 @@ class CausalLMPipeline(ConfigMixin):
         if not self.has_lora:
             self.load_adapter(folder)
             return
-        previous = {key: self.config[key] for key in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules")}
+        previous = {key: self.config[key] for key in LORA_SETTINGS}
         state = {key: tensor.detach().clone() for key, tensor in self.adapter_state_dict().items()}
         self._remove_lora()
         try:
@@ -438,8 +432,7 @@ class CausalLMPipeline(ConfigMixin):
     @classmethod
     def _build_from_folder(cls, folder: Path, arguments: Mapping[str, Any], overrides: Mapping[str, Any]) -> "CausalLMPipeline":
         """Build the base model, then load the saved adapter (checked against the base model)."""
-        lora_keys = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules")
-        lora = {key: arguments[key] for key in lora_keys if key in arguments}
+        lora = {key: arguments[key] for key in LORA_SETTINGS if key in arguments}
         pipeline = cls._from_arguments({**arguments, "lora_rank": None}, overrides)
         if lora.get("lora_rank") is None:
             return pipeline

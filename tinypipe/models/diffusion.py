@@ -30,6 +30,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from ..config import ConfigMixin, Ignore, save_config
 from ..errors import ConfigError, RepoError, TinypipeError
@@ -328,7 +329,7 @@ class DiffusionPipeline(ConfigMixin):
         """
         vectors = self._check_embedding(token, vectors)
         embedding = self.text_encoder.get_input_embeddings()
-        tokens = [token] + [f"{token}_{index}" for index in range(1, vectors.shape[0])]
+        tokens = vector_token_names(token, vectors.shape[0])
         for name in tokens:
             check_new_token(self.tokenizer, name)
         self.tokenizer.add_tokens(tokens)
@@ -403,8 +404,7 @@ class DiffusionPipeline(ConfigMixin):
                                   "with derive_pipeline).")
             return self.load_textual_inversion(vectors, token)
         vectors = self._check_embedding(token, vectors)
-        count = len(self.textual_inversion_embeddings()[token])
-        self.pipe.unload_textual_inversion([token] + [f"{token}_{index}" for index in range(1, count)])
+        self.pipe.unload_textual_inversion(self._token_names(token))
         self._record(textual_inversion_tokens=tuple(name for name in tokens if name != token))
         self.add_textual_inversion(token, vectors)
         self._record(textual_inversion_tokens=tokens)
@@ -413,14 +413,16 @@ class DiffusionPipeline(ConfigMixin):
     def textual_inversion_embeddings(self) -> dict[str, torch.Tensor]:
         """The embedding rows of every textual-inversion token: `{token: tensor[num_vectors, dim]}`."""
         weight = self.text_encoder.get_input_embeddings().weight
+        return {token: weight[self.tokenizer.convert_tokens_to_ids(self._token_names(token))].detach().cpu().clone()
+                for token in self.config["textual_inversion_tokens"]}
+
+    def _token_names(self, token: str) -> list[str]:
+        """`token` and the `<token>_1, <token>_2, ...` the tokenizer holds for its further vectors."""
         vocab = self.tokenizer.get_vocab()
-        embeddings = {}
-        for token in self.config["textual_inversion_tokens"]:
-            names = [token]
-            while f"{token}_{len(names)}" in vocab:
-                names.append(f"{token}_{len(names)}")
-            embeddings[token] = weight[self.tokenizer.convert_tokens_to_ids(names)].detach().cpu().clone()
-        return embeddings
+        names = [token]
+        while f"{token}_{len(names)}" in vocab:
+            names.append(f"{token}_{len(names)}")
+        return names
 
     # -- generation ---------------------------------------------------------------------------------
 
@@ -475,8 +477,6 @@ class DiffusionPipeline(ConfigMixin):
             with quiet_loading():
                 self.pipe.save_pretrained(folder, safe_serialization=True)
         for index, (token, vectors) in enumerate(self.textual_inversion_embeddings().items()):
-            from safetensors.torch import save_file
-
             save_file({token: vectors.contiguous()}, str(folder / textual_inversion_file_name(index)))
         if self.has_lora:
             self._save_lora(folder)
@@ -542,6 +542,11 @@ class DiffusionPipeline(ConfigMixin):
         if config.get("textual_inversion_tokens"):
             tags, method = tags + ["textual_inversion"], "textual inversion" if method == "diffusion pipeline" else method
         return {"base_model": config.get("base_model"), "method": method, "tags": tags}
+
+
+def vector_token_names(token: str, count: int) -> list[str]:
+    """The tokens of a `count`-vector embedding: `token`, then `<token>_1 ... <token>_{count-1}` (diffusers' naming)."""
+    return [token] + [f"{token}_{index}" for index in range(1, count)]
 
 
 def textual_inversion_file_name(index: int) -> str:

@@ -19,7 +19,6 @@ few rows as fit (`packing`), with no attention across examples, so little comput
 every step sees the same examples and loss as a padded batch would.
 """
 
-import contextlib
 import json
 import logging
 import math
@@ -44,7 +43,14 @@ from ..errors import ConfigError, TrainingError
 from ..models.builtin_lm import TINY_LLAMA
 from ..models.causal_lm import ATTENTION_PROJECTIONS, CausalLMPipeline
 from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint
-from .optim import make_accelerator, make_lr_scheduler, make_optimizer, seed_everything
+from .optim import (
+    check_finite_loss,
+    make_accelerator,
+    make_lr_scheduler,
+    make_optimizer,
+    no_sync_unless,
+    seed_everything,
+)
 from .text_data import (
     IGNORE_INDEX,
     TokenizedExample,
@@ -241,7 +247,8 @@ class CausalLMTrainer(TrainerConfigMixin):
                     pipeline.config["lora_rank"], sum(p.numel() for p in model.parameters()))
 
         # 4. Steps, optimizer and schedule.
-        batches_per_epoch = math.ceil(math.ceil(len(train_set) / train_batch_size) / accelerator.num_processes)
+        batches_in_data = math.ceil(len(train_set) / train_batch_size)
+        batches_per_epoch = math.ceil(batches_in_data / accelerator.num_processes)
         updates_per_epoch = math.ceil(batches_per_epoch / gradient_accumulation_steps)
         total_steps = max_train_steps or num_train_epochs * updates_per_epoch
         if scale_lr:
@@ -271,7 +278,8 @@ class CausalLMTrainer(TrainerConfigMixin):
         # Each batch's summed token loss is divided by the average number of learned tokens per batch,
         # not by its own count: every token then weighs the same whichever batch it lands in, as in
         # randomly mixed batches, although length grouping puts short and long examples in different batches.
-        tokens_per_batch = sum(_learned_tokens(example) for example in train_set) / math.ceil(len(train_set) / train_batch_size)
+        tokens_per_batch = sum(_learned_tokens(example) for example in train_set) / batches_in_data
+        make_batch = pack if packing else collate
         progress = tqdm(total=total_steps, initial=global_step, desc="LoRA (causal LM)", disable=not accelerator.is_main_process)
         for epoch_index in range(global_step // updates_per_epoch, math.ceil(total_steps / updates_per_epoch)):
             model.train()
@@ -281,19 +289,12 @@ class CausalLMTrainer(TrainerConfigMixin):
             epoch_losses = []
             for position in range(done, len(batches)):
                 is_update = (position + 1) % gradient_accumulation_steps == 0 or position == len(batches) - 1
-                make_batch = pack if packing else collate
                 batch = {key: value.to(accelerator.device) for key, value in
                          make_batch([train_set[index] for index in batches[position]], tokenizer.pad_token_id).items()}
-                context = accelerator.no_sync(model) if not is_update and accelerator.num_processes > 1 else contextlib.nullcontext()
-                with context:
+                with no_sync_unless(accelerator, [model], is_update):
                     loss_sum, tokens = _summed_loss(model, batch)
                     loss = loss_sum / max(tokens, 1)
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            f"The loss became {loss.item()} at step {global_step + 1}; training stopped and nothing was saved as the "
-                            f"result. The last good checkpoint (if any) is in {output / 'checkpoints' if output else 'no output_dir'}. "
-                            "Lower learning_rate, or set max_grad_norm / mixed_precision='no'."
-                        )
+                    check_finite_loss(loss, global_step + 1, output)
                     accelerator.backward(loss_sum / (tokens_per_batch * gradient_accumulation_steps))
                 epoch_losses.append(loss.item())
                 if not is_update:

@@ -21,7 +21,6 @@ Under accelerate, only the main process should save: the RNG states are those of
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..config.filelist import sha256_file
 from ..errors import ConfigError, RepoError
 
 logger = logging.getLogger(__name__)
@@ -125,14 +125,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -241,7 +233,7 @@ def save_checkpoint(
     _write_safetensors(temp / OPTIMIZER_FILE, optimizer_tensors)
     _write_safetensors(temp / RNG_FILE, rng_tensors)
     _write_json(temp / STATE_FILE, checkpoint_json)
-    files = {name: {"size": (temp / name).stat().st_size, "sha256": _sha256(temp / name)}
+    files = {name: {"size": (temp / name).stat().st_size, "sha256": sha256_file(temp / name)}
              for name in (TRAINABLE_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE)}
     _write_json(temp / COMPLETE_FILE, json.dumps({"step": step, "files": files}, indent=2, sort_keys=True))
     _fsync(temp)
@@ -355,7 +347,7 @@ def load_checkpoint(
         if size != expected["size"]:
             raise RepoError(f"Checkpoint file {path / name} is missing or truncated ({size} bytes, {expected['size']} "
                             "expected); resume from another checkpoint.")
-        if _sha256(path / name) != expected["sha256"]:
+        if sha256_file(path / name) != expected["sha256"]:
             raise RepoError(f"Checkpoint file {path / name} is corrupt (its SHA-256 differs from the one in "
                             f"{COMPLETE_FILE}); resume from another checkpoint.")
     trainable = _read_safetensors(path / TRAINABLE_FILE)

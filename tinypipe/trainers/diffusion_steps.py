@@ -5,7 +5,6 @@ same in all of them: settings checks, caching VAE latents and text embeddings, t
 denoising loss, and validation images.
 """
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -16,12 +15,11 @@ from PIL import Image
 
 from ..errors import ConfigError
 from .image_data import ImageExample, image_to_tensor
-from .optim import make_accelerator, seed_everything  # noqa: F401  (used as steps.make_accelerator)
 
 __all__ = [
-    "ExampleCache", "check_settings", "make_accelerator", "seed_everything", "native_resolution", "encode_examples",
+    "ExampleCache", "check_settings", "native_resolution", "tokenize", "encode_examples",
     "mark_lora_trainable", "mark_fully_trainable", "trainable_state", "load_trainable", "training_noise_scheduler", "epoch_order",
-    "process_batches", "denoising_losses", "no_sync_unless", "validation_images", "image_grid", "save_images",
+    "process_batches", "denoising_losses", "validation_images", "image_grid", "save_images",
     "save_before_after",
 ]
 
@@ -180,16 +178,6 @@ def process_batches(order: Sequence[int], batch_size: int, accelerator) -> list[
     padded = [order[i % len(order)] for i in range(steps * per_step)]
     start = accelerator.process_index * batch_size
     return [padded[step * per_step + start: step * per_step + start + batch_size] for step in range(steps)]
-
-
-def no_sync_unless(accelerator, models: Sequence[torch.nn.Module], sync: bool):
-    """Skip the gradient all-reduce on accumulation steps that do not update (DDP); a no-op otherwise."""
-    if sync or accelerator.num_processes == 1:
-        return contextlib.nullcontext()
-    stack = contextlib.ExitStack()
-    for model in models:
-        stack.enter_context(accelerator.no_sync(model))
-    return stack
 
 
 def denoising_losses(unet, text_encoder, noise_scheduler, cache: ExampleCache, batch: Sequence[int], generator: torch.Generator,

@@ -28,9 +28,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -46,8 +43,8 @@ from ..config import (
     save_config,
     set_from_config,
 )
-from ..errors import ConfigError, DataError, TrainingError
-from ..home import tinypipe_home
+from ..errors import ConfigError, DataError
+from ..home import cached_folder
 from ..models.builtin import TINY_SD, builtin_model_folder, is_builtin
 from ..models.diffusion import DiffusionPipeline
 from . import diffusion_steps as steps
@@ -59,14 +56,20 @@ from .image_data import (
     load_image,
     load_image_examples,
 )
-from .optim import make_lr_scheduler, make_optimizer
+from .optim import (
+    check_finite_loss,
+    make_accelerator,
+    make_lr_scheduler,
+    make_optimizer,
+    no_sync_unless,
+    seed_everything,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DreamBoothTrainer", "DreamBoothTrainConfig", "class_images_cache_folder", "prepare_class_examples"]
+__all__ = ["DreamBoothTrainer", "DreamBoothTrainConfig", "class_images_cache_key", "prepare_class_examples"]
 
 CLASS_IMAGES_FOLDER = "class_images"
-_CLASS_IMAGES_INFO = "class_images.json"
 
 
 class DreamBoothTrainer(TrainerConfigMixin):
@@ -217,8 +220,8 @@ class DreamBoothTrainer(TrainerConfigMixin):
             check_prior_settings(class_prompt, num_class_images, prior_loss_weight, sample_batch_size)
         elif class_prompt is not None or class_data_dir is not None:
             logger.warning("class_prompt/class_data_dir are set but with_prior_preservation is False; they are not used.")
-        accelerator = steps.make_accelerator(mixed_precision)
-        steps.seed_everything(seed)
+        accelerator = make_accelerator(mixed_precision)
+        seed_everything(seed)
         if self.model is None:
             self.init_model(base_model)
         pipeline = self.model
@@ -299,17 +302,12 @@ class DreamBoothTrainer(TrainerConfigMixin):
                 is_update = (position + 1) % gradient_accumulation_steps == 0 or position == len(batches) - 1
                 instance_batch = [index % instance_count for index in batches[position]]
                 class_batch = [instance_count + index % class_count for index in batches[position]] if class_count else []
-                with steps.no_sync_unless(accelerator, models, is_update):
+                with no_sync_unless(accelerator, models, is_update):
                     losses = steps.denoising_losses(unet, text_encoder, noise_scheduler, cache, instance_batch + class_batch,
                                                     generator, snr_gamma=snr_gamma, noise_offset=noise_offset, device=accelerator.device)
                     instance_loss = losses[:len(instance_batch)].mean()
                     loss = instance_loss + prior_loss_weight * losses[len(instance_batch):].mean() if class_batch else instance_loss
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            f"The loss became {loss.item()} at step {global_step + 1}; training stopped and nothing was saved "
-                            f"as the result. The last good checkpoint (if any) is in {output / 'checkpoints' if output else 'no output_dir'}. "
-                            "Lower learning_rate, or set max_grad_norm / mixed_precision='no'."
-                        )
+                    check_finite_loss(loss, global_step + 1, output)
                     accelerator.backward(loss / gradient_accumulation_steps)
                 if not is_update:
                     continue
@@ -387,9 +385,9 @@ def check_prior_settings(class_prompt: Any, num_class_images: Any, prior_loss_we
         raise ConfigError(f"prior_loss_weight must be a number >= 0, got {prior_loss_weight!r}.")
 
 
-def class_images_cache_folder(pipeline: DiffusionPipeline, *, class_prompt: str, resolution: int, seed: int, count: int,
-                              inference_steps: int, guidance_scale: float) -> Optional[Path]:
-    """Where the `count` generated class images for these settings are cached; None for a pipeline that is not a base model.
+def class_images_cache_key(pipeline: DiffusionPipeline, *, class_prompt: str, resolution: int, seed: int, count: int,
+                           inference_steps: int, guidance_scale: float) -> Optional[dict]:
+    """What the `count` generated class images for these settings are cached under; None for a pipeline that is not a base model.
 
     The key covers the base model (and, for a built-in or local one, its weights), the revision, the class prompt,
     the resolution, the seed, the count and the sampling settings, so changing any of them never reuses stale images.
@@ -402,8 +400,7 @@ def class_images_cache_folder(pipeline: DiffusionPipeline, *, class_prompt: str,
     key = {"base_model": base_model, "revision": config["revision"], "class_prompt": class_prompt, "resolution": resolution,
            "seed": seed, "count": count, "inference_steps": inference_steps, "guidance_scale": guidance_scale,
            "torch_dtype": str(config["torch_dtype"]), "weights": _local_weights_fingerprint(base_model)}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:32]
-    return tinypipe_home() / CLASS_IMAGES_FOLDER / digest
+    return key
 
 
 def _local_weights_fingerprint(base_model: str) -> Optional[str]:
@@ -444,38 +441,6 @@ def _generate_class_images(pipeline: DiffusionPipeline, class_prompt: str, count
     return images
 
 
-def _read_cached_class_images(folder: Path, count: int) -> Optional[list[Path]]:
-    """The image paths of a complete cache folder (its info file is written last), else None."""
-    try:
-        info = json.loads((folder / _CLASS_IMAGES_INFO).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    paths = [folder / name for name in info.get("images", [])]
-    return paths if len(paths) == count and all(path.is_file() for path in paths) else None
-
-
-def _write_class_image_cache(folder: Path, images: list, key_description: dict) -> None:
-    """Write the images into a temporary sibling, then rename it into place (a crash leaves nothing that is used)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
-    staging.mkdir()
-    try:
-        names = [f"class-{index:05d}.png" for index in range(len(images))]
-        for name, image in zip(names, images):
-            image.save(staging / name)
-        info = {**key_description, "images": names}
-        (staging / _CLASS_IMAGES_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if folder.exists():  # stale or damaged (no complete info file): replace it
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.replace(staging, folder)
-        except OSError:
-            if _read_cached_class_images(folder, len(images)) is None:  # a concurrent writer finished first, or not
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def prepare_class_examples(pipeline: DiffusionPipeline, *, class_prompt: str, class_data_dir: Any, num_class_images: int,
                            resolution: int, seed: int, sample_batch_size: int, inference_steps: int, guidance_scale: float,
                            accelerator: Any = None) -> list[ImageExample]:
@@ -504,25 +469,31 @@ def prepare_class_examples(pipeline: DiffusionPipeline, *, class_prompt: str, cl
         logger.info("class_data_dir has %d of %d class images; %d more come from the base model.", len(examples),
                     num_class_images, missing)
 
-    # 2. The rest: from the cache, or generated now (by the main process) and cached.
+    # 2. The rest: from the cache, or generated now (by the main process; the others wait for it) and cached.
     settings = dict(class_prompt=class_prompt, resolution=resolution, seed=seed, count=missing,
                     inference_steps=inference_steps, guidance_scale=guidance_scale)
-    folder = class_images_cache_folder(pipeline, **settings)
-    is_main = accelerator is None or accelerator.is_main_process
-    paths = _read_cached_class_images(folder, missing) if folder is not None else None
-    if paths is None and (is_main or folder is None):
-        images = _generate_class_images(pipeline, class_prompt, missing, resolution=resolution, seed=seed,
-                                        sample_batch_size=sample_batch_size, inference_steps=inference_steps,
-                                        guidance_scale=guidance_scale, show_progress=is_main)
-        if folder is None:
-            return examples + [ImageExample(image, class_prompt, f"generated class image {index}") for index, image in enumerate(images)]
-        _write_class_image_cache(folder, images, {"base_model": pipeline.config["base_model"],
-                                                  "revision": pipeline.config["revision"], **settings})
-    elif paths is not None:
+    key = class_images_cache_key(pipeline, **settings)
+    show_progress = accelerator is None or accelerator.is_main_process
+
+    def generate() -> list:
+        return _generate_class_images(pipeline, class_prompt, missing, resolution=resolution, seed=seed,
+                                      sample_batch_size=sample_batch_size, inference_steps=inference_steps,
+                                      guidance_scale=guidance_scale, show_progress=show_progress)
+
+    if key is None:
+        return examples + [ImageExample(image, class_prompt, f"generated class image {index}") for index, image in enumerate(generate())]
+    built = []
+
+    def build(folder: Path) -> None:
+        for index, image in enumerate(generate()):
+            image.save(folder / f"class-{index:05d}.png")
+        built.append(folder)
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+    folder = cached_folder(digest, key, build, area=CLASS_IMAGES_FOLDER)
+    if not built:
         logger.info("Using %d cached class images from %s.", missing, folder)
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-    paths = _read_cached_class_images(folder, missing)
-    if paths is None:
+    paths = sorted(folder.glob("class-*.png"))
+    if len(paths) != missing:
         raise DataError(f"The class image cache {folder} is incomplete; delete it and train again.")
     return examples + [ImageExample(load_image(path), class_prompt, str(path)) for path in paths]

@@ -36,13 +36,20 @@ from ..config import (
     save_config,
     set_from_config,
 )
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError
 from ..models.builtin import TINY_SD
 from ..models.diffusion import DiffusionPipeline
 from . import diffusion_steps as steps
 from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .image_data import check_caption_lengths, load_image_examples
-from .optim import make_lr_scheduler, make_optimizer
+from .optim import (
+    check_finite_loss,
+    make_accelerator,
+    make_lr_scheduler,
+    make_optimizer,
+    no_sync_unless,
+    seed_everything,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +178,8 @@ class LoRATrainer(TrainerConfigMixin):
         if data is None:
             raise ConfigError("LoRATrainer.train() needs data: a folder of images, a JSON file, a list of images, "
                               "a datasets.Dataset, or 'tinypipe/shapes'.")
-        accelerator = steps.make_accelerator(mixed_precision)
-        steps.seed_everything(seed)
+        accelerator = make_accelerator(mixed_precision)
+        seed_everything(seed)
         if self.model is None:
             self.init_model(base_model)
         pipeline = self.model
@@ -238,16 +245,11 @@ class LoRATrainer(TrainerConfigMixin):
             done = (global_step - epoch_index * updates_per_epoch) * gradient_accumulation_steps
             for position in range(done, len(batches)):
                 is_update = (position + 1) % gradient_accumulation_steps == 0 or position == len(batches) - 1
-                with steps.no_sync_unless(accelerator, models, is_update):
+                with no_sync_unless(accelerator, models, is_update):
                     losses = steps.denoising_losses(unet, text_encoder, noise_scheduler, cache, batches[position], generator,
                                                     snr_gamma=snr_gamma, noise_offset=noise_offset, device=accelerator.device)
                     loss = losses.mean()
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            f"The loss became {loss.item()} at step {global_step + 1}; training stopped and nothing was saved "
-                            f"as the result. The last good checkpoint (if any) is in {output / 'checkpoints' if output else 'no output_dir'}. "
-                            "Lower learning_rate, or set max_grad_norm / mixed_precision='no'."
-                        )
+                    check_finite_loss(loss, global_step + 1, output)
                     accelerator.backward(loss / gradient_accumulation_steps)
                 if not is_update:
                     continue

@@ -1,17 +1,20 @@
 """What every trainer shares: the accelerator, seeding, optimizers and learning-rate schedules."""
 
+import contextlib
 import logging
 import random
-from typing import Iterable
+from pathlib import Path
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LR_SCHEDULES", "make_accelerator", "seed_everything", "make_optimizer", "make_lr_scheduler"]
+__all__ = ["LR_SCHEDULES", "make_accelerator", "seed_everything", "make_optimizer", "make_lr_scheduler", "check_finite_loss",
+           "no_sync_unless"]
 
 
 def make_accelerator(mixed_precision: str):
@@ -32,6 +35,30 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+def check_finite_loss(loss: torch.Tensor, step: int, output: Optional[Path]) -> None:
+    """Stop training with a clear message when the loss became NaN or infinite at optimizer step `step`.
+
+    Raises:
+        TrainingError: Names the step and where the last good checkpoint is.
+    """
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"The loss became {loss.item()} at step {step}; training stopped and nothing was saved as the result. "
+            f"The last good checkpoint (if any) is in {output / 'checkpoints' if output else 'no output_dir'}. "
+            "Lower learning_rate, or set max_grad_norm / mixed_precision='no'."
+        )
+
+
+def no_sync_unless(accelerator, models: Iterable[torch.nn.Module], sync: bool):
+    """Skip the gradient all-reduce on accumulation steps that do not update (DDP); a no-op otherwise."""
+    if sync or accelerator.num_processes == 1:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    for model in models:
+        stack.enter_context(accelerator.no_sync(model))
+    return stack
+
 
 LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 

@@ -38,13 +38,20 @@ from ..config import (
     save_config,
     set_from_config,
 )
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError
 from ..models.builtin import TINY_SD
-from ..models.diffusion import DiffusionPipeline, check_new_token
+from ..models.diffusion import DiffusionPipeline, check_new_token, vector_token_names
 from . import diffusion_steps as steps
 from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .image_data import load_image_examples
-from .optim import make_lr_scheduler, make_optimizer
+from .optim import (
+    check_finite_loss,
+    make_accelerator,
+    make_lr_scheduler,
+    make_optimizer,
+    no_sync_unless,
+    seed_everything,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -226,8 +233,8 @@ class TextualInversionTrainer(TrainerConfigMixin):
         if not isinstance(placeholder_token, str) or not isinstance(initializer_token, str):
             raise ConfigError("TextualInversionTrainer.train() needs placeholder_token (the new token, e.g. '<cat-toy>') "
                               "and initializer_token (one existing word that starts it, e.g. 'toy').")
-        accelerator = steps.make_accelerator(mixed_precision)
-        steps.seed_everything(seed)
+        accelerator = make_accelerator(mixed_precision)
+        seed_everything(seed)
         if self.model is None:
             self.init_model(base_model)
         pipeline = self.model
@@ -237,7 +244,7 @@ class TextualInversionTrainer(TrainerConfigMixin):
             pieces = tokenizer.convert_ids_to_tokens(initializer_ids)
             raise ConfigError(f"initializer_token {initializer_token!r} is {len(initializer_ids)} tokens {pieces} for this "
                               "tokenizer; it must be exactly one. Choose a single common word close to the concept.")
-        token_names = [placeholder_token] + [f"{placeholder_token}_{index}" for index in range(1, num_vectors)]
+        token_names = vector_token_names(placeholder_token, num_vectors)
         for name in token_names:
             check_new_token(tokenizer, name)
         arguments.update(base_model=pipeline.config["base_model"], data=data if isinstance(data, (str, Path)) else None)
@@ -305,18 +312,13 @@ class TextualInversionTrainer(TrainerConfigMixin):
                 done = (global_step - epoch_index * updates_per_epoch) * gradient_accumulation_steps
                 for position in range(done, len(batches)):
                     is_update = (position + 1) % gradient_accumulation_steps == 0 or position == len(batches) - 1
-                    with steps.no_sync_unless(accelerator, [prepared_encoder], is_update), accelerator.autocast():
+                    with no_sync_unless(accelerator, [prepared_encoder], is_update), accelerator.autocast():
                         chosen = torch.randint(0, len(templates), (len(batches[position]),), generator=generator)
                         text_embeddings = prepared_encoder(template_ids[chosen].to(accelerator.device))[0]
                         loss = steps.denoising_losses(pipeline.unet, None, noise_scheduler, cache, batches[position], generator,
                                                       snr_gamma=snr_gamma, noise_offset=noise_offset, device=accelerator.device,
                                                       text_embeddings=text_embeddings).mean()
-                        if not torch.isfinite(loss):
-                            raise TrainingError(
-                                f"The loss became {loss.item()} at step {global_step + 1}; training stopped and nothing was saved "
-                                f"as the result. The last good checkpoint (if any) is in {output / 'checkpoints' if output else 'no output_dir'}. "
-                                "Lower learning_rate, or set max_grad_norm / mixed_precision='no'."
-                            )
+                        check_finite_loss(loss, global_step + 1, output)
                         accelerator.backward(loss / gradient_accumulation_steps)
                     if not is_update:
                         continue
