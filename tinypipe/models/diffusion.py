@@ -46,8 +46,10 @@ TEXTUAL_INVERSION_NAME = "learned_embeds.safetensors"
 FINE_TUNABLE_COMPONENTS = ("unet", "text_encoder")
 ADAPTER_NAME = "default"
 UNET_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
-LORA_SETTINGS = ("lora_rank", "lora_alpha", "lora_target_modules", "text_encoder_lora")
 TEXT_ENCODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+LORA_SETTINGS = ("lora_rank", "lora_alpha", "lora_target_modules", "text_encoder_lora", "text_encoder_lora_target_modules")
+# LoraConfig settings a tinypipe config does not record: a LoRA that uses one cannot be saved faithfully.
+UNRECORDED_LORA_SETTINGS = ("use_dora", "use_rslora", "lora_bias", "layers_to_transform", "modules_to_save", "rank_pattern", "alpha_pattern")
 
 
 def default_device() -> str:
@@ -117,7 +119,9 @@ class DiffusionPipeline(ConfigMixin):
         lora_rank: Rank of the LoRA adapter; None for no LoRA.
         lora_alpha: LoRA scale numerator (the update is scaled by `lora_alpha / lora_rank`); defaults to the rank.
         lora_target_modules: UNet modules the LoRA wraps (the attention projections by default).
-        text_encoder_lora: Also put a LoRA on the text encoder's attention projections.
+        text_encoder_lora: Also put a LoRA on the text encoder.
+        text_encoder_lora_target_modules: Text-encoder modules that LoRA wraps (the attention projections by
+            default; a kohya LoRA often also covers the MLP, `fc1` and `fc2`).
         torch_dtype: dtype the base model is loaded in.
         device: Where to run (not recorded); `cuda` when available, else `cpu`.
         token: Hub token for a private base model (not recorded).
@@ -146,6 +150,7 @@ class DiffusionPipeline(ConfigMixin):
         lora_alpha: Optional[float] = None,
         lora_target_modules: tuple = UNET_LORA_TARGETS,
         text_encoder_lora: bool = False,
+        text_encoder_lora_target_modules: tuple = TEXT_ENCODER_LORA_TARGETS,
         torch_dtype: torch.dtype = torch.float32,
         device: Ignore = None,
         token: Ignore = None,
@@ -167,7 +172,7 @@ class DiffusionPipeline(ConfigMixin):
         self.pipe = load_base_pipeline(source, revision if weights_folder is None else None, torch_dtype, token).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         if lora_rank is not None:
-            self._add_lora(lora_rank, lora_alpha, lora_target_modules, text_encoder_lora)
+            self._add_lora(lora_rank, lora_alpha, lora_target_modules, text_encoder_lora, text_encoder_lora_target_modules)
 
     # -- components ---------------------------------------------------------------------------------
 
@@ -202,13 +207,15 @@ class DiffusionPipeline(ConfigMixin):
                                       target_modules=list(self.config["lora_target_modules"]))}
         if self.config["text_encoder_lora"]:
             configs["text_encoder"] = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                                 target_modules=list(TEXT_ENCODER_LORA_TARGETS))
+                                                 target_modules=list(self.config["text_encoder_lora_target_modules"]))
         return configs
 
-    def _add_lora(self, rank: int, alpha: Optional[float], targets: Sequence[str], text_encoder_lora: bool) -> None:
+    def _add_lora(self, rank: int, alpha: Optional[float], targets: Sequence[str], text_encoder_lora: bool,
+                  text_encoder_targets: Sequence[str] = TEXT_ENCODER_LORA_TARGETS) -> None:
         if rank < 1:
             raise ConfigError(f"lora_rank must be >= 1, got {rank}.")
-        self._record(lora_rank=rank, lora_alpha=alpha, lora_target_modules=tuple(targets), text_encoder_lora=text_encoder_lora)
+        self._record(lora_rank=rank, lora_alpha=alpha, lora_target_modules=tuple(targets), text_encoder_lora=text_encoder_lora,
+                     text_encoder_lora_target_modules=tuple(text_encoder_targets))
         for name, config in self.lora_configs().items():
             getattr(self.pipe, name).add_adapter(config, adapter_name=ADAPTER_NAME)
 
@@ -268,33 +275,70 @@ class DiffusionPipeline(ConfigMixin):
                 raise
 
     def _record_loaded_lora(self, weights: Path) -> None:
-        """Record the settings of the LoRA diffusers just loaded; refuse one the config cannot describe."""
+        """Record the settings of the LoRA diffusers just loaded; refuse one the config cannot describe.
+
+        Whatever is recorded is what a reload builds (`lora_configs`), so a LoRA whose layers the config
+        could not name (per-layer ranks, DoRA, a target pattern, ...) is refused rather than saved partly.
+        """
         loaded = {name: getattr(self.pipe, name).peft_config[ADAPTER_NAME] for name in ("unet", "text_encoder")
                   if ADAPTER_NAME in (getattr(getattr(self.pipe, name), "peft_config", None) or {})}
         unet = loaded.get("unet")
         problem = None
         if unet is None:
             problem = "it holds no UNet LoRA"
-        elif isinstance(unet.target_modules, str):
-            problem = f"its target modules are the pattern {unet.target_modules!r}, not a list of module names"
-        elif any(config.rank_pattern or config.alpha_pattern for config in loaded.values()):
-            problem = "its layers have different ranks or alphas, and a tinypipe config records one rank and alpha"
+        elif any(isinstance(config.target_modules, str) for config in loaded.values()):
+            problem = "its target modules are a pattern, not a list of module names"
         elif "text_encoder" in loaded and (loaded["text_encoder"].r, loaded["text_encoder"].lora_alpha) != (unet.r, unet.lora_alpha):
             problem = "its text-encoder LoRA has another rank or alpha than its UNet LoRA"
+        else:
+            unrecorded = sorted({f"{name}.{setting}" for name, config in loaded.items() for setting in UNRECORDED_LORA_SETTINGS
+                                 if getattr(config, setting, None) not in (None, False, {}, [], "none")})
+            if unrecorded:
+                problem = f"it uses settings a tinypipe config does not record ({', '.join(unrecorded)}; e.g. per-layer ranks or alphas)"
         if problem is not None:
             raise ConfigError(f"{weights} cannot be used as this pipeline's LoRA: {problem}. Use a LoRA saved by tinypipe "
                               "or by diffusers' training scripts.")
-        targets = set(unet.target_modules)
-        self._record(lora_rank=unet.r, lora_alpha=unet.lora_alpha, text_encoder_lora="text_encoder" in loaded,
-                     lora_target_modules=UNET_LORA_TARGETS if targets == set(UNET_LORA_TARGETS) else tuple(sorted(targets)))
+        targets = self._wrapped_targets("unet", unet.target_modules, weights)
+        text_encoder = loaded.get("text_encoder")
+        text_encoder_targets = (self._wrapped_targets("text_encoder", text_encoder.target_modules, weights) if text_encoder is not None
+                                else set(TEXT_ENCODER_LORA_TARGETS))
+        self._record(lora_rank=unet.r, lora_alpha=unet.lora_alpha, text_encoder_lora=text_encoder is not None,
+                     lora_target_modules=UNET_LORA_TARGETS if targets == set(UNET_LORA_TARGETS) else tuple(sorted(targets)),
+                     text_encoder_lora_target_modules=(TEXT_ENCODER_LORA_TARGETS if text_encoder_targets == set(TEXT_ENCODER_LORA_TARGETS)
+                                                       else tuple(sorted(text_encoder_targets))))
+
+    def _wrapped_targets(self, component: str, targets: Sequence[str], weights: Path) -> set[str]:
+        """The target names of a loaded LoRA that wrap a layer of `component`; the others are logged as not loaded.
+
+        diffusers' conversion of some non-diffusers files (kohya) yields names that match no layer, so those
+        weights are not applied; recording only the layers that carry the LoRA keeps the saved repo what ran.
+        """
+        wrapped = [name for name, module in getattr(self.pipe, component).named_modules()
+                   if ADAPTER_NAME in (getattr(module, "lora_A", None) or {})]
+        kept = {target for target in targets if any(name == target or name.endswith(f".{target}") for name in wrapped)}
+        dropped = sorted(set(targets) - kept)
+        if dropped:
+            logger.warning("diffusers did not apply the %s LoRA entries %s of %s (they match no layer); the pipeline and its "
+                           "saved repo hold the LoRA without them, as plain diffusers' load_lora_weights does.",
+                           component, dropped, weights)
+        return kept
 
     def lora_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
-        """The LoRA weights in diffusers' key format: `{"unet": {...}, "text_encoder": {...}}`."""
+        """The LoRA weights in diffusers' key format: `{"unet": {...}, "text_encoder": {...}}`.
+
+        Every text-encoder layer gets diffusers' `lora_linear_layer.down/up` keys, the MLP (`fc1`, `fc2`) too:
+        diffusers converts only the attention projections, and reads a text-encoder part back only when
+        it finds that form.
+        """
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
-        return {name: convert_state_dict_to_diffusers(get_peft_model_state_dict(getattr(self.pipe, name), adapter_name=ADAPTER_NAME))
-                for name in self.lora_configs()}
+        layers = {name: convert_state_dict_to_diffusers(get_peft_model_state_dict(getattr(self.pipe, name), adapter_name=ADAPTER_NAME))
+                  for name in self.lora_configs()}
+        if "text_encoder" in layers:
+            layers["text_encoder"] = {key.replace(".lora_A.", ".lora_linear_layer.down.").replace(".lora_B.", ".lora_linear_layer.up."): value
+                                      for key, value in layers["text_encoder"].items()}
+        return layers
 
     def mark_fine_tuned(self, components: Sequence[str]) -> None:
         """Record that `components` (`"unet"`, `"text_encoder"`) were fully fine-tuned, so saving writes their weights.
