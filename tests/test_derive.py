@@ -182,6 +182,44 @@ def test_a_lora_that_does_not_fit_is_refused_and_nothing_is_written(repos, tmp_p
     assert pipeline.config["lora_rank"] == 4 and all(torch.equal(before[key], after[key]) for key in before)
 
 
+def write_kohya_lora(path, text_encoder_layers: tuple[str, ...]) -> None:
+    """A kohya-ss style LoRA (`lora_unet_*` / `lora_te_*` keys with `.alpha`): UNet self-attention queries and the given
+    text-encoder layers, random values."""
+    from diffusers import StableDiffusionPipeline
+
+    plain = StableDiffusionPipeline.from_pretrained(builtin_model_folder(TINY_SD), safety_checker=None)
+    generator, rank, tensors = torch.Generator().manual_seed(7), 4, {}
+    for prefix, model, layers in (("lora_unet_", plain.unet, ("attn1.to_q",)), ("lora_te_", plain.text_encoder, text_encoder_layers)):
+        for name, layer in model.named_modules():
+            if name.endswith(layers):
+                key = prefix + name.replace(".", "_")
+                tensors[f"{key}.lora_down.weight"] = torch.randn(rank, layer.in_features, generator=generator) * 0.3
+                tensors[f"{key}.lora_up.weight"] = torch.randn(layer.out_features, rank, generator=generator) * 0.3
+                tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, str(path))
+
+
+@pytest.mark.parametrize("text_encoder_layers", [("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                                                  "mlp.fc1", "mlp.fc2"), ("mlp.fc1", "mlp.fc2")], ids=["attention-and-mlp", "mlp-only"])
+def test_kohya_lora_with_text_encoder_mlp_is_kept_exactly_by_derive(repos, tmp_path, text_encoder_layers):
+    from diffusers import StableDiffusionPipeline
+
+    write_kohya_lora(tmp_path / "kohya.safetensors", text_encoder_layers)
+    plain = StableDiffusionPipeline.from_pretrained(builtin_model_folder(TINY_SD), safety_checker=None)
+    plain.set_progress_bar_config(disable=True)
+    plain.load_lora_weights(tmp_path, weight_name="kohya.safetensors")
+    expected = plain(PROMPT, guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(3), **SMALL).images[0]
+
+    derived = derive_pipeline(repos["a"], tmp_path / "out", lora=tmp_path / "kohya.safetensors")
+    reloaded = AutoModelPipeline.from_pretrained(derived)
+    assert {"fc1", "fc2"} <= {name.rsplit(".", 1)[-1] for name in reloaded.config["text_encoder_lora_target_modules"]}
+    assert np.array_equal(image(derived), np.asarray(expected, dtype=np.int16))
+    plain.unload_lora_weights()
+    plain.load_lora_weights(derived / "model")  # the written file reads back in plain diffusers, MLP layers included
+    assert {"fc1", "fc2"} <= {name.rsplit(".", 1)[-1] for config in plain.text_encoder.peft_config.values()
+                              for name in config.target_modules}
+
+
 # -- replacing a textual-inversion embedding ----------------------------------------------------------
 
 
