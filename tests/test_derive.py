@@ -94,8 +94,9 @@ def adapter_repos(tmp_path_factory):
     source = CausalLMPipeline(TINY_LLAMA, lora_rank=4)
     randomize(source.model, seed=5)
     source.save_pretrained(root / "source")
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(builtin_lm_folder(TINY_LLAMA)),
-                                LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    base = AutoModelForCausalLM.from_pretrained(builtin_lm_folder(TINY_LLAMA))
+    base.name_or_path = TINY_LLAMA  # recorded as the adapter's base model, as for the built-in model tinypipe loads
+    peft_model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
     randomize(peft_model, seed=6)
     peft_model.save_pretrained(root / "peft_adapter")
     return root / "source", root / "peft_adapter"
@@ -275,10 +276,23 @@ def test_embedding_is_added_to_a_pipeline_without_tokens(repos, tmp_path):
 def test_embedding_for_another_token_needs_placeholder_token(textual_inversion_repo, tmp_path):
     vectors = torch.randn(1, DIM)
     save_file({"<dog-toy>": vectors}, str(tmp_path / "dog.safetensors"))
-    with pytest.raises(ConfigError, match=r"token '<dog-toy>'.*tokens are \['<cat-toy>'\].*pass token='<cat-toy>' \(placeholder_token= with derive_pipeline\)"):
+    with pytest.raises(ConfigError, match=r"token '<dog-toy>'.*\['<cat-toy>'\].*pass placeholder_token='<cat-toy>' "
+                                          r"\(tinypipe derive --placeholder-token '<cat-toy>'\)"):
         derive_pipeline(textual_inversion_repo, tmp_path / "out", embedding=tmp_path / "dog.safetensors")
     derived = derive_pipeline(textual_inversion_repo, tmp_path / "out", embedding=tmp_path / "dog.safetensors", placeholder_token=TOKEN)
     assert torch.equal(load_file(derived / "model/learned_embeds.safetensors")[TOKEN], vectors)
+
+
+def test_derive_command_renames_an_embedding_with_the_option_its_error_advises(textual_inversion_repo, tmp_path, capsys):
+    from tinypipe.cli import main
+
+    vectors = torch.randn(1, DIM)
+    torch.save({"<dog-toy>": vectors}, tmp_path / "learned_embeds.bin")  # sd-concepts-library layout
+    command = ["derive", str(textual_inversion_repo), str(tmp_path / "out"), "--embedding", str(tmp_path / "learned_embeds.bin")]
+    assert main(command) == 2
+    advised = capsys.readouterr().err.split("(tinypipe derive ")[1].split(")")[0].split()  # ['--placeholder-token', "'<cat-toy>'"]
+    assert main(command + [advised[0], advised[1].strip("'")]) == 0
+    assert torch.equal(load_file(tmp_path / "out/model/learned_embeds.safetensors")[TOKEN], vectors)
 
 
 def test_embedding_of_another_width_is_refused_and_the_token_kept(textual_inversion_repo, tmp_path):
@@ -321,6 +335,18 @@ def test_adapter_from_a_tinypipe_repo(adapter_repos, tmp_path):
     other.save_pretrained(tmp_path / "other")
     derived = derive_pipeline(source, tmp_path / "out", adapter=tmp_path / "other")
     assert load_file(derived / "model/adapter_model.safetensors").keys() == load_file(replacement / "adapter_model.safetensors").keys()
+
+
+def test_adapter_made_for_another_base_model_needs_allow_other_base(adapter_repos, tmp_path):
+    source, replacement = adapter_repos
+    shutil.copytree(replacement, tmp_path / "adapter")
+    settings = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**settings, "base_model_name_or_path": "someone/other-llama"}))
+    with pytest.raises(RepoError, match=r"'someone/other-llama'.*'tinypipe/tiny-llama'.*--allow-other-base"):
+        derive_pipeline(source, tmp_path / "out", adapter=tmp_path / "adapter")
+    assert not (tmp_path / "out").exists()
+    derived = derive_pipeline(source, tmp_path / "out", adapter=tmp_path / "adapter", allow_other_base=True)
+    assert AutoModelPipeline.from_pretrained(derived).config["lora_rank"] == 8
 
 
 def test_an_adapter_that_does_not_fit_keeps_the_old_one(adapter_repos, tmp_path):

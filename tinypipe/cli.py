@@ -352,7 +352,8 @@ def _derive(arguments: argparse.Namespace) -> int:
     if source is None:
         raise RepoError(f"{arguments.source} is neither a repo folder nor a job id.")
     output = derive_pipeline(source, Path(arguments.output), lora=arguments.lora, embedding=arguments.embedding,
-                             adapter=arguments.adapter, trust_remote_code=arguments.trust_remote_code)
+                             adapter=arguments.adapter, placeholder_token=arguments.placeholder_token,
+                             trust_remote_code=arguments.trust_remote_code, allow_other_base=arguments.allow_other_base)
     print(f"Wrote {output}: {source} with its component replaced; {source} is unchanged.")
     return 0
 
@@ -502,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
     replacement.add_argument("--lora", metavar="PATH", help="A diffusers LoRA file, or a folder / repo holding one.")
     replacement.add_argument("--embedding", metavar="PATH", help="A textual-inversion embedding file, or a folder / repo holding one.")
     replacement.add_argument("--adapter", metavar="PATH", help="A PEFT adapter folder, or a causal-LM repo.")
+    derive.add_argument("--placeholder-token", metavar="TOKEN",
+                        help="With --embedding: the textual-inversion token whose vectors it replaces (default: the name stored in it).")
+    derive.add_argument("--allow-other-base", action="store_true",
+                        help="Accept a replacement made for another base model than SOURCE's (its shapes must still fit).")
     derive.add_argument("--trust-remote-code", action="store_true", help="Allow the repo's own code (model_code/) to run.")
     derive.set_defaults(handler=_derive)
 

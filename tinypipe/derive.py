@@ -27,9 +27,9 @@ from . import __version__
 from .config import ConfigMixin
 from .config.filelist import FILELIST, sha256_file, verify_filelist
 from .config.repo import CONFIG_NAME, component_folder, load_repo
-from .errors import ConfigError
+from .errors import ConfigError, RepoError
 from .models.causal_lm import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CausalLMPipeline
-from .models.diffusion import LORA_WEIGHTS_NAME, TEXTUAL_INVERSION_NAME, DiffusionPipeline
+from .models.diffusion import LORA_WEIGHTS_NAME, TEXTUAL_INVERSION_NAME, DiffusionPipeline, read_textual_inversion
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ def derive_pipeline(
     placeholder_token: Optional[str] = None,
     token: Optional[str] = None,
     trust_remote_code: bool = False,
+    allow_other_base: bool = False,
 ) -> Path:
     """Load the pipeline saved in `source`, replace one component, and save it as the new repo `output`.
 
@@ -69,6 +70,8 @@ def derive_pipeline(
         placeholder_token: With `embedding` holding one token: the token to replace, overriding the stored name.
         token: Hub token, passed to the pipeline for a private base model (never written anywhere).
         trust_remote_code: Allow running code from `source/model_code/` (only for repos you trust).
+        allow_other_base: Accept a replacement that records another base model than the source's (a PEFT
+            adapter's `base_model_name_or_path`, a tinypipe repo's `base_model`); its shapes must still fit.
 
     Returns:
         The new repo folder.
@@ -77,8 +80,8 @@ def derive_pipeline(
         ConfigError: Not exactly one replacement, an `output` that is `source`, inside it, or not empty, a
             replacement file that is missing, of the wrong kind for the pipeline, or whose embedding does not
             fit the text encoder.
-        RepoError: The source or a replacement repo is incomplete or altered, or a LoRA / adapter does not fit
-            the base model.
+        RepoError: The source or a replacement repo is incomplete or altered, or a LoRA / adapter was made for
+            another base model (without `allow_other_base`) or does not fit it.
 
     Example:
     ```python
@@ -112,14 +115,15 @@ def derive_pipeline(
         hint = "adapter=" if isinstance(pipeline, CausalLMPipeline) else "lora= or embedding="
         raise ConfigError(f"{source} holds a {type(pipeline).__name__}, and {component}= replaces a component of a "
                           f"{kind.__name__}; give this pipeline {hint} instead.")
-    _warn_on_other_base_model(pipeline, files[0], component)
+    _check_base_model(pipeline, files[0], component, allow_other_base)
     if component == "lora":
         pipeline.replace_lora(files[0])
     elif component == "embedding":
         for path in files:
+            _check_embedding_token(pipeline, path, placeholder_token)
             pipeline.replace_textual_inversion(path, placeholder_token)
     else:
-        pipeline.replace_adapter(files[0].parent)
+        pipeline.replace_adapter(files[0].parent, allow_other_base)
 
     # 3. Write the new repo next to `output` and move it into place only once it is complete.
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -194,13 +198,28 @@ def _find_embeddings(path: Path) -> list[Path]:
     return files
 
 
-def _warn_on_other_base_model(pipeline: ConfigMixin, replacement: Path, component: str) -> None:
-    """Warn when the replacement comes from a tinypipe repo built on another base model (its shapes may still fit)."""
+def _check_base_model(pipeline: ConfigMixin, replacement: Path, component: str, allow_other_base: bool) -> None:
+    """Refuse a replacement from a tinypipe repo built on another base model (warn only with `allow_other_base`)."""
     folder = replacement.parent
     if not ((folder / CONFIG_NAME).is_file() and (folder / FILELIST).is_file()):
         return
     recorded = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")).get("base_model")
     base = pipeline.config.get("base_model")
-    if recorded is not None and base is not None and recorded != base:
-        logger.warning("The %s %s was made for the base model %r, and %s's base model is %r; it loads only if the shapes "
-                       "match, and may not work as intended.", component, replacement, recorded, type(pipeline).__name__, base)
+    if recorded is None or base is None or recorded == base:
+        return
+    message = (f"The {component} {replacement} was made for the base model {recorded!r}, and {type(pipeline).__name__}'s base "
+               f"model is {base!r}")
+    if not allow_other_base:
+        raise RepoError(f"{message}. Derive from a repo on {recorded!r}, or pass allow_other_base=True (tinypipe derive "
+                        "--allow-other-base) if the two models share their layer layout.")
+    logger.warning("%s; using it anyway (allow_other_base=True): it loads only if the shapes match.", message)
+
+
+def _check_embedding_token(pipeline: DiffusionPipeline, path: Path, placeholder_token: Optional[str]) -> None:
+    """Refuse an embedding stored under a token the pipeline lacks, naming the argument and option that rename it."""
+    tokens = list(pipeline.config["textual_inversion_tokens"])
+    stored, _ = read_textual_inversion(path, placeholder_token)
+    if tokens and stored not in tokens:
+        raise ConfigError(f"{path} holds an embedding for the token {stored!r}, but {tokens} are this pipeline's "
+                          f"textual-inversion tokens. To put it in place of one, pass placeholder_token={tokens[0]!r} "
+                          f"(tinypipe derive --placeholder-token {tokens[0]!r}).")

@@ -166,6 +166,23 @@ def test_adapter_for_another_base_model_is_refused_and_leaves_no_adapter(tmp_pat
     assert not pipeline.has_lora and torch.equal(logits(pipeline.model, tokenizer), before)
 
 
+def test_adapter_naming_another_base_model_is_refused_unless_allowed(adapted, tmp_path, caplog):
+    pipeline, _ = adapted
+    pipeline.model.save_pretrained(tmp_path / "adapter")  # same shapes, but recorded as trained on another base model
+    settings = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    settings["base_model_name_or_path"] = "someone/other-llama"
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(settings))
+    fresh = CausalLMPipeline(TINY_LLAMA)
+    with pytest.raises(RepoError, match=r"trained on the base model 'someone/other-llama'.*base model is 'tinypipe/tiny-llama'.*"
+                                        r"allow_other_base=True"):
+        fresh.load_adapter(tmp_path / "adapter")
+    assert not fresh.has_lora
+    with caplog.at_level("WARNING"):
+        fresh.load_adapter(tmp_path / "adapter", allow_other_base=True)
+    assert "someone/other-llama" in caplog.text
+    assert torch.equal(logits(fresh.model, fresh.tokenizer), logits(pipeline.model, pipeline.tokenizer))
+
+
 def test_repo_whose_adapter_does_not_fit_is_refused(adapted, tmp_path):
     from tinypipe.config.filelist import write_filelist
 

@@ -214,13 +214,19 @@ class CausalLMPipeline(ConfigMixin):
         # The base embeddings are never trained here, so peft need not look the base model up to check them.
         return get_peft_model_state_dict(self.model, save_embedding_layers=False) if self.has_lora else {}
 
-    def load_adapter(self, folder: Union[str, Path]) -> None:
+    def load_adapter(self, folder: Union[str, Path], allow_other_base: bool = False) -> None:
         """Load a PEFT LoRA adapter folder (`adapter_config.json` + `adapter_model.safetensors`), e.g. one peft saved.
+
+        Args:
+            folder: The adapter folder.
+            allow_other_base: Load an adapter whose `adapter_config.json` names another base model than this
+                pipeline's (only a warning then). Its layer shapes must still fit.
 
         Raises:
             ConfigError: The pipeline already has an adapter.
-            RepoError: A file is missing, empty or corrupt, or the adapter does not fit the base model
-                (the message names the file and the mismatched weights).
+            RepoError: A file is missing, empty or corrupt, the adapter was trained on another base model (and
+                `allow_other_base` is False), or it does not fit the base model (the message names the file and
+                the mismatched weights).
         """
         from peft import LoraConfig
         from peft.utils import set_peft_model_state_dict
@@ -241,6 +247,7 @@ class CausalLMPipeline(ConfigMixin):
             raise RepoError(f"{config_path} is not a valid LoRA adapter config: {error}") from error
         if settings.get("peft_type", "LORA") != "LORA":
             raise RepoError(f"{config_path} describes a {settings['peft_type']} adapter; tinypipe loads LoRA adapters only.")
+        self._check_adapter_base(config_path, settings.get("base_model_name_or_path"), allow_other_base)
         try:
             state = load_file(str(weights_path))
         except (SafetensorError, OSError) as error:
@@ -267,25 +274,41 @@ class CausalLMPipeline(ConfigMixin):
         set_peft_model_state_dict(self.model, state)
         self.model.eval()
 
-    def replace_adapter(self, folder: Union[str, Path]) -> None:
+    def _check_adapter_base(self, config_path: Path, recorded: Optional[str], allow_other_base: bool) -> None:
+        """Refuse (or, with `allow_other_base`, warn about) an adapter whose config names another base model."""
+        if not recorded or _same_model(recorded, self.base_model):
+            return
+        message = (f"{config_path} was trained on the base model {recorded!r} (its base_model_name_or_path), but this "
+                   f"pipeline's base model is {self.base_model!r}")
+        if not allow_other_base:
+            raise RepoError(f"{message}. Load it on {recorded!r}, or pass allow_other_base=True (tinypipe derive "
+                            "--allow-other-base) if you know the two models share their weights' layout.")
+        logger.warning("%s; loading it anyway (allow_other_base=True).", message)
+
+    def replace_adapter(self, folder: Union[str, Path], allow_other_base: bool = False) -> None:
         """Replace this pipeline's LoRA adapter (or add one) with a PEFT adapter folder, as `load_adapter` reads it.
 
         The new adapter may have another rank, alpha or target modules; the config records them. If it
         does not fit, the old adapter is put back before the error is raised.
 
+        Args:
+            folder: The adapter folder.
+            allow_other_base: Accept an adapter trained on another base model, as in `load_adapter`.
+
         Raises:
-            RepoError: A file is missing or corrupt, or the adapter does not fit the base model.
+            RepoError: A file is missing or corrupt, the adapter was trained on another base model, or it does
+                not fit the base model.
         """
         from peft.utils import set_peft_model_state_dict
 
         if not self.has_lora:
-            self.load_adapter(folder)
+            self.load_adapter(folder, allow_other_base)
             return
         previous = {key: self.config[key] for key in LORA_SETTINGS}
         state = {key: tensor.detach().clone() for key, tensor in self.adapter_state_dict().items()}
         self._remove_lora()
         try:
-            self.load_adapter(folder)
+            self.load_adapter(folder, allow_other_base)
         except (ConfigError, RepoError):
             self._add_lora(previous["lora_rank"], previous["lora_alpha"], previous["lora_dropout"], previous["lora_target_modules"])
             set_peft_model_state_dict(self.model, state)
@@ -436,7 +459,7 @@ class CausalLMPipeline(ConfigMixin):
         pipeline = cls._from_arguments({**arguments, "lora_rank": None}, overrides)
         if lora.get("lora_rank") is None:
             return pipeline
-        pipeline.load_adapter(folder)
+        pipeline.load_adapter(folder, allow_other_base="base_model" in overrides)  # the caller chose the base model
         pipeline._record(**lora)
         return pipeline
 
@@ -446,6 +469,14 @@ class CausalLMPipeline(ConfigMixin):
         has_lora = config.get("lora_rank") is not None
         tags = ["transformers", "text-generation"] + (["peft", "lora"] if has_lora else [])
         return {"base_model": config.get("base_model"), "method": "LoRA (PEFT)" if has_lora else "causal LM", "tags": tags}
+
+
+def _same_model(first: str, second: str) -> bool:
+    """Whether two base-model names mean the same model: equal ids, or (built-in names read as their folders) the same folder."""
+    if first == second:
+        return True
+    first_path, second_path = (Path(builtin_lm_folder(name)) if is_builtin_lm(name) else Path(name) for name in (first, second))
+    return first_path.exists() and second_path.exists() and first_path.resolve() == second_path.resolve()
 
 
 def write_builtin_repo(folder: Path) -> None:
