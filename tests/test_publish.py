@@ -173,3 +173,30 @@ def test_push_of_a_folder_without_a_model_is_refused(tmp_path, hub):
     with pytest.raises(RepoError, match=r"model/config.json is missing"):
         push_repo_folder(tmp_path / "empty", "me/empty", token=TOKEN)
     assert hub.calls == []
+
+
+def test_failed_push_keeps_users_readme(lora_repo, hub):
+    (lora_repo / "README.md").write_text("# My model\n\nNotes that exist nowhere else.\n")
+    hub.fail_upload_with = OSError("connection reset")
+    with pytest.raises(RepoError, match="failed"):
+        AutoModelPipeline.from_pretrained(lora_repo).save_pretrained(lora_repo, push_to_hub=True, repo_id="me/mine", token=TOKEN)
+    assert (lora_repo / "README.md").read_text() == "# My model\n\nNotes that exist nowhere else.\n"
+    hub.fail_upload_with = None
+    before = files_of(lora_repo)
+    push_repo_folder(lora_repo, "me/mine", token=TOKEN)
+    assert files_of(lora_repo) == before  # a push only reads the folder
+    assert (hub.root / "me/mine/README.md").read_text() == before["README.md"].decode()  # the user's card is published as written
+
+
+def test_published_files_carry_no_local_paths_or_user_names(tmp_path, hub):
+    from tinypipe.models import TINY_SD, builtin_model_folder
+
+    local_base = str(builtin_model_folder(TINY_SD))  # an absolute path on this machine, with the user's home in it
+    repo = DiffusionPipeline(local_base, lora_rank=2).save_pretrained(tmp_path / "repo")
+    push_repo_folder(repo, "me/local-base", token=TOKEN)
+    uploaded = hub.root / "me/local-base"
+    for name, content in files_of(uploaded).items():
+        assert local_base.encode() not in content and str(Path.home()).encode() not in content, name
+    assert '"base_model": "tinypipe--tiny-sd"' in (uploaded / "model/config.json").read_text()
+    verify_filelist(uploaded / "model", use_stamps=False)  # the published copy's filelist matches what it holds
+    assert local_base in (repo / "model/config.json").read_text()  # the local repo still records what ran

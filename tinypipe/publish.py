@@ -3,7 +3,7 @@
 ```python
 from tinypipe.publish import push_repo_folder
 
-push_repo_folder("out", "me/my-lora", private=True)   # writes out/README.md, then uploads out/
+push_repo_folder("out", "me/my-lora", private=True)   # uploads out/ with a model card; out/ is only read
 ```
 
 The card is built from the repo's `config.json` files only: the model's class names its base model,
@@ -11,20 +11,28 @@ method and tags (`card_data_from_config`); the trainer's saved train config give
 training arguments; `validation/` gives the images. `checkpoints/` (optimizer state) is never uploaded.
 The token goes to huggingface_hub only: never into the card, a repo file or a log line.
 
+What is uploaded is staged in a temporary folder, so the user's folder is never written to: a README.md
+they wrote is published as it is (the generated card is used only where there is none), and absolute
+local paths in the published JSON files and card (a data folder, a local base model) become their last
+part (`/home/me/photos` -> `photos`), with the filelists of the staged copy rewritten to match.
+
 This module imports nothing heavy at import time (the CLI imports it for `tinypipe push`).
 """
 
 import json
 import logging
+import os
 import re
-from pathlib import Path
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Optional, Union
 
 from .config.coders import is_reserved_key
 from .config.hub import _DOWNLOAD_STAMP, render_model_card
 from .errors import ConfigError, RepoError
 
-__all__ = ["push_repo_folder", "card_data_from_repo", "upload_repo", "public_training_arguments", "UPLOAD_IGNORE_PATTERNS"]
+__all__ = ["push_repo_folder", "card_data_from_repo", "upload_repo", "public_training_arguments", "public_value", "UPLOAD_IGNORE_PATTERNS"]
 
 logger = logging.getLogger(__name__)
 
@@ -199,12 +207,68 @@ def _login_hint(repo: Path) -> str:
             "or pass token=... (--token on the command line), and push again.")
 
 
+def _is_local_path(value: str) -> bool:
+    """An absolute path of this (or another) machine: `/home/me/x`, `~/x`, `C:\\x`."""
+    return value.startswith(("/", "~")) or bool(re.match(r"^[A-Za-z]:[\\/]", value)) or value.startswith("\\\\")
+
+
+def public_value(value: Any) -> Any:
+    """`value` with every absolute local path replaced by its last part (or "local data"), at any depth.
+
+    Example:
+    ```python
+    public_value({"data": "/home/me/photos", "lr": 1e-4})   # {"data": "photos", "lr": 0.0001}
+    ```
+    """
+    if isinstance(value, str) and _is_local_path(value):
+        path = PureWindowsPath(value) if "\\" in value else PurePosixPath(value)
+        return path.name or "local data"
+    if isinstance(value, list):
+        return [public_value(item) for item in value]
+    if isinstance(value, dict):
+        return {key: public_value(item) for key, item in value.items()}
+    return value
+
+
+def _stage(repo: Path, staging: Path, card: str, redact) -> None:
+    """Copy what is published from `repo` into `staging`: ignored files left out, JSON files with local paths or
+    secrets made public (and the filelists of their folders rewritten), the card as README.md unless the user wrote one."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from .config.filelist import FILELIST, write_filelist
+
+    files = sorted(path.relative_to(repo).as_posix() for path in repo.rglob("*") if path.is_file())
+    changed_folders = set()
+    for relative in filter_repo_objects(files, ignore_patterns=list(UPLOAD_IGNORE_PATTERNS)):
+        source, target = repo / relative, staging / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.suffix == ".json":
+            text = source.read_text(encoding="utf-8", errors="replace")
+            public = redact(json.dumps(public_value(json.loads(text)), indent=2, sort_keys=True)) + "\n"
+            if json.loads(public) != json.loads(text):
+                target.write_text(public, encoding="utf-8")
+                changed_folders.add(next((parent for parent in source.parents if (parent / FILELIST).is_file()), None))
+                continue
+        try:
+            os.link(source, target)  # weights are not copied byte by byte where the file system allows
+        except OSError:
+            shutil.copyfile(source, target)
+    for folder in changed_folders - {None}:
+        staged = staging / folder.relative_to(repo)
+        (staged / FILELIST).unlink()
+        write_filelist(staged)
+    if not (staging / "README.md").exists():
+        (staging / "README.md").write_text(card if card.endswith("\n") else card + "\n", encoding="utf-8")
+
+
 def upload_repo(repo: Path, repo_id: Optional[str], card_data: dict[str, Any], *, private: Optional[bool] = None,
                 token: Optional[str] = None, commit_message: Optional[str] = None) -> str:
-    """Write the model card into `repo/README.md`, then create the hub repo `repo_id` and upload the folder.
+    """Create the hub repo `repo_id` and upload the folder `repo` with a model card; `repo` itself is only read.
 
     Nothing touches the network before a token is known to exist. The token is handed to huggingface_hub
-    only, and removed from the card and from error messages should anything echo it.
+    only, and removed from the card, the published files and error messages should anything echo it. A
+    `README.md` the user wrote is published unchanged; otherwise the card is generated into the upload.
+    Absolute local paths in the card and the published JSON files become their last part.
 
     Args:
         repo: The saved repo folder.
@@ -236,20 +300,23 @@ def upload_repo(repo: Path, repo_id: Optional[str], card_data: dict[str, Any], *
             text = text.replace(secret, "***")
         return text
 
-    # 2. The model card.
+    # 2. The model card, with no local paths (a local base model is not a hub id the card can link).
+    local_base = isinstance(card_data.get("base_model"), str) and _is_local_path(card_data["base_model"])
+    card_data = {**public_value(card_data), **({"base_model": None} if local_base else {})}
     card = redact(str(render_model_card(card_data, repo_id)))
-    (repo / "README.md").write_text(card if card.endswith("\n") else card + "\n", encoding="utf-8")
 
-    # 3. Create the hub repo and upload the folder.
+    # 3. Stage what is published next to nothing of the user's, create the hub repo and upload it.
     logger.info("Pushing %s to the hub as %s", repo, repo_id)
     api = huggingface_hub.HfApi(token=token)
-    try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(repo_id=repo_id, folder_path=repo, commit_message=commit_message or "Upload with tinypipe",
-                          ignore_patterns=list(UPLOAD_IGNORE_PATTERNS))
-    except Exception as error:
-        raise RepoError(redact(f"Pushing {repo} to the hub as {repo_id!r} failed ({type(error).__name__}: {error}). "
-                               f"{_login_hint(repo)}")) from error
+    with tempfile.TemporaryDirectory(prefix=".tinypipe-upload-") as staging:
+        try:
+            _stage(repo, Path(staging), card, redact)
+            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message or "Upload with tinypipe",
+                              ignore_patterns=list(UPLOAD_IGNORE_PATTERNS))
+        except Exception as error:
+            raise RepoError(redact(f"Pushing {repo} to the hub as {repo_id!r} failed ({type(error).__name__}: {error}). "
+                                   f"{_login_hint(repo)}")) from error
     return str(url)
 
 
@@ -273,7 +340,7 @@ def push_repo_folder(repo: Union[str, Path], repo_id: str, *, private: Optional[
 
     Raises:
         RepoError: The folder is not a complete repo, no token is available, or the push failed. The
-            local repo is left as it was (apart from its README.md).
+            local repo is left as it was.
 
     Example:
     ```python
