@@ -50,6 +50,24 @@ def test_full_fine_tune_writes_a_repo_that_is_also_a_diffusers_pipeline(trained)
     assert saved["max_train_steps"] == 3 and saved["with_prior_preservation"] and saved["class_prompt"] == "a photo of a square"
 
 
+def test_full_fine_tune_folder_loads_every_component_with_the_class_model_index_names(trained, tmp_path):
+    import importlib
+
+    _, output = trained
+    folder = output / "model"
+    index = json.loads((folder / "model_index.json").read_text())
+    components = {name: value for name, value in index.items() if not name.startswith("_") and isinstance(value, list) and value[0]}
+    for name, (library, class_name) in components.items():
+        loaded = getattr(importlib.import_module(library), class_name).from_pretrained(folder / name)
+        assert loaded is not None, name
+    # The files a slow (transformers 4.x) CLIPTokenizer reads give the very same token ids.
+    tokenizer_class = getattr(importlib.import_module(components["tokenizer"][0]), components["tokenizer"][1])
+    saved = tokenizer_class.from_pretrained(folder / "tokenizer")
+    from_files = tokenizer_class(vocab=str(folder / "tokenizer/vocab.json"), merges=str(folder / "tokenizer/merges.txt"))
+    text = "a photo of sks circle, a red square!"
+    assert from_files(text).input_ids == saved(text).input_ids
+
+
 def test_full_fine_tune_changes_the_unet(trained):
     pipeline, _ = trained
     base = DiffusionPipeline("tinypipe/tiny-sd")

@@ -520,6 +520,8 @@ class DiffusionPipeline(ConfigMixin):
         if self.config["fine_tuned_components"]:
             with quiet_loading():
                 self.pipe.save_pretrained(folder, safe_serialization=True)
+            for tokenizer_folder in sorted(folder.glob("tokenizer*/")):
+                write_vocabulary_files(tokenizer_folder)
         for index, (token, vectors) in enumerate(self.textual_inversion_embeddings().items()):
             save_file({token: vectors.contiguous()}, str(folder / textual_inversion_file_name(index)))
         if self.has_lora:
@@ -677,6 +679,24 @@ def _read_embedding_file(path: Path) -> Any:
             "files are read with torch.load(weights_only=True) so that nothing in them runs; convert the embedding to "
             ".safetensors from a source you trust."
         ) from error
+
+
+def write_vocabulary_files(tokenizer_folder: Path) -> None:
+    """Write `vocab.json` and `merges.txt` beside a BPE `tokenizer.json` that lacks them.
+
+    transformers 5 saves a CLIP tokenizer as `tokenizer.json` only; the slow `CLIPTokenizer` that
+    `model_index.json` names (and transformers 4.x) reads these two files, so a saved pipeline folder
+    carries them, as diffusers' own folders do.
+    """
+    tokenizer_json = tokenizer_folder / "tokenizer.json"
+    if not tokenizer_json.is_file() or ((tokenizer_folder / "vocab.json").is_file() and (tokenizer_folder / "merges.txt").is_file()):
+        return
+    model = json.loads(tokenizer_json.read_text(encoding="utf-8")).get("model", {})
+    if model.get("type") != "BPE":
+        return
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model.get("merges", [])]
+    (tokenizer_folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False) + "\n", encoding="utf-8")
+    (tokenizer_folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{merge}\n" for merge in merges), encoding="utf-8")
 
 
 def read_lora_metadata(path: Path) -> dict[str, Any]:
