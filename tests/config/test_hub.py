@@ -2,6 +2,7 @@
 
 import secrets
 import shutil
+from pathlib import Path
 
 import huggingface_hub
 import huggingface_hub.constants
@@ -98,18 +99,22 @@ class FakeApi:
         return f"https://huggingface.co/{repo_id}"
 
     def upload_folder(self, repo_id, folder_path, commit_message=None, ignore_patterns=None):
-        self.calls.append(("upload_folder", repo_id, str(folder_path)))
+        self.calls.append(("upload_folder", repo_id))
+        self.uploaded = {path.relative_to(folder_path).as_posix(): path.read_bytes()
+                         for path in Path(folder_path).rglob("*") if path.is_file()}
 
 
-def test_push_to_hub_creates_repo_uploads_and_writes_card(tmp_path, monkeypatch):
+def test_push_to_hub_creates_repo_and_uploads_it_with_a_card(tmp_path, monkeypatch):
     FakeApi.instances.clear()
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     token = "hf_" + secrets.token_hex(12)  # random: this file itself is copied into model_code/
     repo = Card().save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="me/card", private=True, token=token)
     api = FakeApi.instances[0]
     assert api.token == token
-    assert api.calls == [("create_repo", "me/card", True, True), ("upload_folder", "me/card", str(repo))]
-    card = (repo / "README.md").read_text()
+    assert api.calls == [("create_repo", "me/card", True, True), ("upload_folder", "me/card")]
+    assert not (repo / "README.md").exists()  # the card is generated into the upload, not into the user's folder
+    assert api.uploaded["model/config.json"] == (repo / "model/config.json").read_bytes()
+    card = api.uploaded["README.md"].decode()
     assert "library_name: tinypipe" in card and "base_model: tinypipe/tiny-sd" in card
     for expected in ("- lora", "- diffusers", "a photo of sks dog", '"learning_rate": 0.0005'):
         assert expected in card

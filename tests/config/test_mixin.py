@@ -218,3 +218,25 @@ def test_wrap_config_mixin_keeps_class_and_records_arguments(tmp_path):
     assert Wrapped.__name__ == "Plain" and Wrapped.__doc__ == "A plain class."
     assert Wrapped(width=7).config == {"width": 7}
     assert wrap_config_mixin(Wrapped) is Wrapped
+
+
+def test_varargs_and_kwargs_round_trip_through_save_pretrained_and_from_config(tmp_path):
+    class Stack(ConfigMixin):
+        @save_config
+        def __init__(self, first, *layers, scale=1.0, **extra):
+            self.state = (first, layers, scale, extra)
+
+    model = Stack(8, 16, 32, scale=0.5, activation="gelu")
+    model.save_pretrained(tmp_path / "repo")
+    assert Stack.from_pretrained(tmp_path / "repo").state == (8, (16, 32), 0.5, {"activation": "gelu"})
+    assert Stack.from_config(model.config).state == model.state
+    assert Stack.from_config(model.config, layers=(4,)).state == (8, (4,), 0.5, {"activation": "gelu"})  # the caller wins
+    assert Stack.from_config({"first": 1}).state == (1, (), 1.0, {})
+
+
+def test_subfolder_on_varargs_is_refused_when_the_class_is_defined():
+    with pytest.raises(ConfigError, match=r"\*parts cannot be a SubFolder"):
+        class Bad(ConfigMixin):
+            @save_config
+            def __init__(self, *parts: SubFolder):
+                self.parts = parts

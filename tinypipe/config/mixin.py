@@ -52,6 +52,10 @@ def _init_spec(init: Callable) -> _InitSpec:
     markers = parameter_markers(init)
     parameters = list(signature.parameters.values())[1:]  # drop self
     recorded = tuple(p.name for p in parameters if Ignore not in markers[p.name] and p.kind is not p.VAR_KEYWORD)
+    for parameter in parameters:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) and SubFolder in markers[parameter.name]:
+            raise ConfigError(f"{init.__qualname__}: {'*' if parameter.kind is parameter.VAR_POSITIONAL else '**'}{parameter.name} "
+                              "cannot be a SubFolder (its values have no names to be folders); name the sub-configs as parameters.")
     return _InitSpec(
         signature=signature,
         recorded=recorded,
@@ -176,8 +180,8 @@ class ConfigMixin:
     @classmethod
     def _valid_argument_names(cls) -> list[str]:
         spec = cls._init_spec()
-        names = [name for name in list(spec.signature.parameters)[1:] if spec.signature.parameters[name].kind
-                 not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+        names = [name for name in list(spec.signature.parameters)[1:]
+                 if spec.signature.parameters[name].kind is not inspect.Parameter.VAR_KEYWORD]
         return names + list(cls._extra_config_names())
 
     @classmethod
@@ -195,11 +199,20 @@ class ConfigMixin:
         cls._check_keys(arguments, "config keys")
         cls._check_keys(overrides, "arguments")
         merged = {**arguments, **overrides}
-        spec = cls._init_spec()
+        parameters = list(cls._init_spec().signature.parameters.values())[1:]
+        # Parameters before a `*args` can only be given by position, and so must every one of them then.
+        has_var_positional = any(parameter.kind is parameter.VAR_POSITIONAL for parameter in parameters)
         positional = []
-        for parameter in list(spec.signature.parameters.values())[1:]:
-            if parameter.kind is parameter.POSITIONAL_ONLY and parameter.name in merged:
+        for parameter in parameters:
+            by_position = parameter.kind is parameter.POSITIONAL_ONLY or (
+                has_var_positional and parameter.kind is parameter.POSITIONAL_OR_KEYWORD)
+            if by_position and parameter.name in merged:
                 positional.append(merged.pop(parameter.name))
+            elif by_position and has_var_positional:
+                if parameter.default is parameter.empty:
+                    raise ConfigError(f"{cls.__qualname__}: the config has no {parameter.name!r}, which comes before "
+                                      f"*{next(p.name for p in parameters if p.kind is p.VAR_POSITIONAL)}; give it.")
+                positional.append(parameter.default)
             elif parameter.kind is parameter.VAR_POSITIONAL:
                 positional.extend(merged.pop(parameter.name, ()))
         return cls(*positional, **merged)
