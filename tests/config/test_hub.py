@@ -86,6 +86,23 @@ def test_interrupted_download_is_not_taken_as_complete(tmp_path, online, monkeyp
         AutoModelPipeline.from_pretrained(tmp_path / "cache", "me/card")
 
 
+@pytest.mark.parametrize("offline", [True, False], ids=["offline", "online"])
+def test_repo_placed_by_hand_in_the_cache_is_used_as_it_is(tmp_path, online, fake_download, published, monkeypatch, offline):
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    shutil.copytree(published, tmp_path / "cache/me/card")  # copied there by hand: valid filelists, no download stamp
+    model = AutoModelPipeline.from_pretrained(tmp_path / "cache", "me/card")
+    assert isinstance(model, Card) and fake_download == []
+
+
+def test_placed_repo_that_does_not_verify_is_refused_and_left_alone(tmp_path, online, fake_download, published):
+    shutil.copytree(published, tmp_path / "cache/me/card")
+    (tmp_path / "cache/me/card/model/config.json").write_text('{"prompt": "changed by hand"}')
+    with pytest.raises(RepoError, match=r"me/card is in the cache folder but does not verify .*config.json.*remove it to download"):
+        AutoModelPipeline.from_pretrained(tmp_path / "cache", "me/card")
+    assert fake_download == [] and (tmp_path / "cache/me/card/model/config.json").read_text() == '{"prompt": "changed by hand"}'
+
+
 class FakeApi:
     instances = []
 

@@ -84,3 +84,19 @@ def test_wrap_config_mixin_example(tmp_path):
     model.save_pretrained(tmp_path / "repo")
     loaded = Wrapped.from_pretrained(tmp_path / "repo")
     assert type(loaded) is Wrapped and loaded.width == 16
+
+
+def test_seed_002_loads_a_repo_placed_in_the_cache_and_calls_the_model(tmp_path, monkeypatch):
+    import numpy as np
+
+    from tinypipe import AutoModelPipeline
+    from tinypipe.models import CausalLMPipeline, DiffusionPipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    DiffusionPipeline("tinypipe/tiny-sd").save_pretrained(tmp_path / "model_cache_path" / "me" / "model_repo")  # placed by hand
+    model = AutoModelPipeline.from_pretrained(tmp_path / "model_cache_path", "me/model_repo")
+    pred = model("a red circle", num_inference_steps=2, height=32, width=32, seed=1)
+    expected = model.generate("a red circle", num_inference_steps=2, height=32, width=32, seed=1)
+    assert np.array_equal(np.asarray(pred[0]), np.asarray(expected[0]))
+    language_model = CausalLMPipeline("tinypipe/tiny-llama")
+    assert language_model("Once upon", max_new_tokens=4) == language_model.generate("Once upon", max_new_tokens=4)

@@ -52,10 +52,34 @@ def _complete_copy(local: Path, revision: Optional[str]) -> bool:
     return revision is None or stamp.get("revision") == revision
 
 
+def _placed_copy(local: Path) -> bool:
+    """Whether `local` holds a repo placed there by hand or by another tool (no download stamp) that verifies.
+
+    Raises:
+        RepoError: The folder is there but does not verify; it is the user's, so it is neither used nor overwritten.
+    """
+    if not (local / "model" / "config.json").is_file() or (local / ".cache" / "huggingface").is_dir():
+        return False  # nothing placed here, or a download of ours that was interrupted (snapshot_download resumes it)
+    from .filelist import FILELIST, verify_filelist
+
+    components = [folder for folder in sorted(local.iterdir()) if (folder / FILELIST).is_file()]
+    if not any(folder.name == "model" for folder in components):
+        raise RepoError(f"{local} holds a repo without model/{FILELIST}, so it cannot be verified; save it with "
+                        "save_pretrained, or remove the folder to download the repo again.")
+    try:
+        for folder in components:
+            verify_filelist(folder)
+    except RepoError as error:
+        raise RepoError(f"{local} is in the cache folder but does not verify ({error}); it is left as it is. Replace it "
+                        "with a complete copy, or remove it to download the repo again.") from error
+    return True
+
+
 def resolve_repo(path: Union[str, Path], repo: Optional[str] = None, *, revision: Optional[str] = None, token: Optional[str] = None) -> Path:
     """The local folder of a repo: `path` itself, or hub repo `repo` downloaded into `path/<repo>`.
 
-    A complete earlier download of the same revision is reused without touching the network.
+    A complete earlier download of the same revision is reused without touching the network, and so is a
+    repo placed in `path/<repo>` by hand or by another tool whose `filelist.txt`s verify (online or offline).
 
     Args:
         path: A repo folder, or (with `repo`) the cache folder.
@@ -64,12 +88,13 @@ def resolve_repo(path: Union[str, Path], repo: Optional[str] = None, *, revision
         token: Hub token for private repos.
 
     Raises:
-        RepoError: Offline mode is on and no complete copy is cached, or the download failed.
+        RepoError: Offline mode is on and no complete copy is cached, a copy placed there does not verify, or
+            the download failed.
     """
     if repo is None:
         return Path(path)
     local = Path(path) / repo
-    if _complete_copy(local, revision):
+    if _complete_copy(local, revision) or (not (local / _DOWNLOAD_STAMP).exists() and _placed_copy(local)):
         return local
     if repo in _BUILTIN_REPOS:
         staging = local.with_name(f".{local.name}.tmp-{os.getpid()}")
@@ -87,6 +112,7 @@ def resolve_repo(path: Union[str, Path], repo: Optional[str] = None, *, revision
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
+    (local / ".cache" / "huggingface").mkdir(parents=True, exist_ok=True)  # marks the folder as our (resumable) download
     try:
         snapshot_download(repo_id=repo, revision=revision, local_dir=local, token=token)
     except (HfHubHTTPError, HFValidationError, OSError) as error:

@@ -437,6 +437,17 @@ class CausalLMPipeline(ConfigMixin):
         texts = [self.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
         return texts[0] if single else texts
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Union[str, list[str]]:
+        """Generate, as diffusers' and transformers' pipelines do when called: the same as `generate(...)`.
+
+        Example:
+        ```python
+        pipeline = AutoModelPipeline.from_pretrained("model_cache_path", "model_repo")
+        text = pipeline("Once upon a time")   # same as pipeline.generate("Once upon a time")
+        ```
+        """
+        return self.generate(*args, **kwargs)
+
     # -- saving and loading -------------------------------------------------------------------------
 
     def save_weights(self, folder: Path) -> None:

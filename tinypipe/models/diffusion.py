@@ -508,6 +508,17 @@ class DiffusionPipeline(ConfigMixin):
             self.unet.train(was_training)
         return list(result.images)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> list[Image.Image]:
+        """Generate, as diffusers' and transformers' pipelines do when called: the same as `generate(...)`.
+
+        Example:
+        ```python
+        pipeline = AutoModelPipeline.from_pretrained("model_cache_path", "model_repo")
+        images = pipeline("a photo of sks circle", seed=1)   # same as pipeline.generate(...)
+        ```
+        """
+        return self.generate(*args, **kwargs)
+
     # -- saving and loading -------------------------------------------------------------------------
 
     def save_weights(self, folder: Path) -> None:
