@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
+from .cli_arguments import (
+    OneLineParser,
+    dataset_path,
+    diffuser_train_arguments,
+    lm_train_arguments,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 
 EPILOG_TRAIN = """\
 Examples:
@@ -28,91 +38,7 @@ Several processes / GPUs: accelerate launch -m tinypipe train-diffuser ... --out
 """
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 # -- training ---------------------------------------------------------------------------------------
-
-
-def _dataset_path(dataset: str) -> str:
-    """The data set to train on: a zip file is extracted (once, by content) into the tinypipe home."""
-    path = Path(dataset)
-    if path.suffix.lower() != ".zip" or not path.is_file():
-        return str(path.resolve()) if path.exists() else dataset
-    from filelock import FileLock
-
-    from .archive import safe_extract
-    from .config.filelist import sha256_file
-    from .home import tinypipe_home
-
-    digest = sha256_file(path)[:16]
-    folder = tinypipe_home() / "datasets" / digest
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(folder.with_name(f".{digest}.lock")):  # the processes of an accelerate launch extract it once
-        if not folder.is_dir():
-            safe_extract(path, folder)
-    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
-    # A zip of one folder: train on that folder.
-    return str(entries[0] if len(entries) == 1 and entries[0].is_dir() else folder)
-
-
-def _diffuser_arguments(arguments: argparse.Namespace) -> dict:
-    """`train()` keyword arguments of a train-diffuser command."""
-    from .errors import ConfigError, DataError
-    from .runner import parse_training_args, placeholder_from_prompt
-    from .trainers.image_data import IMAGE_EXTENSIONS
-
-    train = parse_training_args(arguments.training_args)
-    prompt, method = arguments.prompt, arguments.method
-    train.setdefault("validation_prompt", prompt)
-    if method == "textual-inversion":
-        placeholder = arguments.placeholder_token or train.get("placeholder_token") or placeholder_from_prompt(prompt)
-        initializer = arguments.initializer_token or train.get("initializer_token")
-        if not placeholder:
-            raise ConfigError("--method textual-inversion needs the new token: write it in PROMPT as <name> "
-                              "(\"a photo of <my-toy>\") or pass --placeholder-token.")
-        if not initializer:
-            raise ConfigError("--method textual-inversion needs --initializer-token, a known word close to the concept "
-                              "(\"toy\", \"circle\"); its embedding is where the new token starts.")
-        train.update(placeholder_token=placeholder, initializer_token=initializer)
-    else:
-        train.setdefault("instance_prompt", prompt)
-    prior = (arguments.prior_class_prompt, arguments.prior_class_image_dir, arguments.num_prior_class_images)
-    if any(prior):
-        if method == "textual-inversion":
-            raise ConfigError("Prior preservation (--prior-class-*) is for --method lora or dreambooth, not textual-inversion.")
-        if not arguments.prior_class_prompt:
-            raise ConfigError("Prior preservation needs --prior-class-prompt, the prompt of the class (\"a photo of a dog\").")
-        count = arguments.num_prior_class_images
-        if arguments.prior_class_image_dir:
-            folder = Path(arguments.prior_class_image_dir)
-            if not folder.is_dir():
-                raise DataError(f"--prior-class-image-dir {folder} is not a folder; give a folder of class images "
-                                "(missing ones are generated).")
-            count = count or sum(1 for entry in folder.iterdir() if entry.suffix.lower() in IMAGE_EXTENSIONS)
-            train["class_data_dir"] = str(folder.resolve())
-        if not count:
-            raise ConfigError("Prior preservation needs class images: --num-prior-class-images N (generated with "
-                              "--prior-class-prompt), or a --prior-class-image-dir holding some.")
-        train.update(with_prior_preservation=True, class_prompt=arguments.prior_class_prompt, num_class_images=count)
-    return train
-
-
-def _lm_arguments(arguments: argparse.Namespace) -> dict:
-    """`train()` keyword arguments of a train-lm command."""
-    from .runner import parse_training_args
-
-    train = parse_training_args(arguments.training_args)
-    options = {"r": arguments.lora_rank, "lora_alpha": arguments.lora_alpha, "lora_dropout": arguments.lora_dropout}
-    if arguments.target_modules:
-        modules = arguments.target_modules
-        options["target_modules"] = modules if modules == "all-linear" else [name.strip() for name in modules.split(",")]
-    train.update({key: value for key, value in options.items() if value is not None})
-    return train
 
 
 def _train(arguments: argparse.Namespace) -> int:
@@ -136,9 +62,9 @@ def _train(arguments: argparse.Namespace) -> int:
                           "and leave out --detach.")
     request = TrainRequest(
         kind=kind, name=arguments.name, method=arguments.method if kind == "train-diffuser" else "lora",
-        model=arguments.model, dataset=_dataset_path(arguments.dataset), revision=arguments.revision,
+        model=arguments.model, dataset=dataset_path(arguments.dataset), revision=arguments.revision,
         log_level=arguments.log_level,
-        train_arguments=_diffuser_arguments(arguments) if kind == "train-diffuser" else _lm_arguments(arguments),
+        train_arguments=diffuser_train_arguments(arguments) if kind == "train-diffuser" else lm_train_arguments(arguments),
     )
     check_request(request)
     output = Path(arguments.output).resolve() if arguments.output else None
@@ -302,11 +228,20 @@ def _repo_path(value: str) -> Optional[Path]:
     return None
 
 
+def _looks_like_a_path(value: str) -> bool:
+    """A folder name rather than a hub id: `./out`, `/abs`, `~/x`, `a/b/c`, `C:\\x`."""
+    return value.startswith((".", "/", "~")) or "\\" in value or value.count("/") > 1 or value.endswith("/")
+
+
 def _generate(arguments: argparse.Namespace) -> int:
     from .config import AutoModelPipeline
     from .home import tinypipe_home
 
     local = _repo_path(arguments.repo)
+    if local is None and _looks_like_a_path(arguments.repo):
+        from .errors import RepoError
+
+        raise RepoError(f"REPO {arguments.repo} does not exist; give a repo folder, a job id, or a hub id (owner/name).")
     if local is not None:
         pipeline = AutoModelPipeline.from_pretrained(local, trust_remote_code=arguments.trust_remote_code)
     else:
@@ -383,7 +318,7 @@ def _add_job_options(command: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `tinypipe` and its sub-commands."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="tinypipe",
         description="Fine-tune diffusion and causal-LM models and ship each result as a self-describing repo. "
                     "Jobs are recorded locally (in $TINYPIPE_HOME, default ~/.cache/tinypipe).",
@@ -413,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Folder of class images for prior preservation (missing ones are generated).")
     diffuser.add_argument("--prior-class-prompt", metavar="TEXT",
                           help="Prompt of the class (\"a photo of a dog\"); turns on prior preservation.")
-    diffuser.add_argument("--num-prior-class-images", type=_non_negative_int, default=0, metavar="N",
+    diffuser.add_argument("--num-prior-class-images", type=non_negative_int, default=0, metavar="N",
                           help="Class images to train with; generated with --prior-class-prompt when the folder has fewer "
                                "(default: 0, or as many as --prior-class-image-dir holds).")
     diffuser.add_argument("--placeholder-token", metavar="TOKEN", help="textual-inversion: the new token (default: the <name> in PROMPT).")
@@ -431,9 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("name", metavar="NAME", help="A name for this run.")
     lm.add_argument("model", metavar="MODEL", help="Base model: a Hub id, a local transformers folder, or the built-in tinypipe/tiny-llama.")
     lm.add_argument("dataset", metavar="DATASET", help="Instruction records: .json / .jsonl, or tinypipe/tiny-instructions.")
-    lm.add_argument("--lora-rank", type=int, metavar="R", help="LoRA rank (default 8).")
-    lm.add_argument("--lora-alpha", type=float, metavar="ALPHA", help="LoRA alpha (default 16).")
-    lm.add_argument("--lora-dropout", type=float, metavar="P", help="LoRA dropout (default 0.05).")
+    lm.add_argument("--lora-rank", type=positive_int, metavar="R", help="LoRA rank (default 8).")
+    lm.add_argument("--lora-alpha", type=positive_float, metavar="ALPHA", help="LoRA alpha (default 16).")
+    lm.add_argument("--lora-dropout", type=probability, metavar="P", help="LoRA dropout (default 0.05).")
     lm.add_argument("--target-modules", metavar="NAMES",
                     help="Comma-separated module names the LoRA wraps (default: the attention projections), or all-linear.")
     _add_job_options(lm)
@@ -441,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     recent = commands.add_parser("get-most-recent-jobs", help="List the most recent jobs, newest first.",
                                  description="List the most recent jobs (id, name, method, status, times), newest first.")
-    recent.add_argument("--limit", type=int, default=10, help="How many jobs (default: 10).")
+    recent.add_argument("--limit", type=positive_int, default=10, help="How many jobs (default: 10).")
     recent.set_defaults(handler=_recent_jobs)
 
     status = commands.add_parser("check-job-status", help="Show a job's status, and its log.",
@@ -449,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "died is reported as failed.")
     status.add_argument("job_id", metavar="JOB_ID", help="The job's id (get-most-recent-jobs lists them).")
     status.add_argument("--include-logs", action="store_true", help="Also print the job's log.")
-    status.add_argument("--tail", type=int, metavar="N", help="With --include-logs: only the last N lines.")
+    status.add_argument("--tail", type=positive_int, metavar="N", help="With --include-logs: only the last N lines.")
     status.set_defaults(handler=_job_status)
 
     download = commands.add_parser("download-model", help="Zip a finished job's weights and validation images.",
@@ -470,13 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("repo", metavar="REPO", help="A repo folder, a job id, or a Hub id.")
     generate.add_argument("prompt", metavar="PROMPT",
                           help="The prompt (images), or the instruction a causal LM answers (text; see --raw).")
-    generate.add_argument("--num-images", type=int, default=4, help="Images to generate (default: 4).")
-    generate.add_argument("--steps", type=int, default=25, help="Denoising steps (default: 25).")
+    generate.add_argument("--num-images", type=positive_int, default=4, help="Images to generate (default: 4).")
+    generate.add_argument("--steps", type=positive_int, default=25, help="Denoising steps (default: 25).")
     generate.add_argument("--guidance-scale", type=float, default=7.5, help="Classifier-free guidance (default: 7.5).")
     generate.add_argument("--negative-prompt", help="What to steer the images away from.")
     generate.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
     generate.add_argument("--output", default="generated", metavar="DIR", help="Folder for the images (default: generated).")
-    generate.add_argument("--max-new-tokens", type=int, default=64, help="Causal LM: tokens to generate (default: 64).")
+    generate.add_argument("--max-new-tokens", type=positive_int, default=64, help="Causal LM: tokens to generate (default: 64).")
     generate.add_argument("--raw", action="store_true", help="Causal LM: continue PROMPT as is, not as an alpaca instruction.")
     generate.add_argument("--revision", help="Hub revision, for a Hub id.")
     generate.add_argument("--cache-dir", metavar="DIR", help="Where Hub repos are downloaded (default: the tinypipe home's hub/).")

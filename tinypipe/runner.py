@@ -92,13 +92,52 @@ def check_request(request: TrainRequest) -> None:
     if request.kind == "train-diffuser" and request.method not in DIFFUSER_METHODS:
         raise ConfigError(f"Unknown --method {request.method!r}; use one of {', '.join(DIFFUSER_METHODS)}.")
     module, _, config_name = request.trainer_path()
-    valid = [name for name in _import(module, config_name)._valid_argument_names() if name not in _RESERVED]
-    for key in request.train_arguments:
+    config_class = _import(module, config_name)
+    valid = [name for name in config_class._valid_argument_names() if name not in _RESERVED]
+    for key, value in request.train_arguments.items():
         if key in _RESERVED:
             raise ConfigError(f"--training-args may not set {key!r}; give it as {_RESERVED[key]} instead.")
         if key not in valid:
             raise ConfigError(f"--training-args has the unknown key {key!r}; the valid keys are: {', '.join(sorted(valid))}.")
+        _check_type(key, value, config_class._arguments_signature.parameters[key].default)
+    from .models.model_ids import check_base_model
+
+    check_base_model(request.model, kind="causal-lm" if request.kind == "train-lm" else "diffusion", revision=request.revision)
     _check_dataset(request)
+
+
+# The type of the training arguments whose default is None (the others take the type of their default).
+_OPTIONAL_TYPES = {
+    "max_train_steps": int, "epoch": int, "resolution": int, "checkpoints_total_limit": int, "batch_size": int,
+    "lora_alpha": float, "snr_gamma": float, "max_grad_norm": float,
+    "instance_prompt": str, "validation_prompt": str, "class_prompt": str, "class_data_dir": str, "placeholder_token": str,
+    "initializer_token": str, "quantization": str, "revision": str, "resume_from_checkpoint": str,
+}
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+
+
+def _check_type(key: str, value: Any, default: Any) -> None:
+    """Refuse a `--training-args` value of the wrong JSON type, naming the key, the type expected and the value given."""
+    expected = _OPTIONAL_TYPES.get(key) if default is None else type(default)
+    if expected is tuple:
+        expected = list
+    if value is None or expected not in _TYPE_NAMES:
+        return
+    if expected is float:
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif expected is int:
+        fits = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is list:
+        fits = isinstance(value, (list, str))  # a list of names, or one name / pattern such as "all-linear"
+    else:
+        fits = isinstance(value, expected)
+    if not fits:
+        raise ConfigError(f"--training-args {key!r} must be {_TYPE_NAMES[expected]}, got {json.dumps(value)} "
+                          f"({type(value).__name__}). Example: '{{\"{key}\": {json.dumps(_example(expected, default))}}}'.")
+
+
+def _example(expected: type, default: Any) -> Any:
+    return default if default is not None else {bool: True, int: 100, float: 1e-4, str: "...", list: []}[expected]
 
 
 def _check_dataset(request: TrainRequest) -> None:

@@ -74,6 +74,16 @@ def test_the_job_commands_run_in_a_shell_without_a_store_yet(capsys):
         (["train-lm", "run", "tinypipe/tiny-llama", "missing.json"], "missing.json does not exist"),
         (["train-lm", "run", "tinypipe/tiny-llama", "tinypipe/tiny-instructions", "--training-args", '{"rank": 4}'],
          "unknown key 'rank'; the valid keys are: .*\\br\\b"),
+        (["train-diffuser", "run", "tinypipe/tiny-sdd", "tinypipe/shapes", "a photo"],
+         "MODEL 'tinypipe/tiny-sdd' is neither a local folder, a built-in model, nor in the local hub cache.*"
+         "Did you mean 'tinypipe/tiny-sd'"),
+        (["train-lm", "run", "tinypipe/tiny-lama", "tinypipe/tiny-instructions"], "Did you mean 'tinypipe/tiny-llama'"),
+        ([*TRAIN, "--training-args", '{"max_train_steps": "sixty"}'], "'max_train_steps' must be an integer, got \"sixty\" \\(str\\)"),
+        ([*TRAIN, "--training-args", '{"learning_rate": "1e-4"}'], "'learning_rate' must be a number, got \"1e-4\""),
+        ([*TRAIN, "--training-args", '{"use_8bit_adam": "no"}'], "'use_8bit_adam' must be true or false, got \"no\""),
+        (["train-lm", "run", "tinypipe/tiny-llama", "tinypipe/tiny-instructions", "--target-modules", "q_proj,,v_proj"],
+         "--target-modules 'q_proj,,v_proj' has an empty name"),
+        (["generate", "./no/such/repo", "a photo"], "REPO ./no/such/repo does not exist"),
         (["check-job-status", "0badc0de"], "no job '0badc0de'.*get-most-recent-jobs"),
         (["download-model", "0badc0de"], "no job '0badc0de'"),
         (["cancel", "0badc0de"], "no job '0badc0de'"),
@@ -87,6 +97,36 @@ def test_bad_input_exits_2_with_a_clear_message_and_no_job(capsys, argv, message
     assert re.search(message, error), error
     assert "Traceback" not in error and len(error.strip().splitlines()) == 1
     assert no_jobs()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "x", "a photo", "--steps", "0"], "argument --steps: must be 1 or more, got 0"),
+    (["generate", "x", "a photo", "--num-images", "two"], "argument --num-images: must be an integer, got 'two'"),
+    (["generate", "x", "a photo", "--max-new-tokens", "-5"], "argument --max-new-tokens: must be 1 or more"),
+    (["get-most-recent-jobs", "--limit", "0"], "argument --limit: must be 1 or more"),
+    (["check-job-status", "0badc0de", "--tail", "0"], "argument --tail: must be 1 or more"),
+    ([*TRAIN, "--num-prior-class-images", "-1"], "argument --num-prior-class-images: must be 0 or more"),
+    (["train-lm", "run", "tinypipe/tiny-llama", "tinypipe/tiny-instructions", "--lora-rank", "0"], "--lora-rank: must be 1 or more"),
+    (["train-lm", "run", "tinypipe/tiny-llama", "tinypipe/tiny-instructions", "--lora-dropout", "1"], "--lora-dropout: must be at least 0"),
+    (["train-lm", "run", "tinypipe/tiny-llama", "tinypipe/tiny-instructions", "--lora-alpha", "nan"], "--lora-alpha: must be a number above 0"),
+])
+def test_counts_below_one_and_values_of_the_wrong_type_are_one_line_errors(capsys, argv, message):
+    code, error = run(capsys, *argv)
+    assert code == 2 and message in error, error
+    assert len(error.strip().splitlines()) == 1 and error.startswith(f"tinypipe {argv[0]}: error: ")
+    assert no_jobs()
+
+
+def test_kohya_subfolder_layout_names_the_subfolder_to_pass(capsys, tmp_path):
+    from PIL import Image
+
+    subfolder = tmp_path / "img" / "10_sks circle"  # kohya-ss: <repeats>_<name>/image.png + image.txt
+    subfolder.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(subfolder / "photo.png")
+    (subfolder / "photo.txt").write_text("a photo of sks circle")
+    code, error = run(capsys, "train-diffuser", "run", "tinypipe/tiny-sd", str(tmp_path / "img"), "a photo of sks circle")
+    assert code == 2 and "sub-folder(s) '10_sks circle'" in error and repr(str(subfolder)) in error
+    assert len(error.strip().splitlines()) == 1 and no_jobs()
 
 
 def test_an_unknown_method_is_refused_by_the_parser(capsys):

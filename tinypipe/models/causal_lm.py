@@ -95,9 +95,12 @@ def load_base_model(base_model: str, revision: Optional[str] = None, torch_dtype
             **({"device_map": {"": 0}} if quantization_config is not None else {}),
         )
     except OSError as error:
+        from .model_ids import builtin_hint, load_error_reason
+
         raise ConfigError(
-            f"Could not load the base model {base_model!r} (revision {revision or 'main'}): {str(error).splitlines()[0]} "
-            "Check the hub id and revision, log in for private models, or unset HF_HUB_OFFLINE to download it."
+            f"Could not load the base model {base_model!r} (revision {revision or 'main'}): {load_error_reason(error)} "
+            "Check the hub id and revision, log in for private models, or unset HF_HUB_OFFLINE to download it. "
+            f"{builtin_hint(base_model, 'causal-lm')}"
         ) from error
     finally:
         transformers_logging.set_verbosity(verbosity)

@@ -332,6 +332,13 @@ def _records_from_folder(folder: Path) -> list[_Record]:
     images = [entry for entry in entries if entry.is_file() and entry.suffix.lower() in IMAGE_EXTENSIONS]
     if not images:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+        holding = [entry for entry in entries if entry.is_dir() and any(
+            child.is_file() and child.suffix.lower() in IMAGE_EXTENSIONS for child in entry.iterdir())]
+        if holding:
+            names = ", ".join(repr(entry.name) for entry in holding[:5]) + (" ..." if len(holding) > 5 else "")
+            raise DataError(f"Folder {folder} holds no images itself; they are in its sub-folder(s) {names} (kohya's "
+                            "<repeats>_<name> layout?), and sub-folders are not searched. Pass the sub-folder as the data, "
+                            f"e.g. {str(holding[0])!r}.")
         raise DataError(f"Folder {folder} contains no images; add image files ({extensions}) to it.")
     metadata_path = folder / METADATA_FILE
     captions = _read_metadata(metadata_path, {image.name for image in images}) if metadata_path.is_file() else {}

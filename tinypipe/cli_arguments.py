@@ -1,0 +1,146 @@
+"""What is typed on the `tinypipe` command line, checked and converted: the parser, the option types, and the
+train commands' arguments as a trainer's `train()` keyword arguments.
+
+Every mistake on the command line ends the same way: one line naming the option and the fix, exit code 2,
+and no job recorded. Nothing heavy is imported at import time, so `--help` stays fast.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+__all__ = ["OneLineParser", "positive_int", "non_negative_int", "positive_float", "probability", "dataset_path",
+           "diffuser_train_arguments", "lm_train_arguments"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose usage errors are one line (`tinypipe generate: error: ...`) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}. See `{self.prog} --help`.", file=sys.stderr)
+        sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (a count of steps, images, lines...)."""
+    value = _parse(text, int, "an integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    value = _parse(text, int, "an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    value = _parse(text, float, "a number")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A number in [0, 1) (a dropout rate)."""
+    value = _parse(text, float, "a number")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    return value
+
+
+def _parse(text: str, kind: type, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+
+
+# -- the train commands ----------------------------------------------------------------------------
+
+
+def dataset_path(dataset: str) -> str:
+    """The data set to train on: a zip file is extracted (once, by content) into the tinypipe home."""
+    path = Path(dataset)
+    if path.suffix.lower() != ".zip" or not path.is_file():
+        return str(path.resolve()) if path.exists() else dataset
+    from filelock import FileLock
+
+    from .archive import safe_extract
+    from .config.filelist import sha256_file
+    from .home import tinypipe_home
+
+    digest = sha256_file(path)[:16]
+    folder = tinypipe_home() / "datasets" / digest
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder.with_name(f".{digest}.lock")):  # the processes of an accelerate launch extract it once
+        if not folder.is_dir():
+            safe_extract(path, folder)
+    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
+    # A zip of one folder: train on that folder.
+    return str(entries[0] if len(entries) == 1 and entries[0].is_dir() else folder)
+
+
+def diffuser_train_arguments(arguments: argparse.Namespace) -> dict:
+    """`train()` keyword arguments of a train-diffuser command."""
+    from .errors import ConfigError, DataError
+    from .runner import parse_training_args, placeholder_from_prompt
+    from .trainers.image_data import IMAGE_EXTENSIONS
+
+    train = parse_training_args(arguments.training_args)
+    prompt, method = arguments.prompt, arguments.method
+    train.setdefault("validation_prompt", prompt)
+    if method == "textual-inversion":
+        placeholder = arguments.placeholder_token or train.get("placeholder_token") or placeholder_from_prompt(prompt)
+        initializer = arguments.initializer_token or train.get("initializer_token")
+        if not placeholder:
+            raise ConfigError("--method textual-inversion needs the new token: write it in PROMPT as <name> "
+                              "(\"a photo of <my-toy>\") or pass --placeholder-token.")
+        if not initializer:
+            raise ConfigError("--method textual-inversion needs --initializer-token, a known word close to the concept "
+                              "(\"toy\", \"circle\"); its embedding is where the new token starts.")
+        train.update(placeholder_token=placeholder, initializer_token=initializer)
+    else:
+        train.setdefault("instance_prompt", prompt)
+    prior = (arguments.prior_class_prompt, arguments.prior_class_image_dir, arguments.num_prior_class_images)
+    if any(prior):
+        if method == "textual-inversion":
+            raise ConfigError("Prior preservation (--prior-class-*) is for --method lora or dreambooth, not textual-inversion.")
+        if not arguments.prior_class_prompt:
+            raise ConfigError("Prior preservation needs --prior-class-prompt, the prompt of the class (\"a photo of a dog\").")
+        count = arguments.num_prior_class_images
+        if arguments.prior_class_image_dir:
+            folder = Path(arguments.prior_class_image_dir)
+            if not folder.is_dir():
+                raise DataError(f"--prior-class-image-dir {folder} is not a folder; give a folder of class images "
+                                "(missing ones are generated).")
+            count = count or sum(1 for entry in folder.iterdir() if entry.suffix.lower() in IMAGE_EXTENSIONS)
+            train["class_data_dir"] = str(folder.resolve())
+        if not count:
+            raise ConfigError("Prior preservation needs class images: --num-prior-class-images N (generated with "
+                              "--prior-class-prompt), or a --prior-class-image-dir holding some.")
+        train.update(with_prior_preservation=True, class_prompt=arguments.prior_class_prompt, num_class_images=count)
+    return train
+
+
+def lm_train_arguments(arguments: argparse.Namespace) -> dict:
+    """`train()` keyword arguments of a train-lm command."""
+    from .errors import ConfigError
+    from .runner import parse_training_args
+
+    train = parse_training_args(arguments.training_args)
+    options = {"r": arguments.lora_rank, "lora_alpha": arguments.lora_alpha, "lora_dropout": arguments.lora_dropout}
+    if arguments.target_modules:
+        modules = arguments.target_modules
+        names = [name.strip() for name in modules.split(",")]
+        if modules != "all-linear" and not all(names):
+            raise ConfigError(f"--target-modules {modules!r} has an empty name; give comma-separated module names such as "
+                              "'q_proj,v_proj', or all-linear.")
+        options["target_modules"] = modules if modules == "all-linear" else names
+    train.update({key: value for key, value in options.items() if value is not None})
+    return train

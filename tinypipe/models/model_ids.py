@@ -1,0 +1,96 @@
+"""Base-model ids: a built-in name, a local folder or a hub id, checked before anything is loaded or recorded.
+
+```python
+from tinypipe.models.model_ids import check_base_model
+
+check_base_model("tinypipe/tiny-sdd", kind="diffusion")
+# ConfigError: MODEL 'tinypipe/tiny-sdd' is neither a local folder, a built-in model, nor ... Did you mean 'tinypipe/tiny-sd'? ...
+```
+
+Only huggingface_hub is asked about a hub id (its local cache in offline mode), so a typo is caught in
+a moment rather than when a job has already started loading weights.
+"""
+
+import difflib
+from pathlib import Path
+from typing import Optional
+
+from ..errors import ConfigError
+from .builtin import BUILTIN_DIFFUSION_MODELS
+from .builtin_lm import TINY_LLAMA
+
+__all__ = ["BASE_MODEL_KINDS", "builtin_names", "builtin_hint", "check_base_model", "load_error_reason"]
+
+# kind -> (the file a local folder of that kind holds, what such a folder is called)
+BASE_MODEL_KINDS = {
+    "diffusion": ("model_index.json", "diffusers pipeline folder"),
+    "causal-lm": ("config.json", "transformers model folder"),
+}
+
+
+def builtin_names(kind: str) -> list[str]:
+    """The built-in model names of a kind (`"diffusion"` or `"causal-lm"`)."""
+    return sorted(BUILTIN_DIFFUSION_MODELS) if kind == "diffusion" else [TINY_LLAMA]
+
+
+def builtin_hint(name: str, kind: str) -> str:
+    """`"Did you mean 'x'? The built-in models are 'x', 'y'."`: the closest built-in names first."""
+    names = builtin_names(kind)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    listed = ", ".join(repr(known) for known in names)
+    return (f"Did you mean {' or '.join(repr(known) for known in close)}? " if close else "") + f"The built-in models are {listed}."
+
+
+def load_error_reason(error: BaseException) -> str:
+    """The first line of a diffusers / transformers load error, without its pointer to a traceback nobody sees."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    text = text.replace(" Please check out the root cause in the stacktrace above.", "").strip()
+    cause = error.__cause__ or error.__context__
+    if cause is not None and "root cause in the stacktrace" in str(error):
+        text += f" ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})"
+    return text
+
+
+def check_base_model(name: str, *, kind: str, revision: Optional[str] = None, token: Optional[str] = None) -> None:
+    """Check that `name` is a built-in model, a local folder of the right kind, or a hub id that can be had.
+
+    In huggingface_hub's offline mode (`HF_HUB_OFFLINE=1`) a hub id must be in the local hub cache;
+    online, the hub must know it (and the revision).
+
+    Args:
+        name: The base model as the user gave it.
+        kind: `"diffusion"` or `"causal-lm"`.
+        revision: The hub revision asked for.
+        token: A hub token for a private model (None: the stored login).
+
+    Raises:
+        ConfigError: Naming the model, why it cannot be had, the closest built-in names and the fix.
+    """
+    marker, folder_kind = BASE_MODEL_KINDS[kind]
+    if name in builtin_names(kind):
+        return
+    if Path(name).exists():
+        if not (Path(name) / marker).is_file():
+            raise ConfigError(f"MODEL {name!r} is a local path but not a {folder_kind} (no {marker}); give a folder written "
+                              f"by save_pretrained, a hub id, or a built-in model. {builtin_hint(name, kind)}")
+        return
+    import huggingface_hub
+    from huggingface_hub.errors import HFValidationError
+
+    from ..config.hub import is_offline
+
+    problem = None
+    try:
+        if is_offline():
+            cached = huggingface_hub.try_to_load_from_cache(name, marker, revision=revision or "main")
+            if not isinstance(cached, str):
+                problem = "nor in the local hub cache (huggingface_hub offline mode is on, HF_HUB_OFFLINE)"
+        else:
+            huggingface_hub.HfApi(token=token).model_info(name, revision=revision)
+    except HFValidationError:
+        problem = "nor a valid hub id"
+    except Exception as error:  # not found, gated, a revision that does not exist, no network
+        problem = f"nor reachable on the hub ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+    if problem is not None:
+        raise ConfigError(f"MODEL {name!r} is neither a local folder, a built-in model, {problem}. {builtin_hint(name, kind)} "
+                          "Check the spelling, give a local folder, or download the model once while online.")
