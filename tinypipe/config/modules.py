@@ -161,8 +161,8 @@ def resolve_class(
             where = "the repo's model_code/" if _find_in_code_folder(dotted, code_folder) else "an installed package"
             raise TrustRemoteCodeError(
                 f"{source}: '__module__' is {dotted!r}; loading it imports the module {module_name!r} from {where}, "
-                "which runs its code. If you trust this repo, pass trust_remote_code=True; or import the class "
-                "yourself and call YourClass.from_pretrained(...)."
+                "which runs its code. If you trust this repo, pass trust_remote_code=True (--trust-remote-code on the command "
+                "line); or import the class yourself and call YourClass.from_pretrained(...)."
             )
         _import(module_name, code_folder if not is_tinypipe else None)
         target = _lookup(module_name, qualname)

@@ -647,7 +647,8 @@ def read_textual_inversion(embedding: Union[str, Path, torch.Tensor, Mapping[str
         embedding = _read_embedding_file(Path(embedding))
     if isinstance(embedding, torch.Tensor):
         if token is None:
-            raise ConfigError(f"{source} is a bare tensor with no token name; pass token='<my-token>'.")
+            raise ConfigError(f"{source} is a bare tensor with no token name; pass token='<my-token>' (placeholder_token= with "
+                              "derive_pipeline, --placeholder-token with tinypipe derive).")
         return token, embedding
     if not isinstance(embedding, Mapping):
         raise ConfigError(f"{source} holds a {type(embedding).__name__}, not a tensor or a {{token: tensor}} dict.")
@@ -660,7 +661,8 @@ def read_textual_inversion(embedding: Union[str, Path, torch.Tensor, Mapping[str
         vectors = next(iter(parameters.values()))
         token = token or (name if isinstance(name, str) and name else None)
         if token is None:
-            raise ConfigError(f"{source} is an A1111 embedding with no 'name'; pass token='<my-token>'.")
+            raise ConfigError(f"{source} is an A1111 embedding with no 'name'; pass token='<my-token>' (placeholder_token= "
+                              "with derive_pipeline, --placeholder-token with tinypipe derive).")
     elif len(embedding) == 1:  # diffusers
         stored, vectors = next(iter(embedding.items()))
         token = token or stored
