@@ -243,11 +243,15 @@ def _stage(repo: Path, staging: Path, card: str, redact) -> None:
         source, target = repo / relative, staging / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.suffix == ".json":
-            text = source.read_text(encoding="utf-8", errors="replace")
-            public = redact(json.dumps(public_value(json.loads(text)), indent=2, sort_keys=True)) + "\n"
-            if json.loads(public) != json.loads(text):
+            try:
+                original = json.loads(source.read_text(encoding="utf-8"))
+            except ValueError:
+                original = None  # not JSON after all: published as it is
+            public = redact(json.dumps(public_value(original), indent=2, sort_keys=True)) + "\n"
+            if original is not None and json.loads(public) != original:
                 target.write_text(public, encoding="utf-8")
-                changed_folders.add(next((parent for parent in source.parents if (parent / FILELIST).is_file()), None))
+                changed_folders.add(next((parent for parent in source.parents
+                                          if parent.is_relative_to(repo) and (parent / FILELIST).is_file()), None))
                 continue
         try:
             os.link(source, target)  # weights are not copied byte by byte where the file system allows
@@ -308,7 +312,11 @@ def upload_repo(repo: Path, repo_id: Optional[str], card_data: dict[str, Any], *
     # 3. Stage what is published next to nothing of the user's, create the hub repo and upload it.
     logger.info("Pushing %s to the hub as %s", repo, repo_id)
     api = huggingface_hub.HfApi(token=token)
-    with tempfile.TemporaryDirectory(prefix=".tinypipe-upload-") as staging:
+    try:  # beside the repo, so that its weights are hard links rather than copies
+        staging_folder = tempfile.TemporaryDirectory(prefix=f".{repo.resolve().name}.upload-", dir=repo.resolve().parent)
+    except OSError:
+        staging_folder = tempfile.TemporaryDirectory(prefix=".tinypipe-upload-")
+    with staging_folder as staging:
         try:
             _stage(repo, Path(staging), card, redact)
             url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

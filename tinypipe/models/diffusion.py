@@ -305,6 +305,12 @@ class DiffusionPipeline(ConfigMixin):
         text_encoder = loaded.get("text_encoder")
         text_encoder_targets = (self._wrapped_targets("text_encoder", text_encoder.target_modules, weights) if text_encoder is not None
                                 else set(TEXT_ENCODER_LORA_TARGETS))
+        if not targets:
+            raise ConfigError(f"{weights} cannot be used as this pipeline's LoRA: none of its UNet entries matches a layer of "
+                              "the UNet. Use a LoRA saved by tinypipe or by diffusers' training scripts.")
+        if text_encoder is not None and not text_encoder_targets:  # nothing of it was applied: no text-encoder LoRA
+            self.pipe.text_encoder.delete_adapter(ADAPTER_NAME)
+            text_encoder, text_encoder_targets = None, set(TEXT_ENCODER_LORA_TARGETS)
         self._record(lora_rank=unet.r, lora_alpha=unet.lora_alpha, text_encoder_lora=text_encoder is not None,
                      lora_target_modules=UNET_LORA_TARGETS if targets == set(UNET_LORA_TARGETS) else tuple(sorted(targets)),
                      text_encoder_lora_target_modules=(TEXT_ENCODER_LORA_TARGETS if text_encoder_targets == set(TEXT_ENCODER_LORA_TARGETS)
