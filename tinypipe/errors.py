@@ -1,8 +1,13 @@
-"""The errors tinypipe raises on bad input.
+"""The errors tinypipe raises on bad input (and on a disk it cannot write).
 
 Every message names the argument, key or file at fault and says how to fix it. They derive from
 `ValueError` (bad input) so code that already catches that keeps working.
 """
+
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class TinypipeError(ValueError):
@@ -27,3 +32,24 @@ class DataError(TinypipeError):
 
 class TrainingError(TinypipeError):
     """Training cannot go on: a loss that became NaN/inf, or settings that cannot work together."""
+
+
+class StorageError(TinypipeError):
+    """A folder tinypipe must write cannot be used: read-only, unreachable, or the disk is full."""
+
+
+@contextmanager
+def disk_full_as_error(path: "os.PathLike | str", what: str) -> Iterator[None]:
+    """Report a full disk (or quota) while writing `path` as one `StorageError` naming it; other errors pass.
+
+    Args:
+        path: The folder or file being written.
+        what: What was being written, for the message ("saving the repo").
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StorageError(f"{what} failed: the disk holding {path} is full ({error.strerror}); nothing half-written "
+                           "was kept. Free some space and run it again.") from None

@@ -17,7 +17,7 @@ import re
 import time
 from pathlib import Path
 
-from ..errors import RepoError
+from ..errors import RepoError, StorageError
 from ..home import tinypipe_home
 from .safe_io import open_regular_file, read_text
 
@@ -108,16 +108,20 @@ def _stamp_file(folder: Path) -> Path:
 def _load_stamps(folder: Path) -> dict:
     try:
         return json.loads(_stamp_file(folder).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # no stamps (or an unusable home): hash everything
         return {}
 
 
 def _save_stamps(folder: Path, stamps: dict) -> None:
-    path = _stamp_file(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(stamps))
-    os.replace(temporary, path)
+    """Remember verified files; the stamps are only a cache, so a home that cannot be written just skips it."""
+    try:
+        path = _stamp_file(folder)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(stamps))
+        os.replace(temporary, path)
+    except (OSError, StorageError):
+        pass
 
 
 def _identity(stat: os.stat_result) -> list:

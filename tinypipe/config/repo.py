@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from .. import __version__
-from ..errors import ConfigError, RepoError
+from ..errors import ConfigError, RepoError, disk_full_as_error
 from .coders import decode_value, encode_value
 from .filelist import FILELIST, verify_filelist, write_filelist
 from .mixin import ConfigMixin, subfolder_reference
@@ -196,6 +196,9 @@ def save_repo(obj: ConfigMixin, repo: Path) -> Path:
 
     Returns:
         The repo folder.
+
+    Raises:
+        StorageError: The disk filled up; the repo keeps its previous complete save.
     """
     repo = Path(repo)
     repo.parent.mkdir(parents=True, exist_ok=True)
@@ -204,13 +207,14 @@ def save_repo(obj: ConfigMixin, repo: Path) -> Path:
     remove_interrupted_saves(repo, restore=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{repo.name}.tmp-{os.getpid()}-", dir=repo.parent))
     try:
-        code_files: dict[str, Path] = {}
-        component = staging / obj.__prefix__
-        _write_object(obj, component, code_files)
-        write_filelist(component)
-        if code_files:
-            _write_code(staging, repo, code_files)
-        _swap_into_place(staging, repo)
+        with disk_full_as_error(repo, f"Saving {repo}"):
+            code_files: dict[str, Path] = {}
+            component = staging / obj.__prefix__
+            _write_object(obj, component, code_files)
+            write_filelist(component)
+            if code_files:
+                _write_code(staging, repo, code_files)
+            _swap_into_place(staging, repo)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return repo
