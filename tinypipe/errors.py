@@ -48,8 +48,11 @@ def disk_full_as_error(path: "os.PathLike | str", what: str) -> Iterator[None]:
     """
     try:
         yield
-    except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as error:
+        # Writers in other languages (safetensors) report it as their own error, with the OS message inside.
+        full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
+            text in str(error) for text in (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT)))
+        if not full:
             raise
-        raise StorageError(f"{what} failed: the disk holding {path} is full ({error.strerror}); nothing half-written "
-                           "was kept. Free some space and run it again.") from None
+        raise StorageError(f"{what} failed: the disk holding {path} is full ({os.strerror(errno.ENOSPC)}); nothing "
+                           "half-written was kept. Free some space and run it again.") from None

@@ -7,6 +7,7 @@ device or a socket (which would hang or never end), and reports a symlink loop; 
 is not UTF-8 and JSON nested deeper than any config tinypipe writes. Each refusal is one `RepoError` naming the file.
 """
 
+import errno
 import json
 import os
 import stat
@@ -58,19 +59,27 @@ def open_regular_file(path: Path) -> BinaryIO:
         RepoError: `path` is a FIFO, device, socket or folder, a symlink loop, or cannot be opened.
     """
     try:
+        _check_regular(path, os.stat(path).st_mode)  # a socket cannot even be opened: name it first
+        # Non-blocking, so that a FIFO swapped in after the check cannot block the open; checked again once open.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except OSError as error:
-        reason = "a symlink loop" if error.errno == 40 else error.strerror
+        reason = "a symlink loop" if error.errno == errno.ELOOP else error.strerror
         raise RepoError(f"{path} cannot be read ({reason}); replace it with the file that was saved there.") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    try:
+        _check_regular(path, os.fstat(fd).st_mode)
+    except RepoError:
         os.close(fd)
-        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
-        raise RepoError(f"{path} is {kind}, not a regular file; tinypipe reads only regular files from a repo. "
-                        "Replace it with the file that was saved there.")
+        raise
     if hasattr(os, "set_blocking"):
         os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
+
+
+def _check_regular(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise RepoError(f"{path} is {kind}, not a regular file; tinypipe reads only regular files from a repo. "
+                        "Replace it with the file that was saved there.")
 
 
 def read_text(path: Path) -> str:
