@@ -9,7 +9,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .errors import StorageError
+from .errors import StorageError, disk_full_as_error
 
 
 def tinypipe_home() -> Path:
@@ -105,8 +105,9 @@ def _build_once(folder: Path, fingerprint: dict, build: Callable[[Path], None]) 
         staging.mkdir()
         try:
             # 1. Build the complete folder where no one else looks; the marker goes in last.
-            build(staging)
-            (staging / _COMPLETE_MARKER).write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+            with disk_full_as_error(folder, f"Writing {folder}"):
+                build(staging)
+                (staging / _COMPLETE_MARKER).write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
             # 2. Move a stale or damaged folder out of the way, then publish atomically.
             if folder.exists():
                 stale = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.stale")

@@ -7,9 +7,12 @@
   trainer/      config.json, filelist.txt, train_config/...  (TrainerConfigMixin.__prefix__)
 ```
 
-Saving writes everything into a temporary sibling folder first, then moves it into place, so an
-interrupted save never leaves a half-written folder that loads. Loading verifies `filelist.txt`
-before reading anything else.
+Saving writes everything into a temporary sibling folder first (`.<repo>.tmp-<pid>-*`), then moves it
+into place, so an interrupted save never leaves a half-written folder that loads. The folder it replaces
+is first moved aside as `.<name>.old-<generation>`: if a kill lands between the two renames, loading
+reads the highest generation, which is always the newest complete save. The next save or load removes
+what interrupted saves left. Loading verifies `filelist.txt` before reading anything else, and names
+read from a config (sub-folder keys) must stay inside the repo.
 """
 
 import glob
@@ -26,8 +29,8 @@ from ..errors import ConfigError, RepoError, disk_full_as_error
 from .coders import decode_value, encode_value
 from .filelist import FILELIST, verify_filelist, write_filelist
 from .mixin import ConfigMixin, subfolder_reference
-from .safe_io import child_path, read_json
 from .modules import class_path, module_source_file, resolve_class
+from .safe_io import child_path, read_json
 
 __all__ = ["save_repo", "load_repo", "check_version", "remove_interrupted_saves", "CONFIG_NAME", "CODE_FOLDER"]
 
