@@ -46,3 +46,28 @@ def test_a_run_resumed_from_any_checkpoint_repeats_exactly_what_followed_it(batc
 def test_a_run_resumed_at_its_last_step_trains_nothing_and_redoes_its_last_epoch_end():
     assert run(4, 1, 6, checkpoint_every=1, resume_at=6) == [("end of epoch", 1)]
     assert run(4, 1, 8, checkpoint_every=1, resume_at=8) == [("end of epoch", 1)]
+
+
+def test_a_causal_lm_run_killed_after_its_last_checkpoint_resumes_to_the_same_adapter_and_metrics(tmp_path):
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from tinypipe.models.builtin_lm import TINY_INSTRUCTIONS
+    from tinypipe.trainers import CausalLMTrainer
+
+    # 40 records in batches of 16: 3 steps per epoch, so step 4 is the first of the second epoch.
+    settings = dict(data=TINY_INSTRUCTIONS, max_train_steps=4, train_batch_size=16, learning_rate=1e-3, lr_schedule="constant",
+                    checkpointing_steps=1, validation_split=0.1)
+    CausalLMTrainer().train(**settings, output_dir=str(tmp_path / "straight"))
+    # What a kill during the final evaluation or save leaves: everything but the final repo and metrics.
+    shutil.copytree(tmp_path / "straight" / "checkpoints", tmp_path / "resumed" / "checkpoints")
+    CausalLMTrainer().train(**settings, output_dir=str(tmp_path / "resumed"), resume_from_checkpoint="latest")
+
+    straight, resumed = (load_file(tmp_path / name / "model" / "adapter_model.safetensors") for name in ("straight", "resumed"))
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == [f"checkpoint-{step}" for step in range(1, 5)]
+    metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("straight", "resumed")]
+    assert metrics[0] == metrics[1] and [record["step"] for record in metrics[1]] == [3, 4]
