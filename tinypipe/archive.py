@@ -13,7 +13,7 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
-from .errors import DataError
+from .errors import DataError, disk_full_as_error
 
 __all__ = ["write_zip", "safe_extract"]
 
@@ -28,19 +28,21 @@ def write_zip(members: Mapping[str, Path], target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with zipfile.ZipFile(staging, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for name, path in sorted(members.items()):
-                archive.write(path, name)
-        os.replace(staging, target)
+        with disk_full_as_error(target, f"Writing {target}"):
+            with zipfile.ZipFile(staging, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for name, path in sorted(members.items()):
+                    archive.write(path, name)
+            os.replace(staging, target)
     finally:
         staging.unlink(missing_ok=True)
     return target
 
 
-def _check_member(info: zipfile.ZipInfo, archive: Path) -> None:
+def _check_member(info: zipfile.ZipInfo, archive: Path, folder: Path) -> None:
     name = info.filename.replace("\\", "/")
     parts = PurePosixPath(name).parts
-    if name.startswith("/") or (parts and (":" in parts[0] or ".." in parts)):
+    escapes = not (folder / name).resolve().is_relative_to(folder.resolve())
+    if name.startswith("/") or "\0" in name or (parts and (":" in parts[0] or ".." in parts)) or escapes:
         raise DataError(f"{archive} holds the member {info.filename!r}, whose name would escape the folder it is "
                         "extracted into; nothing was extracted. Re-create the zip with relative paths.")
     if stat.S_ISLNK(info.external_attr >> 16):
@@ -53,6 +55,7 @@ def safe_extract(archive: Path, folder: Path) -> Path:
 
     Raises:
         DataError: Not a zip file, or a member whose name would escape `folder`.
+        StorageError: The disk filled up while extracting (nothing is left behind).
     """
     archive, folder = Path(archive), Path(folder)
     try:
@@ -61,11 +64,12 @@ def safe_extract(archive: Path, folder: Path) -> Path:
         raise DataError(f"{archive} is not a readable zip file ({error}).") from error
     with zip_file:
         members = zip_file.infolist()
-        for info in members:
-            _check_member(info, archive)
         staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
+        for info in members:
+            _check_member(info, archive, staging)
         try:
-            zip_file.extractall(staging)
+            with disk_full_as_error(folder, f"Extracting {archive}"):
+                zip_file.extractall(staging)
             shutil.rmtree(folder, ignore_errors=True)
             os.replace(staging, folder)
         finally:

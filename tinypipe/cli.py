@@ -196,7 +196,9 @@ def _download(arguments: argparse.Namespace) -> int:
     if validation.is_dir():
         members.update({f"validation/{path.relative_to(validation).as_posix()}": path
                         for path in validation.rglob("*.png") if path.is_file()})
-    target = Path(arguments.to) if arguments.to else Path(f"{job.name}-{job.id}.zip")
+    # The default zip lands in the current folder under a plain name, whatever an older store recorded as the name.
+    plain_name = "".join(char if char.isalnum() or char in "-_." else "_" for char in job.name).strip(".") or "job"
+    target = Path(arguments.to) if arguments.to else Path(f"{plain_name}-{job.id}.zip")
     write_zip(members, target)
     print(f"Wrote {target} ({len(members)} files: the model/ weights and the validation images).")
     return 0

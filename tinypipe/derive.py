@@ -27,6 +27,7 @@ from . import __version__
 from .config import ConfigMixin
 from .config.filelist import FILELIST, sha256_file, verify_filelist
 from .config.repo import CONFIG_NAME, component_folder, load_repo
+from .config.safe_io import read_json
 from .errors import ConfigError, RepoError
 from .models.causal_lm import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CausalLMPipeline
 from .models.diffusion import LORA_WEIGHTS_NAME, TEXTUAL_INVERSION_NAME, DiffusionPipeline, read_textual_inversion
@@ -203,7 +204,7 @@ def _check_base_model(pipeline: ConfigMixin, replacement: Path, component: str, 
     folder = replacement.parent
     if not ((folder / CONFIG_NAME).is_file() and (folder / FILELIST).is_file()):
         return
-    recorded = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")).get("base_model")
+    recorded = read_json(folder / CONFIG_NAME).get("base_model")
     base = pipeline.config.get("base_model")
     if recorded is None or base is None or recorded == base:
         return

@@ -9,19 +9,31 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from .errors import StorageError, disk_full_as_error
+
 
 def tinypipe_home() -> Path:
     """The tinypipe home folder: `$TINYPIPE_HOME`, else `$XDG_CACHE_HOME/tinypipe`, else `~/.cache/tinypipe`.
 
     Returns:
         The folder (created if missing).
+
+    Raises:
+        StorageError: The folder cannot be created or written.
     """
     if os.environ.get("TINYPIPE_HOME"):
         home = Path(os.environ["TINYPIPE_HOME"])
     else:
         cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         home = Path(cache) / "tinypipe"
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StorageError(f"The tinypipe home {home} cannot be created ({error.strerror}); set TINYPIPE_HOME to a "
+                           "writable folder.") from None
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise StorageError(f"The tinypipe home {home} is not writable; make it writable or set TINYPIPE_HOME to a "
+                           "writable folder.")
     return home
 
 
@@ -52,12 +64,15 @@ def cached_folder(name: str, fingerprint: dict, build: Callable[[Path], None], *
     Returns:
         The folder.
     """
+    folder_name = name.replace("/", "--")
+    if folder_name in ("", ".", "..") or "\\" in folder_name or "\0" in folder_name:
+        raise ValueError(f"cached_folder: {name!r} is not a plain folder name under {tinypipe_home() / area}.")
     # Under `accelerate launch`, transformers writes weights only on rank 0: the other ranks wait for it.
     rank = _distributed_rank()
     if rank is not None and rank > 0:
         _barrier()
     try:
-        return _build_once(tinypipe_home() / area / name.replace("/", "--"), fingerprint, build)
+        return _build_once(tinypipe_home() / area / folder_name, fingerprint, build)
     finally:
         if rank == 0:
             _barrier()
@@ -90,8 +105,9 @@ def _build_once(folder: Path, fingerprint: dict, build: Callable[[Path], None]) 
         staging.mkdir()
         try:
             # 1. Build the complete folder where no one else looks; the marker goes in last.
-            build(staging)
-            (staging / _COMPLETE_MARKER).write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+            with disk_full_as_error(folder, f"Writing {folder}"):
+                build(staging)
+                (staging / _COMPLETE_MARKER).write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
             # 2. Move a stale or damaged folder out of the way, then publish atomically.
             if folder.exists():
                 stale = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.stale")

@@ -15,10 +15,13 @@ Only the standard library and psutil are imported here: `tinypipe --help` and th
 
 import json
 import os
+import re
 import secrets
+import shutil
 import sqlite3
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -26,7 +29,7 @@ from typing import Any, Optional
 from .errors import TinypipeError
 from .home import tinypipe_home
 
-__all__ = ["Job", "JobError", "JobStore", "ACTIVE", "STATUSES"]
+__all__ = ["Job", "JobError", "JobStoreError", "JobStore", "ACTIVE", "STATUSES", "check_job_name"]
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -53,6 +56,25 @@ CREATE TABLE IF NOT EXISTS jobs (
 
 class JobError(TinypipeError):
     """An unknown job id, or a job in the wrong state for what was asked."""
+
+
+class JobStoreError(JobError):
+    """The job store itself cannot be used: corrupt, emptied, read-only or unreachable."""
+
+
+_JOB_ID = re.compile(r"[0-9a-f]{8}")
+
+
+def check_job_name(name: str) -> str:
+    """Refuse a job name that is empty or could become a path elsewhere (`download-model` names its zip after it).
+
+    Raises:
+        JobError: The name holds a path separator, `..`, a control character, or is empty.
+    """
+    if not name or name in (".", "..") or any(char in name for char in "/\\") or not name.isprintable():
+        raise JobError(f"The job name {name!r} is not usable: a job name is a plain name without '/', '\\', or "
+                       "control characters (it names the job's zip file). Pick a name like 'my-lora'.")
+    return name
 
 
 @dataclass(frozen=True)
@@ -108,12 +130,48 @@ class JobStore:
     """
 
     def __init__(self, folder: Optional[Path] = None):
-        self.folder = Path(folder) if folder is not None else tinypipe_home() / "jobs"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.path = self.folder / "jobs.sqlite3"
-        with closing(self._connect()) as connection:
-            connection.execute("PRAGMA journal_mode = WAL")  # recorded in the file: every later connection uses it
-            connection.execute(_SCHEMA)
+        with self._store_errors():
+            self.folder = Path(folder) if folder is not None else tinypipe_home() / "jobs"
+            self.path = self.folder / "jobs.sqlite3"
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._check_not_emptied()
+            with closing(self._connect()) as connection:
+                connection.execute("PRAGMA journal_mode = WAL")  # recorded in the file: every later connection uses it
+                connection.execute(_SCHEMA)
+
+    @contextmanager
+    def _store_errors(self) -> Iterator[None]:
+        """Turn a failure of the store (SQLite or the file system) into one `JobStoreError` naming the file and fix."""
+        try:
+            yield
+        except sqlite3.DatabaseError as error:
+            path = getattr(self, "path", None)
+            text = str(error)
+            if "readonly" in text:
+                fix = "make it (and its folder) writable, or set TINYPIPE_HOME to a writable folder"
+            elif "not a database" in text or "malformed" in text:
+                fix = f"move it aside (mv {path} {path}.bad) to start an empty store; the job folders next to it stay"
+            elif "disk is full" in text or "full" in text:
+                fix = "free disk space"
+            else:
+                fix = "check that it is a readable, writable SQLite file, or set TINYPIPE_HOME to another folder"
+            raise JobStoreError(f"The job store {path} cannot be used ({text}); {fix}.") from None
+        except OSError as error:
+            where = error.filename or getattr(self, "folder", "the tinypipe home")
+            fix = "free disk space" if error.errno == 28 else "make it writable, or set TINYPIPE_HOME to a writable folder"
+            raise JobStoreError(f"The job store folder {where} cannot be used ({error.strerror}); {fix}.") from None
+
+    def _check_not_emptied(self) -> None:
+        """An empty store file next to job folders replaced a store that had jobs: report it, never start over silently."""
+        if not self.path.is_file() or self.path.stat().st_size > 0:
+            return
+        jobs = [entry.name for entry in self.folder.iterdir() if entry.is_dir() and _JOB_ID.fullmatch(entry.name)]
+        if jobs:
+            raise JobStoreError(
+                f"The job store {self.path} is empty, but {len(jobs)} job folder(s) next to it (such as {sorted(jobs)[0]}) "
+                "show it held jobs: it was truncated or replaced. Restore it from a backup, or remove the empty file "
+                "to start a new store (the old jobs are then no longer listed)."
+            )
 
     def _connect(self) -> sqlite3.Connection:
         # Autocommit; each statement below is its own transaction. The timeout makes a writer wait for
@@ -123,8 +181,12 @@ class JobStore:
         return connection
 
     def _execute(self, statement: str, parameters: tuple = ()) -> int:
-        with closing(self._connect()) as connection:
+        with self._store_errors(), closing(self._connect()) as connection:
             return connection.execute(statement, parameters).rowcount
+
+    def _fetch(self, statement: str, parameters: tuple = ()) -> list[sqlite3.Row]:
+        with self._store_errors(), closing(self._connect()) as connection:
+            return connection.execute(statement, parameters).fetchall()
 
     # -- create and read ----------------------------------------------------------------------------
 
@@ -138,20 +200,25 @@ class JobStore:
             arguments: Everything needed to run it again, JSON-encodable.
             output: Where the repo goes; `<job folder>/repo` when None.
         """
+        check_job_name(name)
         for _ in range(10):
             job_id = secrets.token_hex(4)
             folder = self.folder / job_id
-            try:
+            with self._store_errors():
+                if folder.exists():
+                    continue
                 folder.mkdir()
-            except FileExistsError:
-                continue
             target = Path(output).resolve() if output is not None else folder / "repo"
-            self._execute(
-                "INSERT INTO jobs (id, name, kind, method, arguments, status, created_at, log_file, output) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-                (job_id, name, kind, method, json.dumps(arguments, sort_keys=True), time.time(),
-                 str(folder / "log.txt"), str(target)),
-            )
+            try:
+                self._execute(
+                    "INSERT INTO jobs (id, name, kind, method, arguments, status, created_at, log_file, output) "
+                    "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                    (job_id, name, kind, method, json.dumps(arguments, sort_keys=True), time.time(),
+                     str(folder / "log.txt"), str(target)),
+                )
+            except BaseException:  # the job was never recorded: leave no folder behind
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
             return self.get(job_id)
         raise JobError(f"Could not pick a new job id in {self.folder}; check that the folder is writable.")
 
@@ -161,16 +228,15 @@ class JobStore:
         Raises:
             JobError: No such job.
         """
-        with closing(self._connect()) as connection:
-            row = connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        rows = self._fetch("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        row = rows[0] if rows else None
         if row is None:
             raise JobError(f"There is no job {job_id!r} in {self.path}; `tinypipe get-most-recent-jobs` lists the job ids.")
         return self._check_alive(_job(row))
 
     def recent(self, limit: int = 10) -> list[Job]:
         """The `limit` newest jobs, newest first."""
-        with closing(self._connect()) as connection:
-            rows = connection.execute("SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
+        rows = self._fetch("SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))
         return [self._check_alive(_job(row)) for row in rows]
 
     def _check_alive(self, job: Job) -> Job:

@@ -30,6 +30,7 @@ from typing import Any, Optional, Union
 
 from .config.coders import is_reserved_key
 from .config.hub import _DOWNLOAD_STAMP, render_model_card
+from .config.safe_io import child_path, read_json
 from .errors import ConfigError, RepoError
 
 __all__ = ["push_repo_folder", "card_data_from_repo", "upload_repo", "public_training_arguments", "public_value", "UPLOAD_IGNORE_PATTERNS"]
@@ -102,10 +103,7 @@ def _read_config(path: Path) -> Optional[dict[str, Any]]:
     """`path` read as JSON, or None when there is no such file."""
     if not path.is_file():
         return None
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise RepoError(f"{path} is not valid JSON ({error}); re-save the repo before publishing it.") from error
+    config = read_json(path)
     if not isinstance(config, dict):
         raise RepoError(f"{path} holds {type(config).__name__}, not a config object; re-save the repo before publishing it.")
     return config
@@ -117,7 +115,7 @@ def _trainer_arguments(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
     arguments: dict[str, Any] = {}
     for name, value in config.items():
         if isinstance(value, dict) and "__subfolder__" in value:
-            arguments.update(_plain(_read_config(folder / name / "config.json") or {}))
+            arguments.update(_plain(_read_config(child_path(folder, name, f"The sub-folder key in {folder / 'config.json'}") / "config.json") or {}))
         elif not is_reserved_key(name):
             arguments[name] = _plain(value)
     return arguments

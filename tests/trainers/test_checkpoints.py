@@ -1,6 +1,7 @@
 import logging
 import pickle
 import random
+import re
 
 import numpy as np
 import pytest
@@ -199,8 +200,9 @@ def test_save_killed_midway_keeps_previous_checkpoint(tmp_path, monkeypatch, kil
         with pytest.raises(KeyboardInterrupt):
             _save(tmp_path, 2, *run, total_limit=1)
     assert latest_checkpoint(tmp_path) == first
-    assert resolve_checkpoint(tmp_path, "latest") == first
     assert len(list((tmp_path / "checkpoints").glob(".tmp-checkpoint-2-*"))) == 1
+    assert resolve_checkpoint(tmp_path, "latest") == first  # the next run resumes from the last complete one...
+    assert not list((tmp_path / "checkpoints").glob(".tmp-checkpoint-2-*"))  # ...and removes what the kill left
 
     third = _save(tmp_path, 3, *run)
     assert latest_checkpoint(tmp_path) == third
@@ -212,8 +214,9 @@ def test_total_limit_keeps_newest_and_deletes_only_after_new_one_is_complete(tmp
     real_rmtree, deleted = checkpoints.shutil.rmtree, []
 
     def rmtree(path, **kwargs):
-        if path.name.startswith("checkpoint-"):
-            deleted.append(path.name)
+        pruned = re.fullmatch(r"\.tmp-checkpoint-(checkpoint-\d+)-\w+-deleted", path.name)  # renamed aside, then deleted
+        if pruned:
+            deleted.append(pruned.group(1))
             assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / f"checkpoint-{step}"
         real_rmtree(path, **kwargs)
 

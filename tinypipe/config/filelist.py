@@ -17,8 +17,9 @@ import re
 import time
 from pathlib import Path
 
-from ..errors import RepoError
+from ..errors import RepoError, StorageError
 from ..home import tinypipe_home
+from .safe_io import open_regular_file, read_text
 
 __all__ = ["FILELIST", "write_filelist", "verify_filelist", "sha256_file"]
 
@@ -29,11 +30,15 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def sha256_file(path: Path) -> str:
-    """Stream a file through sha256 and return the hex digest."""
+    """Stream a file through sha256 and return the hex digest.
+
+    Raises:
+        RepoError: `path` is not a regular file (a FIFO, device, socket) or cannot be read.
+    """
     digest = hashlib.sha256()
     buffer = bytearray(_CHUNK)
     view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as file:
+    with open_regular_file(path) as file:
         while True:
             count = file.readinto(buffer)
             if not count:
@@ -71,7 +76,10 @@ def _check_safe_path(folder: Path, relative: str) -> None:
     )
     if bad:
         raise RepoError(f"{folder / FILELIST} lists the unsafe path {relative!r}; a repo may only name files inside its folder.")
-    resolved = (folder / relative).resolve()
+    try:
+        resolved = (folder / relative).resolve()
+    except (OSError, RuntimeError) as error:  # a symlink loop
+        raise RepoError(f"{folder / relative} cannot be resolved ({error}); remove that link.") from None
     if not resolved.is_relative_to(folder.resolve()):
         raise RepoError(f"{folder / relative} points outside the repo (to {resolved}); remove that link.")
 
@@ -81,7 +89,7 @@ def _parse(folder: Path) -> dict[str, str]:
     if not listing.is_file():
         raise RepoError(f"{listing} is missing, so the folder's files cannot be checked. Re-save it with save_pretrained.")
     expected: dict[str, str] = {}
-    for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(listing).splitlines(), start=1):
         if not line.strip():
             continue
         relative, _, digest = line.rpartition(" ")
@@ -100,16 +108,20 @@ def _stamp_file(folder: Path) -> Path:
 def _load_stamps(folder: Path) -> dict:
     try:
         return json.loads(_stamp_file(folder).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # no stamps (or an unusable home): hash everything
         return {}
 
 
 def _save_stamps(folder: Path, stamps: dict) -> None:
-    path = _stamp_file(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(stamps))
-    os.replace(temporary, path)
+    """Remember verified files; the stamps are only a cache, so a home that cannot be written just skips it."""
+    try:
+        path = _stamp_file(folder)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(stamps))
+        os.replace(temporary, path)
+    except (OSError, StorageError):
+        pass
 
 
 def _identity(stat: os.stat_result) -> list:
@@ -141,7 +153,10 @@ def verify_filelist(folder: Path, *, use_stamps: bool = True) -> None:
     now = time.time_ns()
     for relative, digest in expected.items():
         path = folder / relative
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError as error:
+            raise RepoError(f"{path} cannot be read ({error.strerror}); re-download or re-save the repo.") from None
         identity = _identity(stat)
         if stamps.get(relative) == identity + [digest]:
             fresh[relative] = stamps[relative]

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import RepoError
+from .safe_io import child_path
 
-__all__ = ["resolve_repo", "push_repo", "register_builtin_repo", "render_model_card", "is_offline"]
+__all__ = ["resolve_repo", "cache_folder", "push_repo", "register_builtin_repo", "render_model_card", "is_offline"]
 
 _DOWNLOAD_STAMP = ".tinypipe-download.json"
 
@@ -75,6 +76,30 @@ def _placed_copy(local: Path) -> bool:
     return True
 
 
+def cache_folder(cache: Path, repo: str) -> Path:
+    """The folder of hub repo `repo` under the cache folder `cache`, checked to stay inside it.
+
+    Raises:
+        RepoError: `repo` is not a valid hub id (huggingface_hub's own rules: `name` or `owner/name`, no `..`), or
+            its folder leads outside `cache` (a link).
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if repo not in _BUILTIN_REPOS:
+        try:
+            validate_repo_id(repo)
+        except HFValidationError as error:
+            raise RepoError(f"The hub repo id {repo!r} is not valid ({str(error).splitlines()[0]}); give an id like "
+                            "'owner/name', or a local folder.") from None
+    folder = cache
+    for part in repo.split("/"):
+        folder = child_path(folder, part, f"The hub repo id {repo!r}")
+    if not folder.resolve().is_relative_to(cache.resolve()):
+        raise RepoError(f"The cache folder of {repo!r}, {folder}, leads outside the cache {cache}; remove that link.")
+    return folder
+
+
 def resolve_repo(path: Union[str, Path], repo: Optional[str] = None, *, revision: Optional[str] = None, token: Optional[str] = None) -> Path:
     """The local folder of a repo: `path` itself, or hub repo `repo` downloaded into `path/<repo>`.
 
@@ -93,7 +118,7 @@ def resolve_repo(path: Union[str, Path], repo: Optional[str] = None, *, revision
     """
     if repo is None:
         return Path(path)
-    local = Path(path) / repo
+    local = cache_folder(Path(path), repo)
     if _complete_copy(local, revision) or (not (local / _DOWNLOAD_STAMP).exists() and _placed_copy(local)):
         return local
     if repo in _BUILTIN_REPOS:

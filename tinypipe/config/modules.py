@@ -10,6 +10,7 @@ The rules (SPEC section 2):
 """
 
 import importlib
+import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path
@@ -94,16 +95,37 @@ def _find_in_code_folder(dotted: str, code_folder: Optional[Path]) -> Optional[t
     return None
 
 
+def _module_file(folder: Path, name: str) -> bool:
+    """Whether `folder` holds the module or package `name` (a folder, source, bytecode or extension), by looking only."""
+    return (folder / name).is_dir() or any((folder / f"{name}{suffix}").is_file() for suffix in importlib.machinery.all_suffixes())
+
+
 def _find_installed(dotted: str) -> Optional[tuple[str, str]]:
+    """(module, qualified name) for the longest importable prefix of `dotted`, found without running any code.
+
+    `importlib.util.find_spec("pkg.sub")` imports `pkg` (running `pkg/__init__.py`) to find `sub`; so only the
+    top-level name goes through the import system (its finders only look), and sub-modules are looked up as
+    files in the top-level package's folders.
+    """
     parts = dotted.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:cut])
+    if parts[0] in sys.modules:
+        spec = getattr(sys.modules[parts[0]], "__spec__", None)
+    else:
         try:
-            if importlib.util.find_spec(module_name) is not None:
-                return module_name, ".".join(parts[cut:])
+            spec = importlib.util.find_spec(parts[0])
         except (ImportError, ValueError):
-            continue
-    return None
+            spec = None
+    if spec is None:
+        return None
+    found = 1
+    folders = [Path(folder) for folder in (spec.submodule_search_locations or [])]
+    for depth in range(1, len(parts) - 1):
+        holding = [folder for folder in folders if _module_file(folder, parts[depth])]
+        if not holding:
+            break
+        found = depth + 1
+        folders = [folder / parts[depth] for folder in holding if (folder / parts[depth]).is_dir()]
+    return ".".join(parts[:found]), ".".join(parts[found:])
 
 
 def _import(module_name: str, code_folder: Optional[Path]) -> None:
@@ -141,7 +163,7 @@ def resolve_class(
         ConfigError: The name does not import, or names something that is not a subclass of `expected`.
         TrustRemoteCodeError: Importing the module would run code, and `trust_remote_code` is False.
     """
-    if not isinstance(dotted, str) or "." not in dotted:
+    if not isinstance(dotted, str) or "." not in dotted or not all(part.isidentifier() or part == "<locals>" for part in dotted.split(".")):
         raise ConfigError(f"{source}: '__module__' must be a dotted class path like 'package.module.Class', got {dotted!r}.")
     if class_path(expected) == dotted:
         return expected

@@ -7,27 +7,32 @@
   trainer/      config.json, filelist.txt, train_config/...  (TrainerConfigMixin.__prefix__)
 ```
 
-Saving writes everything into a temporary sibling folder first, then moves it into place, so an
-interrupted save never leaves a half-written folder that loads. Loading verifies `filelist.txt`
-before reading anything else.
+Saving writes everything into a temporary sibling folder first (`.<repo>.tmp-<pid>-*`), then moves it
+into place, so an interrupted save never leaves a half-written folder that loads. The folder it replaces
+is first moved aside as `.<name>.old-<generation>`: if a kill lands between the two renames, loading
+reads the highest generation, which is always the newest complete save. The next save or load removes
+what interrupted saves left. Loading verifies `filelist.txt` before reading anything else, and names
+read from a config (sub-folder keys) must stay inside the repo.
 """
 
+import glob
 import json
 import os
 import shutil
 import tempfile
-import uuid
+import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from .. import __version__
-from ..errors import ConfigError, RepoError
+from ..errors import ConfigError, RepoError, disk_full_as_error
 from .coders import decode_value, encode_value
 from .filelist import FILELIST, verify_filelist, write_filelist
 from .mixin import ConfigMixin, subfolder_reference
 from .modules import class_path, module_source_file, resolve_class
+from .safe_io import child_path, read_json
 
-__all__ = ["save_repo", "load_repo", "check_version", "CONFIG_NAME", "CODE_FOLDER"]
+__all__ = ["save_repo", "load_repo", "check_version", "remove_interrupted_saves", "CONFIG_NAME", "CODE_FOLDER"]
 
 CONFIG_NAME = "config.json"
 CODE_FOLDER = "model_code"
@@ -64,7 +69,7 @@ def _write_object(obj: ConfigMixin, folder: Path, code_files: dict[str, Path]) -
     subfolders = type(obj)._subfolder_names()
     for name, value in obj.config.items():
         if name in subfolders and isinstance(value, ConfigMixin):
-            _write_object(value, folder / name, code_files)
+            _write_object(value, child_path(folder, name, f"{owner} sub-folder argument"), code_files)
             config[name] = subfolder_reference(value)
         else:
             config[name] = encode_value(value, f"{owner} argument {name!r}")
@@ -106,6 +111,25 @@ def _write_code(staging: Path, repo: Path, code_files: dict[str, Path]) -> None:
     write_filelist(target)
 
 
+def _old_folders(repo: Path, name: str) -> list[Path]:
+    """The `.<name>.old-<generation>` folders an interrupted save left in `repo`, oldest first.
+
+    The generation is a number taken when the folder was moved aside, larger than any before it; the folder moved
+    aside is always the complete save that was in place, so the highest generation is the newest complete save.
+    """
+    def generation(path: Path) -> tuple[int, float]:
+        suffix = path.name[len(f".{name}{_OLD_MARK}"):]
+        return (int(suffix), 0.0) if suffix.isdigit() else (-1, path.stat().st_mtime)  # older tinypipe: random hex
+
+    found = [path for path in repo.glob(f".{glob.escape(name)}{_OLD_MARK}*") if path.is_dir()] if repo.is_dir() else []
+    return sorted(found, key=generation)
+
+
+def _next_generation(repo: Path, name: str) -> int:
+    taken = [int(path.name.rsplit("-", 1)[1]) for path in _old_folders(repo, name) if path.name.rsplit("-", 1)[1].isdigit()]
+    return max([time.time_ns(), *(number + 1 for number in taken)])
+
+
 def _swap_into_place(staging: Path, repo: Path) -> None:
     """Move every folder of `staging` into `repo`, replacing the old one only once the new one is whole."""
     if not repo.exists():
@@ -113,12 +137,57 @@ def _swap_into_place(staging: Path, repo: Path) -> None:
         return
     for entry in sorted(staging.iterdir()):
         target = repo / entry.name
-        old = repo / f".{entry.name}{_OLD_MARK}{uuid.uuid4().hex[:8]}"
+        old = repo / f".{entry.name}{_OLD_MARK}{_next_generation(repo, entry.name):020d}"
         if target.exists():
             os.rename(target, old)
         os.rename(entry, target)
-        if old.exists():
-            shutil.rmtree(old, ignore_errors=True)
+        for leftover in _old_folders(repo, entry.name):  # this one, and any an interrupted save left
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _staging_owner(path: Path, repo_name: str) -> Optional[int]:
+    """The pid recorded in a staging folder's name `.<repo>.tmp-<pid>-<random>` (None for older names)."""
+    pid = path.name[len(f".{repo_name}.tmp-"):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_interrupted_saves(repo: Path, restore: bool) -> None:
+    """Remove what interrupted saves of `repo` left: staging folders of processes that are gone, and old folders.
+
+    Args:
+        repo: The repo folder.
+        restore: When a component folder is missing (a save was cut off between moving the old folder out and the
+            new one in), move its newest old folder back into place; otherwise leave it for loading to read.
+            Saving restores; loading only reads, so it never races a save in progress.
+    """
+    if repo.parent.is_dir():
+        for staging in repo.parent.glob(f".{glob.escape(repo.name)}.tmp-*"):
+            owner = _staging_owner(staging, repo.name)
+            if staging.is_dir() and (owner is None or not _process_alive(owner)):
+                shutil.rmtree(staging, ignore_errors=True)
+    if not repo.is_dir():
+        return
+    names = {path.name[1:].split(_OLD_MARK, 1)[0] for path in repo.glob(f".*{_OLD_MARK}*")}
+    for name in sorted(names):
+        leftovers = _old_folders(repo, name)
+        if not (repo / name).exists() and leftovers:
+            if not restore:
+                continue
+            os.rename(leftovers.pop(), repo / name)
+        for leftover in leftovers:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def save_repo(obj: ConfigMixin, repo: Path) -> Path:
@@ -130,20 +199,25 @@ def save_repo(obj: ConfigMixin, repo: Path) -> Path:
 
     Returns:
         The repo folder.
+
+    Raises:
+        StorageError: The disk filled up; the repo keeps its previous complete save.
     """
     repo = Path(repo)
     repo.parent.mkdir(parents=True, exist_ok=True)
     if repo.exists() and not repo.is_dir():
         raise RepoError(f"{repo} exists and is not a folder; choose another path for save_pretrained.")
-    staging = Path(tempfile.mkdtemp(prefix=f".{repo.name}.tmp-", dir=repo.parent))
+    remove_interrupted_saves(repo, restore=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{repo.name}.tmp-{os.getpid()}-", dir=repo.parent))
     try:
-        code_files: dict[str, Path] = {}
-        component = staging / obj.__prefix__
-        _write_object(obj, component, code_files)
-        write_filelist(component)
-        if code_files:
-            _write_code(staging, repo, code_files)
-        _swap_into_place(staging, repo)
+        with disk_full_as_error(repo, f"Saving {repo}"):
+            code_files: dict[str, Path] = {}
+            component = staging / obj.__prefix__
+            _write_object(obj, component, code_files)
+            write_filelist(component)
+            if code_files:
+                _write_code(staging, repo, code_files)
+            _swap_into_place(staging, repo)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return repo
@@ -157,8 +231,8 @@ def component_folder(repo: Path, prefix: str) -> Path:
     folder = repo / prefix
     if folder.is_dir():
         return folder
-    leftovers = sorted(repo.glob(f".{prefix}{_OLD_MARK}*")) if repo.is_dir() else []
-    if leftovers:  # a save was cut off between moving the old folder out and the new one in
+    leftovers = _old_folders(repo, prefix)
+    if leftovers:  # a save was cut off between moving the old folder out and the new one in: the newest complete one
         return leftovers[-1]
     if (repo / CONFIG_NAME).is_file() and (repo / FILELIST).is_file():
         return repo
@@ -171,10 +245,7 @@ def _read_config(folder: Path) -> dict:
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise RepoError(f"{path} is missing; the folder was not written by save_pretrained (or is incomplete).")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise RepoError(f"{path} is not valid JSON: {error}.") from error
+    config = read_json(path)
     if not isinstance(config, dict) or "__module__" not in config:
         raise RepoError(f"{path} has no '__module__' key naming the class to build.")
     check_version(config.get("__version__"), str(path))
@@ -193,7 +264,8 @@ def _read_object(folder: Path, expected: type, trust_remote_code: bool, code_fol
     arguments = {}
     for name, value in config.items():
         if isinstance(value, dict) and "__subfolder__" in value:
-            arguments[name] = _read_object(folder / name, ConfigMixin, trust_remote_code, code_folder, {})
+            subfolder = child_path(folder, name, f"The sub-folder key in {source}")
+            arguments[name] = _read_object(subfolder, ConfigMixin, trust_remote_code, code_folder, {})
         else:
             arguments[name] = decode_value(value, resolve)
     return cls._build_from_folder(folder, arguments, overrides)
@@ -213,6 +285,10 @@ def load_repo(repo: Path, expected: type, *, trust_remote_code: bool = False, ov
         TrustRemoteCodeError: Loading would run code and `trust_remote_code` is False.
     """
     repo = Path(repo)
+    try:
+        remove_interrupted_saves(repo, restore=False)
+    except OSError:  # a read-only repo: loading still works, the leftovers stay
+        pass
     folder = component_folder(repo, expected.__prefix__)
     verify_filelist(folder)
     code_folder = repo / CODE_FOLDER

@@ -33,6 +33,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from ..config import ConfigMixin, Ignore, save_config
+from ..config.safe_io import read_json
 from ..errors import ConfigError, RepoError, TinypipeError
 from .builtin import TINY_SD, builtin_model_folder, is_builtin
 
@@ -79,6 +80,18 @@ def quiet_loading():
         transformers_logging.enable_progress_bar()
 
 
+_COMPONENT_LIBRARIES = (None, "diffusers", "transformers")
+
+
+def _check_component_libraries(model_index: Path) -> None:
+    """Refuse a `model_index.json` whose components come from other libraries: diffusers would import them (running
+    their code) to build the pipeline, and a base model folder gives no consent to that."""
+    for name, value in read_json(model_index).items():
+        if isinstance(value, list) and value and value[0] not in _COMPONENT_LIBRARIES:
+            raise ConfigError(f"{model_index}: the component {name!r} comes from the library {value[0]!r}, which loading "
+                              "would import; tinypipe builds base models from diffusers and transformers components only.")
+
+
 def load_base_pipeline(base_model: str, revision: Optional[str] = None, torch_dtype: torch.dtype = torch.float32, token: Optional[str] = None):
     """Load a diffusers `StableDiffusionPipeline`: a built-in name, a local diffusers folder, or a hub id.
 
@@ -94,6 +107,7 @@ def load_base_pipeline(base_model: str, revision: Optional[str] = None, torch_dt
         if not (source / "model_index.json").is_file():
             raise ConfigError(f"{source} is not a diffusers pipeline folder (no model_index.json); give a folder "
                               "written by diffusers' save_pretrained, a hub id, or the built-in 'tinypipe/tiny-sd'.")
+        _check_component_libraries(source / "model_index.json")
     else:
         source = base_model
     try:

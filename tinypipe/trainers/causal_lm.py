@@ -43,6 +43,7 @@ from ..errors import ConfigError, TrainingError
 from ..models.builtin_lm import TINY_LLAMA
 from ..models.causal_lm import ATTENTION_PROJECTIONS, CausalLMPipeline
 from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .resume import batches_to_run, epochs_to_run
 from .optim import (
     check_finite_loss,
     make_accelerator,
@@ -269,9 +270,10 @@ class CausalLMTrainer(TrainerConfigMixin):
             _load_trainable(trainable, checkpoint.trainable, checkpoint_path)
             global_step = checkpoint.step
             self.metrics = list(checkpoint.state.get("metrics", []))
+            resumed_epoch, resumed_losses = checkpoint.state.get("epoch"), list(checkpoint.state.get("epoch_losses", []))
             logger.info("Resumed from %s at step %d", checkpoint_path, global_step)
         else:
-            self.metrics = []
+            self.metrics, resumed_epoch, resumed_losses = [], None, []
 
         # 6. The loop.
         lengths = [len(example.input_ids) for example in train_set]
@@ -281,13 +283,12 @@ class CausalLMTrainer(TrainerConfigMixin):
         tokens_per_batch = sum(_learned_tokens(example) for example in train_set) / batches_in_data
         make_batch = pack if packing else collate
         progress = tqdm(total=total_steps, initial=global_step, desc="LoRA (causal LM)", disable=not accelerator.is_main_process)
-        for epoch_index in range(global_step // updates_per_epoch, math.ceil(total_steps / updates_per_epoch)):
+        for epoch_index in epochs_to_run(global_step, total_steps, updates_per_epoch):
             model.train()
             batches = _process_batches(length_grouped_batches(lengths, train_batch_size, seed + epoch_index, group_by_length),
                                        accelerator.process_index, accelerator.num_processes)
-            done = (global_step - epoch_index * updates_per_epoch) * gradient_accumulation_steps
-            epoch_losses = []
-            for position in range(done, len(batches)):
+            epoch_losses = resumed_losses if epoch_index == resumed_epoch else []  # the losses before the checkpoint
+            for position in batches_to_run(global_step, total_steps, epoch_index, updates_per_epoch, gradient_accumulation_steps, len(batches)):
                 is_update = (position + 1) % gradient_accumulation_steps == 0 or position == len(batches) - 1
                 batch = {key: value.to(accelerator.device) for key, value in
                          make_batch([train_set[index] for index in batches[position]], tokenizer.pad_token_id).items()}
@@ -310,7 +311,7 @@ class CausalLMTrainer(TrainerConfigMixin):
                 if output is not None and checkpointing_steps and global_step % checkpointing_steps == 0 and accelerator.is_main_process:
                     save_checkpoint(output, global_step, trainable={name: p.detach() for name, p in trainable.items()},
                                     optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                    state={"epoch": epoch_index, "metrics": self.metrics}, total_limit=checkpoints_total_limit)
+                                    state={"epoch": epoch_index, "metrics": self.metrics, "epoch_losses": epoch_losses}, total_limit=checkpoints_total_limit)
                 if global_step >= total_steps:
                     break
             is_last = global_step >= total_steps

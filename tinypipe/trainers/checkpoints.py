@@ -38,11 +38,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..config.filelist import sha256_file
-from ..errors import ConfigError, RepoError
+from ..config.safe_io import read_json
+from ..errors import ConfigError, RepoError, StorageError, disk_full_as_error
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Checkpoint", "latest_checkpoint", "load_checkpoint", "resolve_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpoint", "latest_checkpoint", "load_checkpoint", "remove_interrupted_checkpoints", "resolve_checkpoint",
+           "save_checkpoint"]
 
 CHECKPOINTS_FOLDER = "checkpoints"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -193,9 +195,8 @@ def save_checkpoint(
         raise ConfigError(f"total_limit must be at least 1 (or None to keep all), got {total_limit}.")
     folder = Path(output_dir) / CHECKPOINTS_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    # 1. Temp folders left by a save that was killed are never picked up; delete them.
-    for stale in folder.glob(f"{_TEMP_PREFIX}*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    # 1. Finish what a killed save or prune left: temp folders are never picked up; delete them.
+    remove_interrupted_checkpoints(output_dir)
 
     # 2. Split the states into tensors (safetensors) and everything else (JSON).
     optimizer_tensors: dict[str, torch.Tensor] = {}
@@ -228,15 +229,12 @@ def save_checkpoint(
     # 3. Write every file into a temp folder, the completion marker last, then rename it into place.
     temp = folder / f"{_TEMP_PREFIX}{step}-{secrets.token_hex(4)}"
     temp.mkdir()
-    _write_safetensors(temp / TRAINABLE_FILE, {name: tensor.detach().to("cpu", copy=True).contiguous()
-                                               for name, tensor in trainable.items()})
-    _write_safetensors(temp / OPTIMIZER_FILE, optimizer_tensors)
-    _write_safetensors(temp / RNG_FILE, rng_tensors)
-    _write_json(temp / STATE_FILE, checkpoint_json)
-    files = {name: {"size": (temp / name).stat().st_size, "sha256": sha256_file(temp / name)}
-             for name in (TRAINABLE_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE)}
-    _write_json(temp / COMPLETE_FILE, json.dumps({"step": step, "files": files}, indent=2, sort_keys=True))
-    _fsync(temp)
+    try:
+        with disk_full_as_error(temp, f"Saving checkpoint {step}"):
+            _write_checkpoint_files(temp, step, trainable, optimizer_tensors, rng_tensors, checkpoint_json)
+    except StorageError:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
     target = folder / f"checkpoint-{step}"
     if target.exists():  # saving the same step again: move the old one aside (a temp name) first
         target.rename(folder / f"{_TEMP_PREFIX}{step}-{secrets.token_hex(4)}-replaced")
@@ -249,10 +247,46 @@ def save_checkpoint(
         others = [path for _, path in _complete_checkpoints(output_dir) if path != target]
         for old in others[: max(len(others) - (total_limit - 1), 0)]:
             logger.info("Deleting checkpoint %s (total_limit=%d)", old, total_limit)
-            shutil.rmtree(old)
+            _delete_checkpoint(old)
     for replaced in folder.glob(f"{_TEMP_PREFIX}*-replaced"):
         shutil.rmtree(replaced, ignore_errors=True)
     return target
+
+
+def _delete_checkpoint(path: Path) -> None:
+    """Delete a checkpoint folder so that a kill half-way never leaves a partial `checkpoint-<step>`: first rename it
+    to a temp name (one atomic step), then delete that; `remove_interrupted_checkpoints` finishes an interrupted one."""
+    doomed = path.with_name(f"{_TEMP_PREFIX}{path.name}-{secrets.token_hex(4)}-deleted")
+    path.rename(doomed)
+    shutil.rmtree(doomed)
+
+
+def remove_interrupted_checkpoints(output_dir: Path) -> None:
+    """Finish what killed saves and prunes left under `output_dir/checkpoints`: their temp folders (a save's, or a
+    pruned checkpoint renamed aside), which nothing loads.
+
+    Args:
+        output_dir (`Path`): The training output folder.
+    """
+    folder = Path(output_dir) / CHECKPOINTS_FOLDER
+    if not folder.is_dir():
+        return
+    for stale in folder.glob(f"{_TEMP_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _write_checkpoint_files(temp: Path, step: int, trainable: dict[str, torch.Tensor], optimizer_tensors: dict[str, torch.Tensor],
+                            rng_tensors: dict[str, torch.Tensor], checkpoint_json: str) -> None:
+    """Write a checkpoint's files into `temp`, `complete.json` (sizes and hashes of the others) last."""
+    _write_safetensors(temp / TRAINABLE_FILE, {name: tensor.detach().to("cpu", copy=True).contiguous()
+                                               for name, tensor in trainable.items()})
+    _write_safetensors(temp / OPTIMIZER_FILE, optimizer_tensors)
+    _write_safetensors(temp / RNG_FILE, rng_tensors)
+    _write_json(temp / STATE_FILE, checkpoint_json)
+    files = {name: {"size": (temp / name).stat().st_size, "sha256": sha256_file(temp / name)}
+             for name in (TRAINABLE_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE)}
+    _write_json(temp / COMPLETE_FILE, json.dumps({"step": step, "files": files}, indent=2, sort_keys=True))
+    _fsync(temp)
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -281,6 +315,7 @@ def resolve_checkpoint(output_dir: Path, resume_from_checkpoint: str | os.PathLi
     """
     if resume_from_checkpoint is None:
         return None
+    remove_interrupted_checkpoints(output_dir)
     if str(resume_from_checkpoint) == "latest":
         found = latest_checkpoint(output_dir)
         if found is None:
@@ -303,9 +338,9 @@ def resolve_checkpoint(output_dir: Path, resume_from_checkpoint: str | os.PathLi
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RepoError(f"Checkpoint file {path} cannot be read ({error}); resume from another checkpoint.") from error
+        return read_json(path)  # a regular file of bounded JSON, or RepoError
+    except RepoError as error:
+        raise RepoError(f"Checkpoint file {error} Resume from another checkpoint.") from None
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -49,6 +49,7 @@ from ..models.builtin import TINY_SD, builtin_model_folder, is_builtin
 from ..models.diffusion import DiffusionPipeline
 from . import diffusion_steps as steps
 from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .resume import batches_to_run, epochs_to_run
 from .image_data import (
     IMAGE_EXTENSIONS,
     ImageExample,
@@ -291,14 +292,12 @@ class DreamBoothTrainer(TrainerConfigMixin):
 
         # 6. The loop: each batch holds instance examples and as many class examples; the loss is split as in the paper.
         progress = tqdm(total=total_steps, initial=global_step, desc="DreamBooth", disable=not accelerator.is_main_process)
-        first_epoch = global_step // updates_per_epoch
-        for epoch_index in range(first_epoch, math.ceil(total_steps / updates_per_epoch)):
+        for epoch_index in epochs_to_run(global_step, total_steps, updates_per_epoch):
             for model in models:
                 model.train()
             order = steps.epoch_order(epoch_length, seed, epoch_index)
             batches = steps.process_batches(order, train_batch_size, accelerator)
-            done = (global_step - epoch_index * updates_per_epoch) * gradient_accumulation_steps
-            for position in range(done, len(batches)):
+            for position in batches_to_run(global_step, total_steps, epoch_index, updates_per_epoch, gradient_accumulation_steps, len(batches)):
                 is_update = (position + 1) % gradient_accumulation_steps == 0 or position == len(batches) - 1
                 instance_batch = [index % instance_count for index in batches[position]]
                 class_batch = [instance_count + index % class_count for index in batches[position]] if class_count else []

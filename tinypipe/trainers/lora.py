@@ -41,6 +41,7 @@ from ..models.builtin import TINY_SD
 from ..models.diffusion import DiffusionPipeline
 from . import diffusion_steps as steps
 from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .resume import batches_to_run, epochs_to_run
 from .image_data import check_caption_lengths, load_image_examples
 from .optim import (
     check_finite_loss,
@@ -236,14 +237,12 @@ class LoRATrainer(TrainerConfigMixin):
 
         # 6. The loop.
         progress = tqdm(total=total_steps, initial=global_step, desc="LoRA", disable=not accelerator.is_main_process)
-        first_epoch = global_step // updates_per_epoch
-        for epoch_index in range(first_epoch, math.ceil(total_steps / updates_per_epoch)):
+        for epoch_index in epochs_to_run(global_step, total_steps, updates_per_epoch):
             for model in models:
                 model.train()
             order = steps.epoch_order(len(examples), seed, epoch_index)
             batches = steps.process_batches(order, train_batch_size, accelerator)
-            done = (global_step - epoch_index * updates_per_epoch) * gradient_accumulation_steps
-            for position in range(done, len(batches)):
+            for position in batches_to_run(global_step, total_steps, epoch_index, updates_per_epoch, gradient_accumulation_steps, len(batches)):
                 is_update = (position + 1) % gradient_accumulation_steps == 0 or position == len(batches) - 1
                 with no_sync_unless(accelerator, models, is_update):
                     losses = steps.denoising_losses(unet, text_encoder, noise_scheduler, cache, batches[position], generator,

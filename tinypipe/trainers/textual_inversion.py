@@ -43,6 +43,7 @@ from ..models.builtin import TINY_SD
 from ..models.diffusion import DiffusionPipeline, check_new_token, vector_token_names
 from . import diffusion_steps as steps
 from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .resume import batches_to_run, epochs_to_run
 from .image_data import load_image_examples
 from .optim import (
     check_finite_loss,
@@ -303,14 +304,12 @@ class TextualInversionTrainer(TrainerConfigMixin):
 
         # 6. The loop: a random template per example, the text encoder run with the learned rows, the denoising loss.
         progress = tqdm(total=total_steps, initial=global_step, desc="Textual inversion", disable=not accelerator.is_main_process)
-        first_epoch = global_step // updates_per_epoch
         try:
-            for epoch_index in range(first_epoch, math.ceil(total_steps / updates_per_epoch)):
+            for epoch_index in epochs_to_run(global_step, total_steps, updates_per_epoch):
                 prepared_encoder.train()
                 order = [index % len(examples) for index in steps.epoch_order(epoch_length, seed, epoch_index)]
                 batches = steps.process_batches(order, train_batch_size, accelerator)
-                done = (global_step - epoch_index * updates_per_epoch) * gradient_accumulation_steps
-                for position in range(done, len(batches)):
+                for position in batches_to_run(global_step, total_steps, epoch_index, updates_per_epoch, gradient_accumulation_steps, len(batches)):
                     is_update = (position + 1) % gradient_accumulation_steps == 0 or position == len(batches) - 1
                     with no_sync_unless(accelerator, [prepared_encoder], is_update), accelerator.autocast():
                         chosen = torch.randint(0, len(templates), (len(batches[position]),), generator=generator)
