@@ -42,7 +42,7 @@ from ..config import (
 from ..errors import ConfigError, TrainingError
 from ..models.builtin_lm import TINY_LLAMA
 from ..models.causal_lm import ATTENTION_PROJECTIONS, CausalLMPipeline
-from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoints import load_checkpoint, restore_trainable, save_checkpoint
 from .resume import batches_to_run, epochs_to_run
 from .optim import (
     check_finite_loss,
@@ -50,8 +50,10 @@ from .optim import (
     make_lr_scheduler,
     make_optimizer,
     no_sync_unless,
+    prepare_for_training,
     seed_everything,
 )
+from .run_fingerprint import checkpoint_to_resume, content_digest, run_fingerprint
 from .text_data import (
     IGNORE_INDEX,
     TokenizedExample,
@@ -260,20 +262,23 @@ class CausalLMTrainer(TrainerConfigMixin):
                                          num_cycles=lr_num_cycles, power=lr_power)
         # accelerate wraps the model (DDP) and the optimizer (mixed precision); the schedule is stepped
         # here, once per optimizer step, so it means the same with any number of processes.
-        model, optimizer = accelerator.prepare(model, optimizer)
+        (model,), optimizer = prepare_for_training(accelerator, [model], optimizer)
 
         # 5. Resume from a checkpoint.
-        global_step = 0
-        checkpoint_path = resolve_checkpoint(output, resume_from_checkpoint) if output is not None else None
+        global_step, resumed_epoch, resumed_losses = 0, None, []
+        run = run_fingerprint(arguments, total_steps=total_steps, train_batch_size=train_batch_size,
+                              num_processes=accelerator.num_processes,
+                              data_sha256=content_digest(json.dumps([example.input_ids, example.labels]) for example in train_set))
+        checkpoint_path = checkpoint_to_resume(output, resume_from_checkpoint, run=run, total_steps=total_steps,
+                                               checkpointing_steps=checkpointing_steps)
+        self.metrics = []
         if checkpoint_path is not None:
             checkpoint = load_checkpoint(checkpoint_path, optimizer=optimizer, lr_scheduler=lr_scheduler)
-            _load_trainable(trainable, checkpoint.trainable, checkpoint_path)
+            restore_trainable(trainable, checkpoint.trainable, checkpoint_path, "r, target_modules and the adapter of the pipeline given")
             global_step = checkpoint.step
-            self.metrics = list(checkpoint.state.get("metrics", []))
-            resumed_epoch, resumed_losses = checkpoint.state.get("epoch"), list(checkpoint.state.get("epoch_losses", []))
+            self.metrics = list(checkpoint.state["metrics"])
+            resumed_epoch, resumed_losses = checkpoint.state["epoch"], list(checkpoint.state["epoch_losses"])
             logger.info("Resumed from %s at step %d", checkpoint_path, global_step)
-        else:
-            self.metrics, resumed_epoch, resumed_losses = [], None, []
 
         # 6. The loop.
         lengths = [len(example.input_ids) for example in train_set]
@@ -293,7 +298,8 @@ class CausalLMTrainer(TrainerConfigMixin):
                 batch = {key: value.to(accelerator.device) for key, value in
                          make_batch([train_set[index] for index in batches[position]], tokenizer.pad_token_id).items()}
                 with no_sync_unless(accelerator, [model], is_update):
-                    loss_sum, tokens = _summed_loss(model, batch)
+                    with accelerator.autocast():
+                        loss_sum, tokens = _summed_loss(model, batch)
                     loss = loss_sum / max(tokens, 1)
                     check_finite_loss(loss, global_step + 1, output)
                     accelerator.backward(loss_sum / (tokens_per_batch * gradient_accumulation_steps))
@@ -311,7 +317,8 @@ class CausalLMTrainer(TrainerConfigMixin):
                 if output is not None and checkpointing_steps and global_step % checkpointing_steps == 0 and accelerator.is_main_process:
                     save_checkpoint(output, global_step, trainable={name: p.detach() for name, p in trainable.items()},
                                     optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                    state={"epoch": epoch_index, "metrics": self.metrics, "epoch_losses": epoch_losses}, total_limit=checkpoints_total_limit)
+                                    state={"epoch": epoch_index, "metrics": self.metrics, "epoch_losses": epoch_losses},
+                                    total_limit=checkpoints_total_limit, run=run)
                 if global_step >= total_steps:
                     break
             is_last = global_step >= total_steps
@@ -476,12 +483,3 @@ def _process_batches(batches: list[list[int]], process_index: int, num_processes
     padded = [batches[i % len(batches)] for i in range(count)]
     return padded[process_index::num_processes]
 
-
-def _load_trainable(trainable: dict[str, torch.nn.Parameter], saved: dict[str, torch.Tensor], path: Path) -> None:
-    """Copy checkpointed LoRA weights into the model's parameters, exactly."""
-    if saved.keys() != trainable.keys():
-        raise ConfigError(f"Checkpoint {path} holds other weights than this run trains ({len(saved)} vs {len(trainable)} tensors); "
-                          "resume with the same model and LoRA settings (r, target_modules).")
-    with torch.no_grad():
-        for name, parameter in trainable.items():
-            parameter.copy_(saved[name])

@@ -7,6 +7,8 @@ A checkpoint is a folder `output_dir/checkpoints/checkpoint-<step>/` holding:
 - `rng_state.safetensors`: the torch CPU (and CUDA) RNG states and each named `torch.Generator`;
 - `checkpoint.json`: everything else - the optimizer's and scheduler's non-tensor state, the
   Python and NumPy RNG states, and the trainer's own `state` (epoch, position in the epoch, ...);
+- `run.json` (when the trainer gives one): the fingerprint of the run that wrote it, the settings
+  that change its result (see `run_fingerprint.py`), so a resume continues only its own run;
 - `complete.json`: written last, it lists every file with its size and SHA-256, so a truncated or
   altered file is caught at load time.
 
@@ -43,14 +45,15 @@ from ..errors import ConfigError, RepoError, StorageError, disk_full_as_error
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Checkpoint", "latest_checkpoint", "load_checkpoint", "remove_interrupted_checkpoints", "resolve_checkpoint",
-           "save_checkpoint"]
+__all__ = ["Checkpoint", "checkpoint_run", "complete_checkpoints", "latest_checkpoint", "load_checkpoint",
+           "remove_interrupted_checkpoints", "resolve_checkpoint", "restore_trainable", "save_checkpoint"]
 
 CHECKPOINTS_FOLDER = "checkpoints"
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng_state.safetensors"
 STATE_FILE = "checkpoint.json"
+RUN_FILE = "run.json"
 COMPLETE_FILE = "complete.json"
 FORMAT_VERSION = 1
 _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
@@ -141,7 +144,7 @@ def _write_json(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def _complete_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+def complete_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     """`(step, folder)` of every complete checkpoint under `output_dir`, oldest first."""
     folder = Path(output_dir) / CHECKPOINTS_FOLDER
     if not folder.is_dir():
@@ -164,6 +167,7 @@ def save_checkpoint(
     generators: dict[str, torch.Generator] | None = None,
     state: dict | None = None,
     total_limit: int | None = None,
+    run: dict | None = None,
 ) -> Path:
     """Save everything needed to resume training at `step`, atomically.
 
@@ -177,8 +181,13 @@ def save_checkpoint(
         generators (`dict[str, torch.Generator]`, *optional*): Named generators (noise, timesteps, data
             shuffling) whose state must be restored too.
         state (`dict`, *optional*): The trainer's own JSON-able state: epoch, position in the epoch, ...
-        total_limit (`int`, *optional*): Keep at most this many checkpoints; older ones are deleted
-            once the new one is in place. `None` keeps all.
+        total_limit (`int`, *optional*): Keep at most this many checkpoints of this run; its older ones
+            are deleted once the new one is in place. Another run's checkpoints are never deleted nor
+            counted. `None` keeps all.
+        run (`dict`, *optional*): The fingerprint of the run (JSON-able settings), written to `run.json`.
+
+    Raises:
+        RepoError: A checkpoint of another run already sits at `step` (it is never replaced).
 
     Returns:
         `Path`: The new checkpoint folder.
@@ -194,6 +203,10 @@ def save_checkpoint(
     if total_limit is not None and total_limit < 1:
         raise ConfigError(f"total_limit must be at least 1 (or None to keep all), got {total_limit}.")
     folder = Path(output_dir) / CHECKPOINTS_FOLDER
+    target = folder / f"checkpoint-{step}"
+    if (target / COMPLETE_FILE).is_file() and checkpoint_run(target) != run:
+        raise RepoError(f"{target} belongs to another run; it is not replaced. Write this run's checkpoints into another "
+                        "output_dir, or remove that checkpoint.")
     folder.mkdir(parents=True, exist_ok=True)
     # 1. Finish what a killed save or prune left: temp folders are never picked up; delete them.
     remove_interrupted_checkpoints(output_dir)
@@ -231,20 +244,19 @@ def save_checkpoint(
     temp.mkdir()
     try:
         with disk_full_as_error(temp, f"Saving checkpoint {step}"):
-            _write_checkpoint_files(temp, step, trainable, optimizer_tensors, rng_tensors, checkpoint_json)
+            _write_checkpoint_files(temp, step, trainable, optimizer_tensors, rng_tensors, checkpoint_json, run)
     except StorageError:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    target = folder / f"checkpoint-{step}"
     if target.exists():  # saving the same step again: move the old one aside (a temp name) first
         target.rename(folder / f"{_TEMP_PREFIX}{step}-{secrets.token_hex(4)}-replaced")
     temp.rename(target)
     _fsync(folder)
     logger.info("Saved checkpoint %s", target)
 
-    # 4. Only now that the new checkpoint is complete, delete the oldest beyond `total_limit`.
+    # 4. Only now that the new checkpoint is complete, delete this run's oldest beyond `total_limit`.
     if total_limit is not None:
-        others = [path for _, path in _complete_checkpoints(output_dir) if path != target]
+        others = [path for _, path in complete_checkpoints(output_dir) if path != target and checkpoint_run(path) == run]
         for old in others[: max(len(others) - (total_limit - 1), 0)]:
             logger.info("Deleting checkpoint %s (total_limit=%d)", old, total_limit)
             _delete_checkpoint(old)
@@ -276,17 +288,27 @@ def remove_interrupted_checkpoints(output_dir: Path) -> None:
 
 
 def _write_checkpoint_files(temp: Path, step: int, trainable: dict[str, torch.Tensor], optimizer_tensors: dict[str, torch.Tensor],
-                            rng_tensors: dict[str, torch.Tensor], checkpoint_json: str) -> None:
-    """Write a checkpoint's files into `temp`, `complete.json` (sizes and hashes of the others) last."""
+                            rng_tensors: dict[str, torch.Tensor], checkpoint_json: str, run: dict | None) -> None:
+    """Write a checkpoint's files into `temp` (`run.json` if `run` is given), `complete.json` (sizes and hashes of the
+    others) last."""
     _write_safetensors(temp / TRAINABLE_FILE, {name: tensor.detach().to("cpu", copy=True).contiguous()
                                                for name, tensor in trainable.items()})
     _write_safetensors(temp / OPTIMIZER_FILE, optimizer_tensors)
     _write_safetensors(temp / RNG_FILE, rng_tensors)
     _write_json(temp / STATE_FILE, checkpoint_json)
-    files = {name: {"size": (temp / name).stat().st_size, "sha256": sha256_file(temp / name)}
-             for name in (TRAINABLE_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE)}
+    names = [TRAINABLE_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE]
+    if run is not None:
+        _write_json(temp / RUN_FILE, json.dumps(run, indent=2, sort_keys=True) + "\n")
+        names.append(RUN_FILE)
+    files = {name: {"size": (temp / name).stat().st_size, "sha256": sha256_file(temp / name)} for name in names}
     _write_json(temp / COMPLETE_FILE, json.dumps({"step": step, "files": files}, indent=2, sort_keys=True))
     _fsync(temp)
+
+
+def checkpoint_run(path: Path) -> dict | None:
+    """The fingerprint of the run that wrote the checkpoint at `path` (its `run.json`), or `None` if it has none."""
+    run_file = Path(path) / RUN_FILE
+    return _read_json(run_file) if run_file.is_file() else None
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -294,7 +316,7 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
     Folders from an interrupted save (temp folders, or no `complete.json`) are ignored.
     """
-    found = _complete_checkpoints(output_dir)
+    found = complete_checkpoints(output_dir)
     return found[-1][1] if found else None
 
 
@@ -348,6 +370,32 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except SafetensorError as error:
         raise RepoError(f"Checkpoint file {path} is corrupt ({error}); resume from another checkpoint.") from error
+
+
+@torch.no_grad()
+def restore_trainable(parameters: dict[str, torch.nn.Parameter], saved: dict[str, torch.Tensor], path: Path, settings: str) -> None:
+    """Copy a checkpoint's trained tensors into the parameters of the same names, exactly.
+
+    Args:
+        parameters (`dict[str, torch.nn.Parameter]`): The parameters this run trains, by name.
+        saved (`dict[str, torch.Tensor]`): `Checkpoint.trainable`.
+        path (`Path`): The checkpoint, for messages.
+        settings (`str`): The settings that decide the trained tensors' names and shapes (`"rank, train_text_encoder"`),
+            named in the error.
+
+    Raises:
+        ConfigError: The checkpoint holds other tensors, or tensors of other shapes, than this run trains.
+    """
+    missing, unexpected = sorted(set(parameters) - set(saved)), sorted(set(saved) - set(parameters))
+    if missing or unexpected:
+        raise ConfigError(f"Checkpoint {path} holds other weights than this run trains (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]}); resume with the settings it was saved with ({settings}).")
+    for name, parameter in parameters.items():
+        if saved[name].shape != parameter.shape:
+            raise ConfigError(f"Checkpoint {path} holds {name} of shape {tuple(saved[name].shape)}, but this run trains it with "
+                              f"shape {tuple(parameter.shape)}; resume with the settings it was saved with ({settings}).")
+    for name, parameter in parameters.items():
+        parameter.copy_(saved[name])
 
 
 def load_checkpoint(

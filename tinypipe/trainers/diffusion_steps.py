@@ -14,10 +14,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ConfigError
+from .checkpoints import Checkpoint, restore_trainable
 from .image_data import ImageExample, image_to_tensor
+from .run_fingerprint import content_digest
 
 __all__ = [
-    "ExampleCache", "check_settings", "native_resolution", "tokenize", "encode_examples",
+    "ExampleCache", "check_settings", "native_resolution", "tokenize", "encode_examples", "examples_digest",
     "mark_lora_trainable", "mark_fully_trainable", "trainable_state", "load_trainable", "training_noise_scheduler", "epoch_order",
     "process_batches", "denoising_losses", "validation_images", "image_grid", "save_images",
     "save_before_after",
@@ -105,6 +107,12 @@ def encode_examples(pipeline, examples: Sequence[ImageExample], resolution: int,
     return ExampleCache(torch.cat(means), torch.cat(stds), float(vae.config.scaling_factor), embeddings, input_ids, random_flip)
 
 
+def examples_digest(examples: Sequence[ImageExample]) -> str:
+    """SHA-256 of the training images (mode, size, pixels) and captions: the data part of a run's fingerprint."""
+    return content_digest(part for example in examples for part in
+                          (example.image.mode, str(example.image.size), example.image.tobytes(), example.caption or ""))
+
+
 def mark_lora_trainable(pipeline, trainable_models: Sequence[torch.nn.Module]) -> list[torch.nn.Parameter]:
     """Freeze the whole pipeline, then let only the LoRA weights of `trainable_models` train (in fp32)."""
     for model in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
@@ -143,16 +151,13 @@ def trainable_state(pipeline, trainable_models: Sequence[torch.nn.Module]) -> di
     return {name: parameter.detach().cpu().clone() for name, parameter in _trainable_named(pipeline, trainable_models).items()}
 
 
-@torch.no_grad()
-def load_trainable(pipeline, trainable_models: Sequence[torch.nn.Module], state: dict[str, torch.Tensor]) -> None:
-    """Copy checkpointed weights back into the trainable parameters (exactly, bit for bit)."""
-    named = _trainable_named(pipeline, trainable_models)
-    if set(named) != set(state):
-        missing, extra = sorted(set(named) - set(state))[:3], sorted(set(state) - set(named))[:3]
-        raise ConfigError(f"The checkpoint does not match this training run (missing {missing}, unexpected {extra}); "
-                          "resume with the same rank, targets and train_text_encoder setting.")
-    for name, parameter in named.items():
-        parameter.copy_(state[name])
+def load_trainable(pipeline, trainable_models: Sequence[torch.nn.Module], checkpoint: Checkpoint, settings: str) -> None:
+    """Copy a checkpoint's weights back into the trainable parameters (exactly, bit for bit).
+
+    Raises:
+        ConfigError: The checkpoint's tensors do not fit these parameters; names `settings`, those that decide them.
+    """
+    restore_trainable(_trainable_named(pipeline, trainable_models), checkpoint.trainable, checkpoint.path, settings)
 
 
 def training_noise_scheduler(pipeline):

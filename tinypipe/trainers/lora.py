@@ -40,7 +40,7 @@ from ..errors import ConfigError
 from ..models.builtin import TINY_SD
 from ..models.diffusion import DiffusionPipeline
 from . import diffusion_steps as steps
-from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoints import load_checkpoint, save_checkpoint
 from .resume import batches_to_run, epochs_to_run
 from .image_data import check_caption_lengths, load_image_examples
 from .optim import (
@@ -49,8 +49,10 @@ from .optim import (
     make_lr_scheduler,
     make_optimizer,
     no_sync_unless,
+    prepare_for_training,
     seed_everything,
 )
+from .run_fingerprint import checkpoint_to_resume, run_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -218,20 +220,20 @@ class LoRATrainer(TrainerConfigMixin):
                                          num_cycles=lr_num_cycles, power=lr_power)
         # accelerate wraps the models (DDP) and the optimizer (mixed precision); the schedule is stepped
         # here, once per optimizer step, so it means the same with any number of processes.
-        prepared = accelerator.prepare(*trainable_models, optimizer)
-        models, optimizer = prepared[:-1], prepared[-1]
+        models, optimizer = prepare_for_training(accelerator, trainable_models, optimizer)
         unet, text_encoder = models[0], (models[1] if train_text_encoder else pipeline.text_encoder)
         noise_scheduler = steps.training_noise_scheduler(pipeline)
         generator = torch.Generator("cpu").manual_seed(seed + 1_000_003 * accelerator.process_index)
 
-        # 5. Resume from a checkpoint.
+        # 5. Resume from a checkpoint of this run (never another run's).
         global_step = 0
-        checkpoint_path = resolve_checkpoint(output, resume_from_checkpoint) if output is not None else None
-        if resume_from_checkpoint and output is None:
-            raise ConfigError("resume_from_checkpoint needs output_dir, the folder the checkpoints were written to.")
+        run = run_fingerprint(arguments, total_steps=total_steps, num_processes=accelerator.num_processes,
+                              data_sha256=steps.examples_digest(examples))
+        checkpoint_path = checkpoint_to_resume(output, resume_from_checkpoint, run=run, total_steps=total_steps,
+                                               checkpointing_steps=checkpointing_steps)
         if checkpoint_path is not None:
             checkpoint = load_checkpoint(checkpoint_path, optimizer=optimizer, lr_scheduler=lr_scheduler, generators={"noise": generator})
-            steps.load_trainable(pipeline, trainable_models, checkpoint.trainable)
+            steps.load_trainable(pipeline, trainable_models, checkpoint, "rank, train_text_encoder and the LoRA of the pipeline given")
             global_step = checkpoint.step
             logger.info("Resumed from %s at step %d", checkpoint_path, global_step)
 
@@ -245,8 +247,9 @@ class LoRATrainer(TrainerConfigMixin):
             for position in batches_to_run(global_step, total_steps, epoch_index, updates_per_epoch, gradient_accumulation_steps, len(batches)):
                 is_update = (position + 1) % gradient_accumulation_steps == 0 or position == len(batches) - 1
                 with no_sync_unless(accelerator, models, is_update):
-                    losses = steps.denoising_losses(unet, text_encoder, noise_scheduler, cache, batches[position], generator,
-                                                    snr_gamma=snr_gamma, noise_offset=noise_offset, device=accelerator.device)
+                    with accelerator.autocast():
+                        losses = steps.denoising_losses(unet, text_encoder, noise_scheduler, cache, batches[position], generator,
+                                                        snr_gamma=snr_gamma, noise_offset=noise_offset, device=accelerator.device)
                     loss = losses.mean()
                     check_finite_loss(loss, global_step + 1, output)
                     accelerator.backward(loss / gradient_accumulation_steps)
@@ -263,7 +266,7 @@ class LoRATrainer(TrainerConfigMixin):
                 if output is not None and checkpointing_steps and global_step % checkpointing_steps == 0 and accelerator.is_main_process:
                     save_checkpoint(output, global_step, trainable=steps.trainable_state(pipeline, trainable_models),
                                     optimizer=optimizer, lr_scheduler=lr_scheduler, generators={"noise": generator},
-                                    state={"epoch": epoch_index}, total_limit=checkpoints_total_limit)
+                                    state={"epoch": epoch_index}, total_limit=checkpoints_total_limit, run=run)
                 if global_step >= total_steps:
                     break
             is_last = global_step >= total_steps

@@ -13,8 +13,8 @@ from ..errors import ConfigError, TrainingError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LR_SCHEDULES", "make_accelerator", "seed_everything", "make_optimizer", "make_lr_scheduler", "check_finite_loss",
-           "no_sync_unless"]
+__all__ = ["LR_SCHEDULES", "make_accelerator", "prepare_for_training", "seed_everything", "make_optimizer", "make_lr_scheduler",
+           "check_finite_loss", "no_sync_unless"]
 
 
 def make_accelerator(mixed_precision: str):
@@ -28,6 +28,25 @@ def make_accelerator(mixed_precision: str):
     has_gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
     has_gpu = has_gpu or (hasattr(torch, "xpu") and torch.xpu.is_available())
     return Accelerator(mixed_precision=mixed_precision, cpu=not has_gpu)
+
+
+def prepare_for_training(accelerator, models: list[torch.nn.Module], optimizer: torch.optim.Optimizer):
+    """`accelerator.prepare` the models and optimizer, leaving the models' own `forward` as it was.
+
+    Under mixed precision accelerate wraps each model's `forward` in autocast, in place; left there, the validation
+    images and the pipeline `train()` returns would run in another precision than the repo it saves reloads in. So
+    the wrapper is taken off again, and the training step runs its forward under `accelerator.autocast()` instead.
+    The models returned (DDP-wrapped on several processes) are for the training step only; the pipeline keeps
+    the plain ones.
+
+    Returns:
+        `(models, optimizer)`: The prepared models (a list) and optimizer.
+    """
+    prepared = accelerator.prepare(*models, optimizer)
+    prepared_models, optimizer = list(prepared[:-1]), prepared[-1]
+    for model in prepared_models:
+        accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    return prepared_models, optimizer
 
 
 def seed_everything(seed: int) -> None:

@@ -42,7 +42,7 @@ from ..errors import ConfigError
 from ..models.builtin import TINY_SD
 from ..models.diffusion import DiffusionPipeline, check_new_token, vector_token_names
 from . import diffusion_steps as steps
-from .checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoints import load_checkpoint, save_checkpoint
 from .resume import batches_to_run, epochs_to_run
 from .image_data import load_image_examples
 from .optim import (
@@ -51,8 +51,10 @@ from .optim import (
     make_lr_scheduler,
     make_optimizer,
     no_sync_unless,
+    prepare_for_training,
     seed_everything,
 )
+from .run_fingerprint import checkpoint_to_resume, run_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -287,18 +289,19 @@ class TextualInversionTrainer(TrainerConfigMixin):
                                    betas=(adam_beta1, adam_beta2), weight_decay=adam_weight_decay, epsilon=adam_epsilon)
         lr_scheduler = make_lr_scheduler(optimizer, lr_schedule=lr_schedule, warmup_steps=warmup_steps, total_steps=total_steps,
                                          num_cycles=lr_num_cycles, power=lr_power)
-        prepared_encoder, optimizer = accelerator.prepare(text_encoder, optimizer)
+        (prepared_encoder,), optimizer = prepare_for_training(accelerator, [text_encoder], optimizer)
         noise_scheduler = steps.training_noise_scheduler(pipeline)
         generator = torch.Generator("cpu").manual_seed(seed + 1_000_003 * accelerator.process_index)
 
-        # 5. Resume from a checkpoint.
+        # 5. Resume from a checkpoint of this run (never another run's).
         global_step = 0
-        if resume_from_checkpoint and output is None:
-            raise ConfigError("resume_from_checkpoint needs output_dir, the folder the checkpoints were written to.")
-        checkpoint_path = resolve_checkpoint(output, resume_from_checkpoint) if output is not None else None
+        run = run_fingerprint(arguments, total_steps=total_steps, num_processes=accelerator.num_processes,
+                              data_sha256=steps.examples_digest(examples))
+        checkpoint_path = checkpoint_to_resume(output, resume_from_checkpoint, run=run, total_steps=total_steps,
+                                               checkpointing_steps=checkpointing_steps)
         if checkpoint_path is not None:
             checkpoint = load_checkpoint(checkpoint_path, optimizer=optimizer, lr_scheduler=lr_scheduler, generators={"noise": generator})
-            steps.load_trainable(pipeline, [text_encoder], checkpoint.trainable)
+            steps.load_trainable(pipeline, [text_encoder], checkpoint, "placeholder_token, num_vectors")
             global_step = checkpoint.step
             logger.info("Resumed from %s at step %d", checkpoint_path, global_step)
 
@@ -332,7 +335,7 @@ class TextualInversionTrainer(TrainerConfigMixin):
                     if output is not None and checkpointing_steps and global_step % checkpointing_steps == 0 and accelerator.is_main_process:
                         save_checkpoint(output, global_step, trainable=steps.trainable_state(pipeline, [text_encoder]),
                                         optimizer=optimizer, lr_scheduler=lr_scheduler, generators={"noise": generator},
-                                        state={"epoch": epoch_index}, total_limit=checkpoints_total_limit)
+                                        state={"epoch": epoch_index}, total_limit=checkpoints_total_limit, run=run)
                     if global_step >= total_steps:
                         break
                 is_last = global_step >= total_steps
