@@ -148,3 +148,16 @@ def test_bad_settings_and_data_are_clear_errors(tmp_path):
         trainer.train(data=TINY_INSTRUCTIONS, resume_from_checkpoint="latest")
     with pytest.raises(ConfigError, match="bitsandbytes|CUDA GPU"):
         CausalLMTrainer().train(data=TINY_INSTRUCTIONS, quantization="8bit")
+
+
+@pytest.mark.parametrize("stopped_at", [2, 4], ids=["mid_epoch", "end_of_epoch"])
+def test_metrics_after_a_resume_equal_those_of_an_uninterrupted_run(tmp_path, stopped_at):
+    # 30 training examples in batches of 8: 4 steps an epoch; checkpoints at steps 2 (mid-epoch), 4 (end of epoch 1), 6.
+    settings = dict(FAST, train_batch_size=8, validation_split=0.25, max_train_steps=6, checkpointing_steps=2)
+    CausalLMTrainer().train(**settings, output_dir=str(tmp_path / "full"))
+    checkpoint = f"checkpoints/checkpoint-{stopped_at}"
+    shutil.copytree(tmp_path / "full" / checkpoint, tmp_path / "resumed" / checkpoint)  # what a run killed there leaves
+    CausalLMTrainer().train(**settings, output_dir=str(tmp_path / "resumed"), resume_from_checkpoint="latest")
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert [(record["epoch"], record["step"]) for record in full] == [(1, 4), (2, 6)] and "eval_loss" in full[0]
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text()) == full
