@@ -221,3 +221,15 @@ def test_the_token_given_to_push_is_never_written(capsys, tmp_path, monkeypatch)
     assert secret not in printed.out + printed.err
     assert all(secret.encode() not in path.read_bytes() for path in repo.rglob("*") if path.is_file())
     assert os.environ.get("HF_TOKEN") != secret
+
+
+def test_resume_from_another_runs_checkpoint_exits_2_with_one_line_listing_what_differs(capsys, tmp_path):
+    output = tmp_path / "out"
+    settings = {"max_train_steps": 2, "checkpointing_steps": 2, "num_validation_images": 0, "use_8bit_adam": False}
+    assert run(capsys, *TRAIN, "--output", str(output), "--training-args", json.dumps({**settings, "learning_rate": 1e-3}))[0] == 0
+    resume = {**settings, "resume_from_checkpoint": str(output / "checkpoints" / "checkpoint-2")}
+    code, err = run(capsys, *TRAIN, "--output", str(output), "--training-args", json.dumps(resume))
+    assert code == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("tinypipe: error:")]
+    assert len(errors) == 1 and "belongs to another run" in errors[0]
+    assert "learning_rate is 0.001 there, 0.0005 here" in errors[0] and "another output_dir" in errors[0]

@@ -45,7 +45,7 @@ NOT_RUN_SETTINGS = frozenset({
     "num_train_epochs", "epoch", "max_train_steps", "batch_size",
 })
 SCHEDULES_WITHOUT_END = ("constant", "constant_with_warmup")
-_SHOWN_LENGTH = 60
+_SHOWN_LENGTH = 40
 
 
 def content_digest(items: Iterable[bytes | str]) -> str:
@@ -143,7 +143,7 @@ def checkpoint_to_resume(output_dir: Optional[Path], resume_from_checkpoint: Any
     if output_dir is None:
         return None
     folder = Path(output_dir) / CHECKPOINTS_FOLDER
-    fresh_start = f"To start fresh, use another output_dir or remove {folder}."
+    fresh_start = f"start fresh with another output_dir, or remove {folder}"
     checkpoints = complete_checkpoints(output_dir)
     others = [(step, path) for step, path in checkpoints if checkpoint_run(path) != run]
     # 1. The checkpoint to continue from, refused unless it is this run's.
@@ -163,8 +163,8 @@ def checkpoint_to_resume(output_dir: Optional[Path], resume_from_checkpoint: Any
     if path is not None:
         reason = _not_this_run(path, run, total_steps)
         if reason is not None:
-            raise ConfigError(f"resume_from_checkpoint={str(resume_from_checkpoint)!r}: {reason}. To continue it, train with "
-                              f"its settings; {fresh_start}")
+            raise ConfigError(f"resume_from_checkpoint={str(resume_from_checkpoint)!r}: {reason}. Continue it with its settings, "
+                              f"or {fresh_start}.")
     # 2. Never write a checkpoint in place of another run's.
     start = _step(path) if path is not None else 0
     if checkpointing_steps:
@@ -172,5 +172,5 @@ def checkpoint_to_resume(output_dir: Optional[Path], resume_from_checkpoint: Any
         if in_the_way:
             reason = _not_this_run(in_the_way[0], run, total_steps)
             raise ConfigError(f"This run would write its checkpoint {in_the_way[0].name} in place of another run's: {reason}. "
-                              f"{fresh_start}")
+                              f"Remove it or {fresh_start}.")
     return path
