@@ -326,8 +326,9 @@ def resolve_checkpoint(output_dir: Path, resume_from_checkpoint: str | os.PathLi
     Args:
         output_dir (`Path`): The training output folder.
         resume_from_checkpoint (`str` or `os.PathLike`, *optional*): `None` (start from scratch),
-            `"latest"` (the latest complete checkpoint, or from scratch if there is none), a path to a
-            checkpoint folder, or the bare name of one in `output_dir/checkpoints` (`"checkpoint-500"`).
+            `"latest"` (the latest complete checkpoint of any run, or from scratch if there is none), a path
+            to a checkpoint folder, or the bare name of one in `output_dir/checkpoints` (`"checkpoint-500"`).
+            Trainers call `run_fingerprint.checkpoint_to_resume`, which also checks the checkpoint is of their run.
 
     Returns:
         `Path` or `None`: The checkpoint folder to load, or `None` to start from scratch.
