@@ -18,6 +18,19 @@ FAST = dict(data="tinypipe/shapes", max_train_steps=2, learning_rate=1e-3, use_8
             validation_inference_steps=2, validation_epochs=100)
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one precision per process; these tests train in bf16 between tests that train in fp32.
+
+    (Until a second `train()` with other accelerate settings works in the same process - issue 12 - on its own.)
+    """
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def as_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
