@@ -232,11 +232,22 @@ def denoising_losses(unet, text_encoder, noise_scheduler, cache: ExampleCache, b
 
 
 def validation_images(pipeline, prompt: str, count: int, seed: int, num_inference_steps: int, guidance_scale: float) -> list[Image.Image]:
-    """`count` seeded images for `prompt` (the same seeds before and after training)."""
+    """`count` seeded images for `prompt` (the same seeds before and after training).
+
+    The models run in eval mode (as the saved repo does when reloaded), and go back to their mode afterwards.
+    """
     if count < 1:
         return []
-    return pipeline.generate(prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
-                             num_images_per_prompt=count)
+    models = [pipeline.unet, pipeline.text_encoder, pipeline.vae]
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
+    try:
+        return pipeline.generate(prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
+                                 num_images_per_prompt=count)
+    finally:
+        for model, mode in zip(models, modes):
+            model.train(mode)
 
 
 def image_grid(rows: Sequence[Sequence[Image.Image]]) -> Image.Image:
