@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 from ..errors import ConfigError
-from .checkpoints import CHECKPOINTS_FOLDER, COMPLETE_FILE, RUN_FILE, checkpoint_run, complete_checkpoints, resolve_checkpoint
+from .checkpoints import (
+    CHECKPOINTS_FOLDER,
+    COMPLETE_FILE,
+    RUN_FILE,
+    checkpoint_run,
+    complete_checkpoints,
+    remove_interrupted_checkpoints,
+    resolve_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +150,8 @@ def checkpoint_to_resume(output_dir: Optional[Path], resume_from_checkpoint: Any
         raise ConfigError("resume_from_checkpoint needs output_dir, the folder the checkpoints were written to.")
     if output_dir is None:
         return None
+    if resume_from_checkpoint is not None:
+        remove_interrupted_checkpoints(output_dir)  # finish what a killed save or prune left
     folder = Path(output_dir) / CHECKPOINTS_FOLDER
     fresh_start = f"start fresh with another output_dir, or remove {folder}"
     checkpoints = complete_checkpoints(output_dir)
