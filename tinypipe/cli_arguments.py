@@ -86,6 +86,15 @@ def dataset_path(dataset: str) -> str:
     return str(entries[0] if len(entries) == 1 and entries[0].is_dir() else folder)
 
 
+def _set_option(train: dict, key: str, value, option: str) -> None:
+    """Put a command-line option's value into the train() arguments; refuse a different value for it in --training-args."""
+    from .errors import ConfigError
+
+    if key in train and train[key] != value:
+        raise ConfigError(f"{option} gives {key}={value!r} but --training-args gives {key}={train[key]!r}; give it once.")
+    train[key] = value
+
+
 def diffuser_train_arguments(arguments: argparse.Namespace) -> dict:
     """`train()` keyword arguments of a train-diffuser command."""
     from .errors import ConfigError, DataError
@@ -104,9 +113,13 @@ def diffuser_train_arguments(arguments: argparse.Namespace) -> dict:
         if not initializer:
             raise ConfigError("--method textual-inversion needs --initializer-token, a known word close to the concept "
                               "(\"toy\", \"circle\"); its embedding is where the new token starts.")
+        if arguments.placeholder_token:
+            _set_option(train, "placeholder_token", arguments.placeholder_token, "--placeholder-token")
+        if arguments.initializer_token:
+            _set_option(train, "initializer_token", arguments.initializer_token, "--initializer-token")
         train.update(placeholder_token=placeholder, initializer_token=initializer)
     else:
-        train.setdefault("instance_prompt", prompt)
+        _set_option(train, "instance_prompt", prompt, "PROMPT")
     prior = (arguments.prior_class_prompt, arguments.prior_class_image_dir, arguments.num_prior_class_images)
     if any(prior):
         if method == "textual-inversion":
@@ -120,11 +133,14 @@ def diffuser_train_arguments(arguments: argparse.Namespace) -> dict:
                 raise DataError(f"--prior-class-image-dir {folder} is not a folder; give a folder of class images "
                                 "(missing ones are generated).")
             count = count or sum(1 for entry in folder.iterdir() if entry.suffix.lower() in IMAGE_EXTENSIONS)
-            train["class_data_dir"] = str(folder.resolve())
+            _set_option(train, "class_data_dir", str(folder.resolve()), "--prior-class-image-dir")
         if not count:
             raise ConfigError("Prior preservation needs class images: --num-prior-class-images N (generated with "
                               "--prior-class-prompt), or a --prior-class-image-dir holding some.")
-        train.update(with_prior_preservation=True, class_prompt=arguments.prior_class_prompt, num_class_images=count)
+        # The same method with prior preservation: --method alone chooses the trainer (lora: LoRA at its own learning rate).
+        _set_option(train, "with_prior_preservation", True, "--prior-class-prompt")
+        _set_option(train, "class_prompt", arguments.prior_class_prompt, "--prior-class-prompt")
+        _set_option(train, "num_class_images", count, "--num-prior-class-images")
     return train
 
 
@@ -142,5 +158,8 @@ def lm_train_arguments(arguments: argparse.Namespace) -> dict:
             raise ConfigError(f"--target-modules {modules!r} has an empty name; give comma-separated module names such as "
                               "'q_proj,v_proj', or all-linear.")
         options["target_modules"] = modules if modules == "all-linear" else names
-    train.update({key: value for key, value in options.items() if value is not None})
+    flags = {"r": "--lora-rank", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout", "target_modules": "--target-modules"}
+    for key, value in options.items():
+        if value is not None:
+            _set_option(train, key, value, flags[key])
     return train

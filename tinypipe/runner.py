@@ -49,11 +49,9 @@ class TrainRequest:
     train_arguments: dict = field(default_factory=dict)  # the trainer's train() keyword arguments
 
     def trainer_path(self) -> tuple[str, str, str]:
+        """The trainer that runs: chosen by the command and `--method` alone, never by another option."""
         if self.kind == "train-lm":
             return LM_METHOD
-        # LoRA with prior preservation is DreamBooth's LoRA variant: LoRA on the attention processors plus class images.
-        if self.method == "lora" and self.train_arguments.get("with_prior_preservation"):
-            return DIFFUSER_METHODS["dreambooth"]
         return DIFFUSER_METHODS[self.method]
 
 
@@ -86,9 +84,12 @@ def check_request(request: TrainRequest) -> None:
     """Check the method, the training arguments and the data set before any job exists.
 
     Raises:
-        ConfigError: An unknown method or training argument (the valid ones are listed), or options that do not fit.
+        ConfigError: An unknown method or training argument (the valid ones are listed), a value that cannot work
+            here (a `mixed_precision` this machine cannot run, a count <= 0, ...), or options that do not fit.
         DataError: A missing, empty or unreadable data set.
     """
+    from .trainers.settings import check_training_settings
+
     if request.kind == "train-diffuser" and request.method not in DIFFUSER_METHODS:
         raise ConfigError(f"Unknown --method {request.method!r}; use one of {', '.join(DIFFUSER_METHODS)}.")
     module, _, config_name = request.trainer_path()
@@ -100,6 +101,9 @@ def check_request(request: TrainRequest) -> None:
         if key not in valid:
             raise ConfigError(f"--training-args has the unknown key {key!r}; the valid keys are: {', '.join(sorted(valid))}.")
         _check_type(key, value, config_class._arguments_signature.parameters[key].default)
+    defaults_to_none = tuple(name for name, parameter in config_class._arguments_signature.parameters.items()
+                             if parameter.default is None)
+    check_training_settings(request.train_arguments, "the training settings", none_means_default=defaults_to_none)
     from .models.model_ids import check_base_model
 
     check_base_model(request.model, kind="causal-lm" if request.kind == "train-lm" else "diffusion", revision=request.revision)
@@ -109,7 +113,8 @@ def check_request(request: TrainRequest) -> None:
 # The type of the training arguments whose default is None (the others take the type of their default).
 _OPTIONAL_TYPES = {
     "max_train_steps": int, "epoch": int, "resolution": int, "checkpoints_total_limit": int, "batch_size": int,
-    "lora_alpha": float, "snr_gamma": float, "max_grad_norm": float,
+    "lora_alpha": float, "snr_gamma": float, "max_grad_norm": float, "rank": int, "r": int, "lora_dropout": float,
+    "learning_rate": float, "target_modules": list,
     "instance_prompt": str, "validation_prompt": str, "class_prompt": str, "class_data_dir": str, "placeholder_token": str,
     "initializer_token": str, "quantization": str, "revision": str, "resume_from_checkpoint": str,
 }
@@ -227,12 +232,10 @@ def _train(request: TrainRequest, output: Path) -> None:
     module, trainer_name, _ = request.trainer_path()
     trainer = _import(module, trainer_name)()
     arguments = dict(request.train_arguments)
-    if request.kind == "train-diffuser" and request.method == "lora" and arguments.get("with_prior_preservation"):
-        arguments["use_lora"] = True
     if request.kind == "train-lm":
         from .models.causal_lm import CausalLMPipeline
 
-        trainer.init_model(CausalLMPipeline(request.model, revision=request.revision))
+        trainer.init_model(CausalLMPipeline(request.model, revision=request.revision, quantization=arguments.get("quantization")))
     else:
         from .models.diffusion import DiffusionPipeline
 

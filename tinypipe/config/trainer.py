@@ -25,7 +25,7 @@ One precedence rule: argument given at call time > saved config > signature defa
 
 import functools
 import inspect
-from typing import Any, Callable, ClassVar, Mapping, TypeVar, Union
+from typing import Any, Callable, ClassVar, Mapping, Optional, TypeVar, Union
 
 from ..errors import ConfigError
 from .annotations import FromConfig, parameter_markers
@@ -52,24 +52,34 @@ def _as_mapping(value: Any) -> Mapping[str, Any]:
     return value
 
 
-def set_from_config(name_or_method: Union[str, Callable, None] = None):
+def set_from_config(name_or_method: Union[str, Callable, None] = None, *, aliases: Optional[Mapping[str, str]] = None):
     """Fill each `FromConfig` parameter the caller did not give from `self.<method>_config`.
 
     Use bare (`@set_from_config`, config attribute `<method name>_config`) or with a name
     (`@set_from_config("fit_args")`). A `**kwargs: FromConfig` parameter also receives the saved
     keys that are not named parameters. Precedence: call-time argument > saved config > default.
 
+    Args:
+        name_or_method: The config attribute's name (default `<method name>_config`), or the method itself.
+        aliases: `{alias: name}` for two parameters that mean the same thing (`{"epoch": "num_train_epochs"}`).
+            When the caller gives one of them, the saved value of the other is not filled in, so the caller
+            wins over a saved alias too; giving both with different values is an error.
+
     Example:
     ```python
-    @set_from_config
-    def train(self, data: Ignore = None, epoch: FromConfig = 1, lr: Optional[FromConfig] = None):
+    @set_from_config(aliases={"epoch": "num_train_epochs"})
+    def train(self, data: Ignore = None, num_train_epochs: FromConfig = 1, epoch: FromConfig = None):
         ...
     ```
     """
+    alias_pairs = dict(aliases or {})
 
     def decorate(method: _F) -> _F:
         config_name = name_or_method if isinstance(name_or_method, str) else f"{method.__name__}_config"
         signature = inspect.signature(method)
+        unknown_aliases = sorted((set(alias_pairs) | set(alias_pairs.values())) - set(signature.parameters))
+        if unknown_aliases:
+            raise TypeError(f"set_from_config(aliases=...) of {method.__qualname__} names unknown parameters {unknown_aliases}.")
         from_config = _from_config_signature(method)
         named = [p.name for p in from_config.parameters.values() if p.kind is not p.VAR_KEYWORD]
         var_keyword = next((p.name for p in from_config.parameters.values() if p.kind is p.VAR_KEYWORD), None)
@@ -84,8 +94,16 @@ def set_from_config(name_or_method: Union[str, Callable, None] = None):
                 raise ConfigError(f"{type(self).__qualname__}.{method.__name__}(): unknown arguments {unknown}; valid ones are {valid}.")
             bound = signature.bind_partial(self, *args, **kwargs)
             saved = _as_mapping(getattr(self, config_name, None))
+            given = set(bound.arguments)
+            for alias, name in alias_pairs.items():
+                if alias in given and name in given and bound.arguments[alias] != bound.arguments[name]:
+                    raise ConfigError(f"{type(self).__qualname__}.{method.__name__}(): {alias}={bound.arguments[alias]!r} and "
+                                      f"{name}={bound.arguments[name]!r} are the same setting; give one of them.")
+            # A name whose alias the caller gave is not filled from the saved config: the caller wins over it too.
+            shadowed = {name for alias, name in alias_pairs.items() if alias in given} | \
+                       {alias for alias, name in alias_pairs.items() if name in given}
             for name in named:
-                if name not in bound.arguments and name in saved:
+                if name not in given and name not in shadowed and name in saved:
                     bound.arguments[name] = saved[name]
             if var_keyword is not None:
                 given = bound.arguments.get(var_keyword, {})

@@ -23,6 +23,7 @@ import torch
 from ..config import ConfigMixin, Ignore, save_config
 from ..errors import ConfigError, RepoError
 from .builtin_lm import TINY_LLAMA, builtin_lm_folder, is_builtin_lm
+from .lora_targets import check_target_modules
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +189,7 @@ class CausalLMPipeline(ConfigMixin):
         if not 0 <= dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {dropout}.")
         targets = targets if isinstance(targets, str) else tuple(targets)
+        check_target_modules(self.model, targets, setting="target_modules (lora_target_modules)", model_name=repr(self.base_model))
         previous = dict(self.config)
         self._record(lora_rank=rank, lora_alpha=alpha, lora_dropout=dropout, lora_target_modules=targets)
         try:

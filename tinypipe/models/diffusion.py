@@ -36,6 +36,7 @@ from ..config import ConfigMixin, Ignore, save_config
 from ..config.safe_io import read_json
 from ..errors import ConfigError, RepoError, TinypipeError
 from .builtin import TINY_SD, builtin_model_folder, is_builtin
+from .lora_targets import check_target_modules
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +185,7 @@ class DiffusionPipeline(ConfigMixin):
                 f"tokens {list(textual_inversion_tokens)}) that only a saved repo holds; load it with "
                 "DiffusionPipeline.from_pretrained(<repo>) rather than from_config."
             )
+        self.base_model = base_model
         self.device = torch.device(device or default_device())
         source = str(weights_folder) if weights_folder is not None else base_model
         self.pipe = load_base_pipeline(source, revision if weights_folder is None else None, torch_dtype, token).to(self.device)
@@ -231,6 +233,11 @@ class DiffusionPipeline(ConfigMixin):
                   text_encoder_targets: Sequence[str] = TEXT_ENCODER_LORA_TARGETS) -> None:
         if rank < 1:
             raise ConfigError(f"lora_rank must be >= 1, got {rank}.")
+        base = repr(self.base_model)
+        check_target_modules(self.unet, tuple(targets), setting="lora_target_modules", model_name=f"the UNet of {base}")
+        if text_encoder_lora:
+            check_target_modules(self.text_encoder, tuple(text_encoder_targets), setting="the text encoder's LoRA targets",
+                                 model_name=f"the text encoder of {base}")
         self._record(lora_rank=rank, lora_alpha=alpha, lora_target_modules=tuple(targets), text_encoder_lora=text_encoder_lora,
                      text_encoder_lora_target_modules=tuple(text_encoder_targets))
         for name, config in self.lora_configs().items():

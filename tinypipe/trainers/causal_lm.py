@@ -51,9 +51,11 @@ from .optim import (
     make_optimizer,
     no_sync_unless,
     prepare_for_training,
+    runs_8bit_adam,
     seed_everything,
 )
 from .run_fingerprint import checkpoint_to_resume, content_digest, run_fingerprint
+from .settings import check_existing_lora, check_training_settings, log_resolved_steps
 from .text_data import (
     IGNORE_INDEX,
     TokenizedExample,
@@ -94,7 +96,7 @@ class CausalLMTrainer(TrainerConfigMixin):
         self.model = model if isinstance(model, CausalLMPipeline) else CausalLMPipeline(str(model))
         return self
 
-    @set_from_config
+    @set_from_config(aliases={"epoch": "num_train_epochs", "batch_size": "train_batch_size"})
     def train(
         self,
         data: FromConfig = None,
@@ -126,10 +128,10 @@ class CausalLMTrainer(TrainerConfigMixin):
         adam_weight_decay: FromConfig = 0.0,
         adam_epsilon: FromConfig = 1e-8,
         max_grad_norm: FromConfig = 1.0,
-        r: FromConfig = 8,
-        lora_alpha: FromConfig = 16,
-        lora_dropout: FromConfig = 0.05,
-        target_modules: FromConfig = ATTENTION_PROJECTIONS,
+        r: FromConfig = None,
+        lora_alpha: FromConfig = None,
+        lora_dropout: FromConfig = None,
+        target_modules: FromConfig = None,
         quantization: FromConfig = None,
         mixed_precision: FromConfig = "no",
         gradient_checkpointing: FromConfig = False,
@@ -156,9 +158,11 @@ class CausalLMTrainer(TrainerConfigMixin):
                 (the same loss as padded rows, with far less compute spent on padding). Used when the model
                 supports it (checked once); otherwise batches are padded, and a warning says so.
             group_by_length: Batch examples of similar length together (less padding, less mixing per step).
-            num_train_epochs: Passes over the data. `epoch` is the same, and wins when given.
+            num_train_epochs: Passes over the data. `epoch` is the same: the one given at call time wins over a saved
+                one, and the run records the count as `num_train_epochs`.
             max_train_steps: Optimizer steps; overrides the epochs when given.
-            train_batch_size: Examples per batch per process. `batch_size` is the same, and wins when given.
+            train_batch_size: Examples per batch per process. `batch_size` is the same (alpaca-lora's name), with the
+                same rule as `epoch`; the run records `train_batch_size`.
             gradient_accumulation_steps: Batches per optimizer step.
             learning_rate: Peak learning rate.
             scale_lr: Multiply the learning rate by batch size x accumulation x processes.
@@ -167,9 +171,10 @@ class CausalLMTrainer(TrainerConfigMixin):
             use_8bit_adam: bitsandbytes' 8-bit AdamW where it runs (CUDA); otherwise AdamW, said once.
             adam_beta1, adam_beta2, adam_weight_decay, adam_epsilon: AdamW settings.
             max_grad_norm: Gradient clipping norm (0 or None: no clipping).
-            r: LoRA rank. `lora_alpha`: LoRA alpha. `lora_dropout`: dropout on the LoRA input.
-            target_modules: Modules the LoRA wraps: names (the attention projections by default) or "all-linear".
-                A pipeline that already has an adapter keeps it and trains it further (these four are then unused).
+            r: LoRA rank (8 for a new adapter). `lora_alpha`: LoRA alpha (16). `lora_dropout`: dropout on the LoRA input (0.05).
+            target_modules: Modules the LoRA wraps: names (the attention projections by default) or "all-linear";
+                each name must match a module of the model. A pipeline that already has an adapter trains it as it
+                is: these four then default to its own settings, and other values are refused.
             quantization: Load the base model in "8bit" or "4bit" through bitsandbytes (CUDA only), or None.
             mixed_precision: "no", "fp16" (GPU) or "bf16".
             gradient_checkpointing: Trade compute for memory in the base model.
@@ -188,11 +193,9 @@ class CausalLMTrainer(TrainerConfigMixin):
         """
         arguments = {name: value for name, value in locals().items() if name in CausalLMTrainConfig._valid_argument_names()}
         # 1. Check the settings before any heavy work.
+        check_training_settings(arguments, "CausalLMTrainer.train()")
         num_train_epochs = epoch if epoch is not None else num_train_epochs
         train_batch_size = batch_size if batch_size is not None else train_batch_size
-        _check_settings(num_train_epochs=num_train_epochs, max_train_steps=max_train_steps, train_batch_size=train_batch_size,
-                        gradient_accumulation_steps=gradient_accumulation_steps, max_length=max_length,
-                        validation_split=validation_split, validation_epochs=validation_epochs, checkpointing_steps=checkpointing_steps)
         if data is None:
             raise ConfigError("CausalLMTrainer.train() needs data: a .json/.jsonl file of alpaca records, a list of dicts, "
                               "a datasets.Dataset, or 'tinypipe/tiny-instructions'.")
@@ -209,9 +212,14 @@ class CausalLMTrainer(TrainerConfigMixin):
             raise ConfigError(f"quantization={quantization!r}, but the pipeline given to init_model was loaded with "
                               f"quantization={pipeline.config['quantization']!r}; load it the way you want to train it.")
         tokenizer = pipeline.tokenizer
+        r, lora_alpha, lora_dropout, target_modules = _lora_settings(pipeline, r, lora_alpha, lora_dropout, target_modules)
+        # What is recorded is what runs: one name per setting, the adapter's settings, the optimizer that runs.
         arguments.update(base_model=pipeline.config["base_model"], revision=pipeline.config["revision"],
                          data=data if isinstance(data, (str, Path)) else None,
-                         validation_data=validation_data if isinstance(validation_data, (str, Path)) else None)
+                         validation_data=validation_data if isinstance(validation_data, (str, Path)) else None,
+                         num_train_epochs=num_train_epochs, epoch=None, train_batch_size=train_batch_size, batch_size=None,
+                         r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
+                         use_8bit_adam=runs_8bit_adam(use_8bit_adam))
         output = Path(output_dir) if output_dir is not None else None
         logger.info("Causal-LM LoRA training with %s", json.dumps(arguments, sort_keys=True, default=str))
 
@@ -229,6 +237,12 @@ class CausalLMTrainer(TrainerConfigMixin):
         train_set = tokenize_examples(examples, tokenizer, max_length, train_on_inputs)
         validation_set = tokenize_examples(validation_examples, tokenizer, max_length, train_on_inputs)
         _preflight(train_set, examples, tokenizer)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Data: %d training and %d validation examples (first %s); %d tokens, %d of them learned, longest "
+                         "example %d tokens (max_length %d).", len(train_set), len(validation_set), examples[0].source,
+                         sum(len(example.input_ids) for example in train_set),
+                         sum(_learned_tokens(example) for example in train_set),
+                         max(len(example.input_ids) for example in train_set), max_length)
 
         # 3. Model: add (or keep) the LoRA adapter; only its weights train.
         if not pipeline.has_lora:
@@ -256,6 +270,8 @@ class CausalLMTrainer(TrainerConfigMixin):
         total_steps = max_train_steps or num_train_epochs * updates_per_epoch
         if scale_lr:
             learning_rate = learning_rate * gradient_accumulation_steps * train_batch_size * accelerator.num_processes
+        log_resolved_steps(accelerator, batches_per_epoch=batches_per_epoch, updates_per_epoch=updates_per_epoch,
+                           total_steps=total_steps, learning_rate=learning_rate, trainable_parameters=trainable.values())
         optimizer = make_optimizer(trainable.values(), learning_rate=learning_rate, use_8bit_adam=use_8bit_adam,
                                    betas=(adam_beta1, adam_beta2), weight_decay=adam_weight_decay, epsilon=adam_epsilon)
         lr_scheduler = make_lr_scheduler(optimizer, lr_schedule=lr_schedule, warmup_steps=warmup_steps, total_steps=total_steps,
@@ -442,19 +458,21 @@ def evaluation_loss(model: torch.nn.Module, examples: list[TokenizedExample], pa
     return total / max(count, 1)
 
 
-def _check_settings(*, num_train_epochs: int, max_train_steps: Optional[int], train_batch_size: int, gradient_accumulation_steps: int,
-                    max_length: int, validation_split: float, validation_epochs: int, checkpointing_steps: Optional[int]) -> None:
-    """Refuse settings that cannot work, naming the setting."""
-    for name, value in (("num_train_epochs", num_train_epochs), ("train_batch_size", train_batch_size), ("max_length", max_length),
-                        ("gradient_accumulation_steps", gradient_accumulation_steps), ("validation_epochs", validation_epochs)):
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-    if max_train_steps is not None and (not isinstance(max_train_steps, int) or max_train_steps < 1):
-        raise ConfigError(f"max_train_steps must be a positive integer or None, got {max_train_steps!r}.")
-    if checkpointing_steps is not None and (not isinstance(checkpointing_steps, int) or checkpointing_steps < 0):
-        raise ConfigError(f"checkpointing_steps must be a non-negative integer or None, got {checkpointing_steps!r}.")
-    if not 0 <= validation_split < 1:
-        raise ConfigError(f"validation_split must be in [0, 1), got {validation_split!r}.")
+def _lora_settings(pipeline: CausalLMPipeline, r: Optional[int], lora_alpha: Optional[float], lora_dropout: Optional[float],
+                   target_modules: Any) -> tuple:
+    """The adapter settings that run: the given ones (defaults for a new adapter), or those of the pipeline's adapter.
+
+    Raises:
+        ConfigError: The pipeline has an adapter, and a given setting differs from its own.
+    """
+    if not pipeline.has_lora:
+        return (8 if r is None else r, 16 if lora_alpha is None else lora_alpha, 0.05 if lora_dropout is None else lora_dropout,
+                ATTENTION_PROJECTIONS if target_modules is None else target_modules)
+    config = pipeline.config
+    own = {"r": config["lora_rank"], "lora_alpha": config["lora_alpha"] or config["lora_rank"],
+           "lora_dropout": config["lora_dropout"], "target_modules": config["lora_target_modules"]}
+    check_existing_lora(own, {"r": r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "target_modules": target_modules})
+    return own["r"], own["lora_alpha"], own["lora_dropout"], own["target_modules"]
 
 
 def _preflight(train_set: list[TokenizedExample], examples: list, tokenizer: Any) -> None:

@@ -253,6 +253,8 @@ def save_checkpoint(
     temp.rename(target)
     _fsync(folder)
     logger.info("Saved checkpoint %s", target)
+    logger.debug("Checkpoint %s: %d trainable tensors; files %s.", target.name, len(trainable),
+                 ", ".join(f"{name} ({entry['size']} bytes)" for name, entry in sorted(files.items())))
 
     # 4. Only now that the new checkpoint is complete, delete this run's oldest beyond `total_limit`.
     if total_limit is not None:

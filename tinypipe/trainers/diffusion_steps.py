@@ -1,10 +1,11 @@
 """Small pieces shared by the diffusion trainers (LoRA, DreamBooth, textual inversion).
 
 Each is a plain function; the trainers read top to bottom and call these for the parts that are the
-same in all of them: settings checks, caching VAE latents and text embeddings, the data order, the
+same in all of them: the LoRA settings, caching VAE latents and text embeddings, the data order, the
 denoising loss, and validation images.
 """
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -17,36 +18,49 @@ from ..errors import ConfigError
 from .checkpoints import Checkpoint, restore_trainable
 from .image_data import ImageExample, image_to_tensor
 from .run_fingerprint import content_digest
+from .settings import check_existing_lora
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ExampleCache", "check_settings", "native_resolution", "tokenize", "encode_examples", "examples_digest",
+    "ExampleCache", "resolve_lora_settings", "log_data_summary", "native_resolution", "tokenize", "encode_examples",
+    "examples_digest",
     "mark_lora_trainable", "mark_fully_trainable", "trainable_state", "load_trainable", "training_noise_scheduler", "epoch_order",
     "process_batches", "denoising_losses", "validation_images", "image_grid", "save_images",
     "save_before_after",
 ]
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
+DEFAULT_LORA_RANK = 4
 
 
-def check_settings(*, num_train_epochs: int, max_train_steps: Optional[int], train_batch_size: int,
-                   gradient_accumulation_steps: int, checkpointing_steps: Optional[int], validation_epochs: int,
-                   mixed_precision: str, rank: Optional[int] = None) -> None:
-    """Refuse settings that cannot work, naming the argument and the accepted values."""
-    positive = {"num_train_epochs": num_train_epochs, "train_batch_size": train_batch_size,
-                "gradient_accumulation_steps": gradient_accumulation_steps, "validation_epochs": validation_epochs}
-    if max_train_steps is not None:
-        positive["max_train_steps"] = max_train_steps
-    if checkpointing_steps is not None:
-        positive["checkpointing_steps"] = checkpointing_steps
-    if rank is not None:
-        positive["rank"] = rank
-    for name, value in positive.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}.")
-    if mixed_precision not in MIXED_PRECISION:
-        raise ConfigError(f"mixed_precision must be one of {list(MIXED_PRECISION)}, got {mixed_precision!r}.")
-    if mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("mixed_precision='fp16' needs a CUDA GPU; on CPU use 'bf16' or 'no'.")
+def resolve_lora_settings(pipeline, *, rank: Optional[int], lora_alpha: Optional[float], train_text_encoder: bool) -> tuple:
+    """The rank and alpha of the LoRA that trains: a new one's (rank 4 unless given), or the pipeline's own.
+
+    Raises:
+        ConfigError: The pipeline has a LoRA and `rank` / `lora_alpha` differ from its own, or `train_text_encoder`
+            asks for a text-encoder LoRA it does not have.
+    """
+    if not pipeline.has_lora:
+        return (DEFAULT_LORA_RANK if rank is None else rank), lora_alpha
+    config = pipeline.config
+    check_existing_lora({"rank": config["lora_rank"], "lora_alpha": config["lora_alpha"] or config["lora_rank"]},
+                        {"rank": rank, "lora_alpha": lora_alpha})
+    if train_text_encoder and not config["text_encoder_lora"]:
+        raise ConfigError("train_text_encoder=True, but the pipeline's LoRA has no text-encoder part, so nothing of the text "
+                          "encoder would train. Set train_text_encoder=False, or start from a pipeline without a LoRA.")
+    return config["lora_rank"], config["lora_alpha"]
+
+
+def log_data_summary(examples: Sequence[ImageExample], class_examples: Sequence[ImageExample] = (), *, resolution: int,
+                     center_crop: bool, random_flip: bool) -> None:
+    """A DEBUG record of the training data: counts, where it came from, captions, and how it is cropped."""
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
+    captions = sorted({example.caption for example in examples})
+    logger.debug("Data: %d training images (first %s), %d distinct captions (e.g. %r); %d class images; resolution %d, "
+                 "%s crop%s.", len(examples), examples[0].source if examples else None, len(captions), captions[:3],
+                 len(class_examples), resolution, "center" if center_crop else "random",
+                 ", random flips" if random_flip else "")
 
 
 def native_resolution(pipeline) -> int:

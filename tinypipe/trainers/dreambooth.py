@@ -23,8 +23,6 @@ the loss is `instance loss + prior_loss_weight * class loss`. The loop follows d
 instance and class images computed once instead of every step.
 """
 
-import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -43,20 +41,13 @@ from ..config import (
     save_config,
     set_from_config,
 )
-from ..errors import ConfigError, DataError
-from ..home import cached_folder
-from ..models.builtin import TINY_SD, builtin_model_folder, is_builtin
+from ..errors import ConfigError
+from ..models.builtin import TINY_SD
 from ..models.diffusion import DiffusionPipeline
 from . import diffusion_steps as steps
 from .checkpoints import load_checkpoint, save_checkpoint
-from .resume import batches_to_run, epochs_to_run
-from .image_data import (
-    IMAGE_EXTENSIONS,
-    ImageExample,
-    check_caption_lengths,
-    load_image,
-    load_image_examples,
-)
+from .class_images import check_prior_settings, class_images_cache_key, prepare_class_examples
+from .image_data import check_caption_lengths, load_image_examples
 from .optim import (
     check_finite_loss,
     make_accelerator,
@@ -64,16 +55,16 @@ from .optim import (
     make_optimizer,
     no_sync_unless,
     prepare_for_training,
+    runs_8bit_adam,
     seed_everything,
 )
+from .resume import batches_to_run, epochs_to_run
 from .run_fingerprint import checkpoint_to_resume, run_fingerprint
+from .settings import check_training_settings, log_resolved_steps
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DreamBoothTrainer", "DreamBoothTrainConfig", "class_images_cache_key", "prepare_class_examples"]
-
-CLASS_IMAGES_FOLDER = "class_images"
-
 
 class DreamBoothTrainer(TrainerConfigMixin):
     """Fine-tunes a `DiffusionPipeline` on a subject (DreamBooth): the full UNet, or a LoRA with `use_lora=True`.
@@ -104,7 +95,7 @@ class DreamBoothTrainer(TrainerConfigMixin):
         self.model = model if isinstance(model, DiffusionPipeline) else DiffusionPipeline(str(model))
         return self
 
-    @set_from_config
+    @set_from_config(aliases={"epoch": "num_train_epochs"})
     def train(
         self,
         data: FromConfig = None,
@@ -140,7 +131,7 @@ class DreamBoothTrainer(TrainerConfigMixin):
         adam_weight_decay: FromConfig = 1e-2,
         adam_epsilon: FromConfig = 1e-8,
         max_grad_norm: FromConfig = 1.0,
-        rank: FromConfig = 4,
+        rank: FromConfig = None,
         lora_alpha: FromConfig = None,
         train_text_encoder: FromConfig = False,
         mixed_precision: FromConfig = "no",
@@ -177,7 +168,8 @@ class DreamBoothTrainer(TrainerConfigMixin):
             validation_prompt: Prompt of the validation images (defaults to `instance_prompt`).
             num_validation_images: Images per validation.
             validation_epochs: Validate every this many epochs (and at the end).
-            num_train_epochs: Passes over the data. `epoch` is the same, and wins when given.
+            num_train_epochs: Passes over the data. `epoch` is the same: the one given at call time wins over a saved
+                one, and the run records the count as `num_train_epochs`.
             max_train_steps: Optimizer steps; overrides the epochs when given.
             train_batch_size: Instance images per batch per process (as many class images join them).
             gradient_accumulation_steps: Batches per optimizer step.
@@ -188,7 +180,8 @@ class DreamBoothTrainer(TrainerConfigMixin):
             use_8bit_adam: bitsandbytes' 8-bit AdamW where it runs (CUDA); otherwise AdamW, said once.
             adam_beta1, adam_beta2, adam_weight_decay, adam_epsilon: AdamW settings.
             max_grad_norm: Gradient clipping norm.
-            rank: LoRA rank (with `use_lora`). `lora_alpha`: LoRA alpha (defaults to the rank).
+            rank: LoRA rank (with `use_lora`): 4 for a new LoRA; a pipeline that has one trains it as it is, and a
+                rank or alpha other than its own is refused. `lora_alpha`: LoRA alpha (defaults to the rank).
             train_text_encoder: Also train the text encoder (fully, or its LoRA with `use_lora`).
             mixed_precision: "no", "fp16" (GPU) or "bf16".
             gradient_checkpointing: Trade compute for memory in the UNet.
@@ -211,11 +204,8 @@ class DreamBoothTrainer(TrainerConfigMixin):
         """
         arguments = {name: value for name, value in locals().items() if name in DreamBoothTrainConfig._valid_argument_names()}
         # 1. Check the settings before any heavy work.
-        if epoch is not None:
-            num_train_epochs = epoch
-        steps.check_settings(num_train_epochs=num_train_epochs, max_train_steps=max_train_steps, train_batch_size=train_batch_size,
-                             gradient_accumulation_steps=gradient_accumulation_steps, checkpointing_steps=checkpointing_steps,
-                             validation_epochs=validation_epochs, mixed_precision=mixed_precision, rank=rank if use_lora else None)
+        check_training_settings(arguments, "DreamBoothTrainer.train()")
+        num_train_epochs = epoch if epoch is not None else num_train_epochs
         if data is None:
             raise ConfigError("DreamBoothTrainer.train() needs data: the instance images, as a folder, a JSON file, a list "
                               "of images, a datasets.Dataset, or 'tinypipe/shapes'.")
@@ -231,8 +221,14 @@ class DreamBoothTrainer(TrainerConfigMixin):
         if not use_lora and pipeline.has_lora:
             raise ConfigError("This pipeline has a LoRA; a full DreamBooth fine-tune needs one without. "
                               "Pass use_lora=True to train its LoRA instead.")
+        if use_lora:
+            rank, lora_alpha = steps.resolve_lora_settings(pipeline, rank=rank, lora_alpha=lora_alpha,
+                                                           train_text_encoder=train_text_encoder)
+        # What is recorded is what runs: one name for the epoch count, the LoRA's settings, the optimizer that runs.
         arguments.update(base_model=pipeline.config["base_model"], data=data if isinstance(data, (str, Path)) else None,
-                         class_data_dir=str(class_data_dir) if class_data_dir is not None else None)
+                         class_data_dir=str(class_data_dir) if class_data_dir is not None else None,
+                         num_train_epochs=num_train_epochs, epoch=None, rank=rank, lora_alpha=lora_alpha,
+                         use_8bit_adam=runs_8bit_adam(use_8bit_adam))
         output = Path(output_dir) if output_dir is not None else None
         logger.info("DreamBooth training with %s", json.dumps(arguments, sort_keys=True, default=str))
 
@@ -250,6 +246,8 @@ class DreamBoothTrainer(TrainerConfigMixin):
                                       random_flip=random_flip, seed=seed, cache_text=not train_text_encoder, device=accelerator.device)
         instance_count, class_count = len(instance_examples), len(class_examples)
         epoch_length = max(instance_count, class_count)
+        steps.log_data_summary(instance_examples, class_examples, resolution=resolution, center_crop=center_crop,
+                               random_flip=random_flip)
 
         # 3. Model: what trains - the full UNet (and text encoder), or a LoRA on them.
         validation_prompt = validation_prompt or instance_prompt or instance_examples[0].caption
@@ -271,6 +269,8 @@ class DreamBoothTrainer(TrainerConfigMixin):
         total_steps = max_train_steps or num_train_epochs * updates_per_epoch
         if scale_lr:
             learning_rate = learning_rate * gradient_accumulation_steps * train_batch_size * accelerator.num_processes
+        log_resolved_steps(accelerator, batches_per_epoch=batches_per_epoch, updates_per_epoch=updates_per_epoch,
+                           total_steps=total_steps, learning_rate=learning_rate, trainable_parameters=parameters)
         optimizer = make_optimizer(parameters, learning_rate=learning_rate, use_8bit_adam=use_8bit_adam,
                                    betas=(adam_beta1, adam_beta2), weight_decay=adam_weight_decay, epsilon=adam_epsilon)
         lr_scheduler = make_lr_scheduler(optimizer, lr_schedule=lr_schedule, warmup_steps=warmup_steps, total_steps=total_steps,
@@ -369,133 +369,3 @@ class DreamBoothTrainConfig(BaseArgsFromConfig):
     @copy_signature(DreamBoothTrainer.train)
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-
-
-# -- class images for prior preservation ---------------------------------------------------------------
-
-
-def check_prior_settings(class_prompt: Any, num_class_images: Any, prior_loss_weight: Any, sample_batch_size: Any) -> None:
-    """Refuse prior-preservation settings that cannot work, saying what to give instead."""
-    if not isinstance(class_prompt, str) or not class_prompt.strip():
-        raise ConfigError("with_prior_preservation=True needs class_prompt, the prompt of the subject's class "
-                          "(e.g. 'a photo of a dog' for 'a photo of sks dog').")
-    for name, value in (("num_class_images", num_class_images), ("sample_batch_size", sample_batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{name} must be a whole number >= 1 with prior preservation, got {value!r} "
-                              "(diffusers uses 100 class images; or set with_prior_preservation=False).")
-    if not isinstance(prior_loss_weight, (int, float)) or isinstance(prior_loss_weight, bool) or not prior_loss_weight >= 0:
-        raise ConfigError(f"prior_loss_weight must be a number >= 0, got {prior_loss_weight!r}.")
-
-
-def class_images_cache_key(pipeline: DiffusionPipeline, *, class_prompt: str, resolution: int, seed: int, count: int,
-                           inference_steps: int, guidance_scale: float) -> Optional[dict]:
-    """What the `count` generated class images for these settings are cached under; None for a pipeline that is not a base model.
-
-    The key covers the base model (and, for a built-in or local one, its weights), the revision, the class prompt,
-    the resolution, the seed, the count and the sampling settings, so changing any of them never reuses stale images.
-    A pipeline that carries its own trained weights (LoRA, fine-tune, new tokens) is not cached.
-    """
-    config = pipeline.config
-    if pipeline.has_lora or config["fine_tuned_components"] or config["textual_inversion_tokens"]:
-        return None
-    base_model = config["base_model"]
-    key = {"base_model": base_model, "revision": config["revision"], "class_prompt": class_prompt, "resolution": resolution,
-           "seed": seed, "count": count, "inference_steps": inference_steps, "guidance_scale": guidance_scale,
-           "torch_dtype": str(config["torch_dtype"]), "weights": _local_weights_fingerprint(base_model)}
-    return key
-
-
-def _local_weights_fingerprint(base_model: str) -> Optional[str]:
-    """A stamp of a built-in or local model's files (names, sizes, modification times); None for a hub id."""
-    folder = builtin_model_folder(base_model) if is_builtin(base_model) else Path(base_model)
-    if not folder.is_dir():
-        return None
-    stamp = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            stat = path.stat()
-            stamp.update(f"{path.relative_to(folder).as_posix()} {stat.st_size} {stat.st_mtime_ns}\n".encode("utf-8"))
-    return stamp.hexdigest()
-
-
-def _user_class_examples(class_data_dir: Any, class_prompt: str, limit: int) -> list[ImageExample]:
-    """The first `limit` images of the user's class folder (sorted by name), captioned with the class prompt."""
-    folder = Path(class_data_dir)
-    if not folder.is_dir():
-        raise ConfigError(f"class_data_dir {str(folder)!r} is not a folder; give a folder of class images, or leave it out "
-                          "to generate them all.")
-    if not any(path.suffix.lower() in IMAGE_EXTENSIONS for path in folder.iterdir() if not path.name.startswith(".")):
-        return []
-    examples = load_image_examples(folder, default_caption=class_prompt)
-    return [dataclasses.replace(example, caption=class_prompt) for example in examples[:limit]]
-
-
-def _generate_class_images(pipeline: DiffusionPipeline, class_prompt: str, count: int, *, resolution: int, seed: int,
-                           sample_batch_size: int, inference_steps: int, guidance_scale: float, show_progress: bool) -> list:
-    """`count` images of the class prompt from the pipeline as it is now, batch `b` seeded with `seed + b`."""
-    images = []
-    with tqdm(total=count, desc="Generating class images", disable=not show_progress) as progress:
-        for batch_index, start in enumerate(range(0, count, sample_batch_size)):
-            size = min(sample_batch_size, count - start)
-            images += pipeline.generate(class_prompt, num_inference_steps=inference_steps, guidance_scale=guidance_scale,
-                                        seed=seed + batch_index, num_images_per_prompt=size, height=resolution, width=resolution)
-            progress.update(size)
-    return images
-
-
-def prepare_class_examples(pipeline: DiffusionPipeline, *, class_prompt: str, class_data_dir: Any, num_class_images: int,
-                           resolution: int, seed: int, sample_batch_size: int, inference_steps: int, guidance_scale: float,
-                           accelerator: Any = None) -> list[ImageExample]:
-    """The class images of prior preservation: the user's first, then generated ones (cached) up to `num_class_images`.
-
-    Args:
-        pipeline: The base pipeline that generates the missing images.
-        class_prompt: Their prompt, and the caption of every class image.
-        class_data_dir: A folder of the user's class images, or None. Its non-image files are skipped; a corrupt image is an error.
-        num_class_images: How many class images to train with.
-        resolution, seed, sample_batch_size, inference_steps, guidance_scale: Generation settings (part of the cache key).
-        accelerator: With several processes, the main one generates and the others read its cache.
-
-    Returns:
-        `num_class_images` examples captioned with `class_prompt`.
-
-    Raises:
-        ConfigError: `class_data_dir` is not a folder. DataError: An image in it cannot be read.
-    """
-    # 1. The user's own class images.
-    examples = _user_class_examples(class_data_dir, class_prompt, num_class_images) if class_data_dir is not None else []
-    missing = num_class_images - len(examples)
-    if missing == 0:
-        return examples
-    if class_data_dir is not None:
-        logger.info("class_data_dir has %d of %d class images; %d more come from the base model.", len(examples),
-                    num_class_images, missing)
-
-    # 2. The rest: from the cache, or generated now (by the main process; the others wait for it) and cached.
-    settings = dict(class_prompt=class_prompt, resolution=resolution, seed=seed, count=missing,
-                    inference_steps=inference_steps, guidance_scale=guidance_scale)
-    key = class_images_cache_key(pipeline, **settings)
-    show_progress = accelerator is None or accelerator.is_main_process
-
-    def generate() -> list:
-        return _generate_class_images(pipeline, class_prompt, missing, resolution=resolution, seed=seed,
-                                      sample_batch_size=sample_batch_size, inference_steps=inference_steps,
-                                      guidance_scale=guidance_scale, show_progress=show_progress)
-
-    if key is None:
-        return examples + [ImageExample(image, class_prompt, f"generated class image {index}") for index, image in enumerate(generate())]
-    built = []
-
-    def build(folder: Path) -> None:
-        for index, image in enumerate(generate()):
-            image.save(folder / f"class-{index:05d}.png")
-        built.append(folder)
-
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:32]
-    folder = cached_folder(digest, key, build, area=CLASS_IMAGES_FOLDER)
-    if not built:
-        logger.info("Using %d cached class images from %s.", missing, folder)
-    paths = sorted(folder.glob("class-*.png"))
-    if len(paths) != missing:
-        raise DataError(f"The class image cache {folder} is incomplete; delete it and train again.")
-    return examples + [ImageExample(load_image(path), class_prompt, str(path)) for path in paths]

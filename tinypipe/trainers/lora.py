@@ -1,4 +1,5 @@
-"""`LoRATrainer`: fine-tune a Stable-Diffusion pipeline with LoRA on the UNet attention projections.
+"""`LoRATrainer`: fine-tune a Stable-Diffusion pipeline with LoRA on the UNet attention projections, optionally with
+prior preservation (DreamBooth-LoRA).
 
 ```python
 from tinypipe.models import DiffusionPipeline
@@ -14,8 +15,10 @@ pipeline.generate("a photo of sks dog on the beach")
 effective arguments of the run, so `AutoTrainerPipeline.from_pretrained("out").train()` re-runs it),
 `validation/` (images) and `checkpoints/`.
 
-The loop follows diffusers' `train_dreambooth_lora.py`, with the VAE latents (and the text embeddings,
-when the text encoder is frozen) computed once instead of every step.
+The loop follows diffusers' `train_dreambooth_lora.py` (and its defaults: learning rate 5e-4-class, prior
+preservation when asked for), with the VAE latents (and the text embeddings, when the text encoder is frozen)
+computed once instead of every step. With `with_prior_preservation=True`, class images (the user's in
+`class_data_dir`, topped up with generated ones) train beside the instance images, as in `DreamBoothTrainer`.
 """
 
 import json
@@ -41,7 +44,7 @@ from ..models.builtin import TINY_SD
 from ..models.diffusion import DiffusionPipeline
 from . import diffusion_steps as steps
 from .checkpoints import load_checkpoint, save_checkpoint
-from .resume import batches_to_run, epochs_to_run
+from .class_images import check_prior_settings, prepare_class_examples
 from .image_data import check_caption_lengths, load_image_examples
 from .optim import (
     check_finite_loss,
@@ -50,9 +53,12 @@ from .optim import (
     make_optimizer,
     no_sync_unless,
     prepare_for_training,
+    runs_8bit_adam,
     seed_everything,
 )
+from .resume import batches_to_run, epochs_to_run
 from .run_fingerprint import checkpoint_to_resume, run_fingerprint
+from .settings import check_training_settings, log_resolved_steps
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +88,21 @@ class LoRATrainer(TrainerConfigMixin):
         self.model = model if isinstance(model, DiffusionPipeline) else DiffusionPipeline(str(model))
         return self
 
-    @set_from_config
+    @set_from_config(aliases={"epoch": "num_train_epochs"})
     def train(
         self,
         data: FromConfig = None,
         filter_fn: Ignore = None,
         base_model: FromConfig = TINY_SD,
         instance_prompt: FromConfig = None,
+        with_prior_preservation: FromConfig = False,
+        class_prompt: FromConfig = None,
+        class_data_dir: FromConfig = None,
+        num_class_images: FromConfig = 100,
+        prior_loss_weight: FromConfig = 1.0,
+        sample_batch_size: FromConfig = 4,
+        class_inference_steps: FromConfig = 50,
+        class_guidance_scale: FromConfig = 7.5,
         validation_prompt: FromConfig = None,
         num_validation_images: FromConfig = 4,
         validation_epochs: FromConfig = 10,
@@ -109,7 +123,7 @@ class LoRATrainer(TrainerConfigMixin):
         adam_weight_decay: FromConfig = 1e-2,
         adam_epsilon: FromConfig = 1e-8,
         max_grad_norm: FromConfig = 1.0,
-        rank: FromConfig = 4,
+        rank: FromConfig = None,
         lora_alpha: FromConfig = None,
         train_text_encoder: FromConfig = False,
         mixed_precision: FromConfig = "no",
@@ -136,10 +150,19 @@ class LoRATrainer(TrainerConfigMixin):
             filter_fn: Keeps the `ImageExample`s it returns True for (the preprocessing filter).
             base_model: Base model used when `init_model` was not called.
             instance_prompt: Caption of images that have none (e.g. `"a photo of sks dog"`).
+            with_prior_preservation: Also train on class images with the class prompt, to keep the class itself
+                (DreamBooth-LoRA); the loss is `instance loss + prior_loss_weight * class loss`.
+            class_prompt: Prompt of the class images (`"a photo of a dog"`); needed with prior preservation.
+            class_data_dir: A folder of class images of your own; missing ones are generated into it.
+            num_class_images: Class images to train with (yours first, the rest generated).
+            prior_loss_weight: Weight of the class-image loss.
+            sample_batch_size: Images per generation batch for the class images.
+            class_inference_steps, class_guidance_scale: Settings of the generated class images.
             validation_prompt: Prompt of the validation images (defaults to `instance_prompt`).
             num_validation_images: Images per validation.
             validation_epochs: Validate every this many epochs (and at the end).
-            num_train_epochs: Passes over the data. `epoch` is the same, and wins when given.
+            num_train_epochs: Passes over the data. `epoch` is the same: the one given at call time wins over a saved
+                one, and the run records the count as `num_train_epochs`.
             max_train_steps: Optimizer steps; overrides the epochs when given.
             train_batch_size: Images per batch per process.
             gradient_accumulation_steps: Batches per optimizer step.
@@ -150,7 +173,8 @@ class LoRATrainer(TrainerConfigMixin):
             use_8bit_adam: bitsandbytes' 8-bit AdamW where it runs (CUDA); otherwise AdamW, said once.
             adam_beta1, adam_beta2, adam_weight_decay, adam_epsilon: AdamW settings.
             max_grad_norm: Gradient clipping norm.
-            rank: LoRA rank. `lora_alpha`: LoRA alpha (defaults to the rank).
+            rank: LoRA rank: 4 for a new LoRA; a pipeline that already has one trains it as it is, and a rank or
+                alpha other than its own is refused. `lora_alpha`: LoRA alpha (defaults to the rank).
             train_text_encoder: Also train a LoRA on the text encoder.
             mixed_precision: "no", "fp16" (GPU) or "bf16".
             gradient_checkpointing: Trade compute for memory in the UNet.
@@ -173,29 +197,44 @@ class LoRATrainer(TrainerConfigMixin):
         """
         arguments = {name: value for name, value in locals().items() if name in LoRATrainConfig._valid_argument_names()}
         # 1. Check the settings before any heavy work.
-        if epoch is not None:
-            num_train_epochs = epoch
-        steps.check_settings(num_train_epochs=num_train_epochs, max_train_steps=max_train_steps, train_batch_size=train_batch_size,
-                             gradient_accumulation_steps=gradient_accumulation_steps, checkpointing_steps=checkpointing_steps,
-                             validation_epochs=validation_epochs, mixed_precision=mixed_precision, rank=rank)
+        check_training_settings(arguments, "LoRATrainer.train()")
+        num_train_epochs = epoch if epoch is not None else num_train_epochs
         if data is None:
             raise ConfigError("LoRATrainer.train() needs data: a folder of images, a JSON file, a list of images, "
                               "a datasets.Dataset, or 'tinypipe/shapes'.")
+        if with_prior_preservation:
+            check_prior_settings(class_prompt, num_class_images, prior_loss_weight, sample_batch_size)
+        elif class_prompt is not None or class_data_dir is not None:
+            logger.warning("class_prompt/class_data_dir are set but with_prior_preservation is False; they are not used.")
         accelerator = make_accelerator(mixed_precision)
         seed_everything(seed)
         if self.model is None:
             self.init_model(base_model)
         pipeline = self.model
-        arguments.update(base_model=pipeline.config["base_model"], data=data if isinstance(data, (str, Path)) else None)
+        rank, lora_alpha = steps.resolve_lora_settings(pipeline, rank=rank, lora_alpha=lora_alpha, train_text_encoder=train_text_encoder)
+        # What is recorded is what runs: one name for the epoch count, the LoRA's settings, the optimizer that runs.
+        arguments.update(base_model=pipeline.config["base_model"], data=data if isinstance(data, (str, Path)) else None,
+                         class_data_dir=str(class_data_dir) if class_data_dir is not None else None,
+                         num_train_epochs=num_train_epochs, epoch=None, rank=rank, lora_alpha=lora_alpha,
+                         use_8bit_adam=runs_8bit_adam(use_8bit_adam))
         output = Path(output_dir) if output_dir is not None else None
         logger.info("LoRA training with %s", json.dumps(arguments, sort_keys=True, default=str))
 
-        # 2. Data: read and check every example, then cache VAE latents (and text embeddings).
+        # 2. Data: instance images, then class images (yours, then generated), one cache of VAE latents (and text embeddings).
         examples = load_image_examples(data, default_caption=instance_prompt, filter_fn=filter_fn)
-        check_caption_lengths(examples, pipeline.tokenizer)
         resolution = resolution or steps.native_resolution(pipeline)
-        cache = steps.encode_examples(pipeline, examples, resolution, center_crop=center_crop, random_flip=random_flip,
-                                      seed=seed, cache_text=not train_text_encoder, device=accelerator.device)
+        class_examples = []
+        if with_prior_preservation:
+            class_examples = prepare_class_examples(
+                pipeline, class_prompt=class_prompt, class_data_dir=class_data_dir, num_class_images=num_class_images,
+                resolution=resolution, seed=seed, sample_batch_size=sample_batch_size, inference_steps=class_inference_steps,
+                guidance_scale=class_guidance_scale, accelerator=accelerator)
+        check_caption_lengths(examples + class_examples, pipeline.tokenizer)
+        cache = steps.encode_examples(pipeline, examples + class_examples, resolution, center_crop=center_crop,
+                                      random_flip=random_flip, seed=seed, cache_text=not train_text_encoder, device=accelerator.device)
+        instance_count, class_count = len(examples), len(class_examples)
+        epoch_length = max(instance_count, class_count)
+        steps.log_data_summary(examples, class_examples, resolution=resolution, center_crop=center_crop, random_flip=random_flip)
 
         # 3. Model: freeze the base, add (or keep) the LoRA, and pick what trains.
         validation_prompt = validation_prompt or instance_prompt or examples[0].caption
@@ -209,11 +248,13 @@ class LoRATrainer(TrainerConfigMixin):
             pipeline.unet.enable_gradient_checkpointing()
 
         # 4. Steps, optimizer and schedule.
-        batches_per_epoch = math.ceil(len(examples) / (train_batch_size * accelerator.num_processes))
+        batches_per_epoch = math.ceil(epoch_length / (train_batch_size * accelerator.num_processes))
         updates_per_epoch = math.ceil(batches_per_epoch / gradient_accumulation_steps)
         total_steps = max_train_steps or num_train_epochs * updates_per_epoch
         if scale_lr:
             learning_rate = learning_rate * gradient_accumulation_steps * train_batch_size * accelerator.num_processes
+        log_resolved_steps(accelerator, batches_per_epoch=batches_per_epoch, updates_per_epoch=updates_per_epoch,
+                           total_steps=total_steps, learning_rate=learning_rate, trainable_parameters=parameters)
         optimizer = make_optimizer(parameters, learning_rate=learning_rate, use_8bit_adam=use_8bit_adam,
                                    betas=(adam_beta1, adam_beta2), weight_decay=adam_weight_decay, epsilon=adam_epsilon)
         lr_scheduler = make_lr_scheduler(optimizer, lr_schedule=lr_schedule, warmup_steps=warmup_steps, total_steps=total_steps,
@@ -242,15 +283,21 @@ class LoRATrainer(TrainerConfigMixin):
         for epoch_index in epochs_to_run(global_step, total_steps, updates_per_epoch):
             for model in models:
                 model.train()
-            order = steps.epoch_order(len(examples), seed, epoch_index)
+            order = steps.epoch_order(epoch_length, seed, epoch_index)
             batches = steps.process_batches(order, train_batch_size, accelerator)
             for position in batches_to_run(global_step, total_steps, epoch_index, updates_per_epoch, gradient_accumulation_steps, len(batches)):
                 is_update = (position + 1) % gradient_accumulation_steps == 0 or position == len(batches) - 1
+                # Each batch holds instance examples and, with prior preservation, as many class examples.
+                instance_batch = [index % instance_count for index in batches[position]]
+                class_batch = [instance_count + index % class_count for index in batches[position]] if class_count else []
                 with no_sync_unless(accelerator, models, is_update):
                     with accelerator.autocast():
-                        losses = steps.denoising_losses(unet, text_encoder, noise_scheduler, cache, batches[position], generator,
-                                                        snr_gamma=snr_gamma, noise_offset=noise_offset, device=accelerator.device)
-                    loss = losses.mean()
+                        losses = steps.denoising_losses(unet, text_encoder, noise_scheduler, cache, instance_batch + class_batch,
+                                                        generator, snr_gamma=snr_gamma, noise_offset=noise_offset,
+                                                        device=accelerator.device)
+                    loss = losses[:len(instance_batch)].mean()
+                    if class_batch:
+                        loss = loss + prior_loss_weight * losses[len(instance_batch):].mean()
                     check_finite_loss(loss, global_step + 1, output)
                     accelerator.backward(loss / gradient_accumulation_steps)
                 if not is_update:

@@ -14,19 +14,25 @@ from ..errors import ConfigError, TrainingError
 logger = logging.getLogger(__name__)
 
 __all__ = ["LR_SCHEDULES", "make_accelerator", "prepare_for_training", "seed_everything", "make_optimizer", "make_lr_scheduler",
-           "check_finite_loss", "no_sync_unless"]
+           "check_finite_loss", "no_sync_unless", "runs_8bit_adam"]
 
 
 def make_accelerator(mixed_precision: str):
-    """An `accelerate.Accelerator`; `accelerate launch` decides the processes and devices.
+    """A new `accelerate.Accelerator` for one training run; `accelerate launch` decides the processes and devices.
 
     Without a GPU the accelerator is told so (`cpu=True`): only then does accelerate run several launched
     processes as one data-parallel job on the CPU instead of each process training alone.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
 
     has_gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
     has_gpu = has_gpu or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    # accelerate keeps one AcceleratorState per process and refuses another precision once it exists; each
+    # train() is a run of its own (a notebook trains again with other settings), so its settings start afresh.
+    # The process group (PartialState) of an `accelerate launch` is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     return Accelerator(mixed_precision=mixed_precision, cpu=not has_gpu)
 
 
@@ -93,6 +99,11 @@ def _bitsandbytes_adamw():
     except ImportError:
         return None
     return bitsandbytes.optim.AdamW8bit
+
+
+def runs_8bit_adam(use_8bit_adam: bool) -> bool:
+    """Whether `make_optimizer(use_8bit_adam=...)` runs bitsandbytes' 8-bit AdamW here (what the trainers record)."""
+    return bool(use_8bit_adam) and _bitsandbytes_adamw() is not None
 
 
 def make_optimizer(

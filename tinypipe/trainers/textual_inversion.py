@@ -43,7 +43,6 @@ from ..models.builtin import TINY_SD
 from ..models.diffusion import DiffusionPipeline, check_new_token, vector_token_names
 from . import diffusion_steps as steps
 from .checkpoints import load_checkpoint, save_checkpoint
-from .resume import batches_to_run, epochs_to_run
 from .image_data import load_image_examples
 from .optim import (
     check_finite_loss,
@@ -52,9 +51,12 @@ from .optim import (
     make_optimizer,
     no_sync_unless,
     prepare_for_training,
+    runs_8bit_adam,
     seed_everything,
 )
+from .resume import batches_to_run, epochs_to_run
 from .run_fingerprint import checkpoint_to_resume, run_fingerprint
+from .settings import check_training_settings, log_resolved_steps
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +127,7 @@ class TextualInversionTrainer(TrainerConfigMixin):
         self.model = model if isinstance(model, DiffusionPipeline) else DiffusionPipeline(str(model))
         return self
 
-    @set_from_config
+    @set_from_config(aliases={"epoch": "num_train_epochs"})
     def train(
         self,
         data: FromConfig = None,
@@ -187,7 +189,8 @@ class TextualInversionTrainer(TrainerConfigMixin):
             validation_prompt: Prompt of the validation images (defaults to the first template with the token).
             num_validation_images: Images per validation.
             validation_epochs: Validate every this many epochs (and at the end).
-            num_train_epochs: Passes over the (repeated) data. `epoch` is the same, and wins when given.
+            num_train_epochs: Passes over the (repeated) data. `epoch` is the same: the one given at call time wins
+                over a saved one, and the run records the count as `num_train_epochs`.
             max_train_steps: Optimizer steps; overrides the epochs when given.
             train_batch_size: Images per batch per process.
             gradient_accumulation_steps: Batches per optimizer step.
@@ -220,19 +223,11 @@ class TextualInversionTrainer(TrainerConfigMixin):
         """
         arguments = {name: value for name, value in locals().items() if name in TextualInversionTrainConfig._valid_argument_names()}
         # 1. Check the settings before any heavy work.
-        if epoch is not None:
-            num_train_epochs = epoch
-        steps.check_settings(num_train_epochs=num_train_epochs, max_train_steps=max_train_steps, train_batch_size=train_batch_size,
-                             gradient_accumulation_steps=gradient_accumulation_steps, checkpointing_steps=checkpointing_steps,
-                             validation_epochs=validation_epochs, mixed_precision=mixed_precision)
+        check_training_settings(arguments, "TextualInversionTrainer.train()")
+        num_train_epochs = epoch if epoch is not None else num_train_epochs
         if data is None:
             raise ConfigError("TextualInversionTrainer.train() needs data: images of the concept, as a folder, a JSON file, "
                               "a list of images, a datasets.Dataset, or 'tinypipe/shapes'.")
-        if learnable_property not in TEMPLATES:
-            raise ConfigError(f"learnable_property must be one of {sorted(TEMPLATES)}, got {learnable_property!r}.")
-        for name, value in (("num_vectors", num_vectors), ("repeats", repeats)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}.")
         if not isinstance(placeholder_token, str) or not isinstance(initializer_token, str):
             raise ConfigError("TextualInversionTrainer.train() needs placeholder_token (the new token, e.g. '<cat-toy>') "
                               "and initializer_token (one existing word that starts it, e.g. 'toy').")
@@ -250,7 +245,9 @@ class TextualInversionTrainer(TrainerConfigMixin):
         token_names = vector_token_names(placeholder_token, num_vectors)
         for name in token_names:
             check_new_token(tokenizer, name)
-        arguments.update(base_model=pipeline.config["base_model"], data=data if isinstance(data, (str, Path)) else None)
+        # What is recorded is what runs: one name for the epoch count, the optimizer that runs.
+        arguments.update(base_model=pipeline.config["base_model"], data=data if isinstance(data, (str, Path)) else None,
+                         num_train_epochs=num_train_epochs, epoch=None, use_8bit_adam=runs_8bit_adam(use_8bit_adam))
         output = Path(output_dir) if output_dir is not None else None
         logger.info("Textual inversion training with %s", json.dumps(arguments, sort_keys=True, default=str))
 
@@ -259,6 +256,7 @@ class TextualInversionTrainer(TrainerConfigMixin):
         resolution = resolution or steps.native_resolution(pipeline)
         cache = steps.encode_examples(pipeline, examples, resolution, center_crop=center_crop, random_flip=random_flip,
                                       seed=seed, cache_text=False, device=accelerator.device)
+        steps.log_data_summary(examples, resolution=resolution, center_crop=center_crop, random_flip=random_flip)
         placeholder_text = " ".join(token_names)
         templates = TEMPLATES[learnable_property]
         validation_prompt = validation_prompt or templates[0].format(placeholder_token)
@@ -285,6 +283,8 @@ class TextualInversionTrainer(TrainerConfigMixin):
         total_steps = max_train_steps or num_train_epochs * updates_per_epoch
         if scale_lr:
             learning_rate = learning_rate * gradient_accumulation_steps * train_batch_size * accelerator.num_processes
+        log_resolved_steps(accelerator, batches_per_epoch=batches_per_epoch, updates_per_epoch=updates_per_epoch,
+                           total_steps=total_steps, learning_rate=learning_rate, trainable_parameters=parameters)
         optimizer = make_optimizer(parameters, learning_rate=learning_rate, use_8bit_adam=use_8bit_adam,
                                    betas=(adam_beta1, adam_beta2), weight_decay=adam_weight_decay, epsilon=adam_epsilon)
         lr_scheduler = make_lr_scheduler(optimizer, lr_schedule=lr_schedule, warmup_steps=warmup_steps, total_steps=total_steps,
