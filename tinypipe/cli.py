@@ -310,7 +310,9 @@ def _add_job_options(command: argparse.ArgumentParser) -> None:
                          help="Training keyword arguments as a JSON object, e.g. "
                               """'{"num_train_epochs": 5, "learning_rate": 1e-4}'. An unknown key lists the valid ones.""")
     command.add_argument("--revision", default="main", help="Hub revision (branch, tag or commit) of MODEL (default: main).")
-    command.add_argument("--log-level", choices=("DEBUG", "INFO"), default="INFO", help="How much the job logs (default: INFO).")
+    command.add_argument("--log-level", choices=("DEBUG", "INFO"), default="INFO",
+                         help="How much the job logs (default: INFO); DEBUG adds the resolved settings, a data summary and "
+                              "each checkpoint's files.")
     command.add_argument("--output", metavar="DIR",
                          help="Folder for the repo, validation images and checkpoints (default: the job's folder under "
                               "the tinypipe home, $TINYPIPE_HOME or ~/.cache/tinypipe).")
@@ -347,9 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="lora: LoRA on the attention processors (default). dreambooth: full fine-tune (or LoRA with "
                                """'{"use_lora": true}'). textual-inversion: learn a new token's embedding.""")
     diffuser.add_argument("--prior-class-image-dir", metavar="DIR",
-                          help="Folder of class images for prior preservation (missing ones are generated).")
+                          help="Folder of class images for prior preservation; missing ones are generated into it "
+                               "(as diffusers does), so a later run finds them there.")
     diffuser.add_argument("--prior-class-prompt", metavar="TEXT",
-                          help="Prompt of the class (\"a photo of a dog\"); turns on prior preservation.")
+                          help="Prompt of the class (\"a photo of a dog\"); turns on prior preservation for the --method "
+                               "chosen (lora: LoRA with prior preservation at the LoRA learning rate).")
     diffuser.add_argument("--num-prior-class-images", type=non_negative_int, default=0, metavar="N",
                           help="Class images to train with; generated with --prior-class-prompt when the folder has fewer "
                                "(default: 0, or as many as --prior-class-image-dir holds).")

@@ -59,7 +59,8 @@ def test_seed_003_flow_update_config_and_one_call_finetune(tmp_path):
     pipeline = finetune(train_config=train_config)
     assert isinstance(pipeline, CausalLMPipeline) and pipeline.has_lora
     saved = json.loads((tmp_path / "out" / "trainer" / "train_config" / "config.json").read_text())
-    assert saved["learning_rate"] == 5e-4 and saved["batch_size"] == 32 and saved["base_model"] == TINY_LLAMA
+    assert saved["learning_rate"] == 5e-4 and saved["base_model"] == TINY_LLAMA
+    assert saved["train_batch_size"] == 32 and saved["batch_size"] is None  # one name records what ran
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics[-1]["step"] == 2  # batch_size=32 won over train_batch_size: 40 examples are 2 batches per epoch
     assert isinstance(AutoModelPipeline.from_pretrained(tmp_path / "out").generate(instruction="Say hi.", max_new_tokens=4), str)
@@ -142,7 +143,7 @@ def test_bad_settings_and_data_are_clear_errors(tmp_path):
         trainer.train(data=TINY_INSTRUCTIONS, rank=4)
     with pytest.raises(ConfigError, match="either validation_data or validation_split"):
         trainer.train(data=TINY_INSTRUCTIONS, validation_data=TINY_INSTRUCTIONS, validation_split=0.1)
-    with pytest.raises(ConfigError, match="train_batch_size must be a positive integer"):
+    with pytest.raises(ConfigError, match="batch_size must be a whole number >= 1"):
         trainer.train(data=TINY_INSTRUCTIONS, batch_size=0)
     with pytest.raises(ConfigError, match="resume_from_checkpoint needs output_dir"):
         trainer.train(data=TINY_INSTRUCTIONS, resume_from_checkpoint="latest")

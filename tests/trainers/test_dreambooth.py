@@ -103,42 +103,6 @@ def test_saved_trainer_reruns_the_same_training(trained):
         assert torch.equal(tensor, rerun.unet.state_dict()[name]), name
 
 
-def test_class_images_are_cached_and_a_rerun_generates_nothing(monkeypatch):
-    pipeline = DiffusionPipeline("tinypipe/tiny-sd")
-    settings = dict(class_prompt="a photo of a square", class_data_dir=None, num_class_images=3, resolution=64, seed=0,
-                    sample_batch_size=2, inference_steps=2, guidance_scale=7.5)
-    first = dreambooth.prepare_class_examples(pipeline, **settings)
-    assert [example.caption for example in first] == ["a photo of a square"] * 3
-
-    def must_not_run(*args, **kwargs):
-        raise AssertionError("class images were generated again")
-
-    monkeypatch.setattr(dreambooth, "_generate_class_images", must_not_run)
-    again = dreambooth.prepare_class_examples(pipeline, **settings)
-    assert [as_array(example.image).tolist() for example in again] == [as_array(example.image).tolist() for example in first]
-    for change in ({"class_prompt": "a photo of a star"}, {"seed": 1}, {"num_class_images": 4}, {"resolution": 32}):
-        with pytest.raises(AssertionError, match="generated again"):  # a changed key never reuses stale images
-            dreambooth.prepare_class_examples(pipeline, **{**settings, **change})
-
-
-def test_user_class_images_are_used_and_the_rest_generated(tmp_path, caplog):
-    folder = write_shapes_folder(tmp_path / "class", count=2, shape="square")
-    (folder / "notes.md").write_text("not an image")
-    pipeline = DiffusionPipeline("tinypipe/tiny-sd")
-    examples = dreambooth.prepare_class_examples(
-        pipeline, class_prompt="a photo of a square", class_data_dir=str(folder), num_class_images=3, resolution=64, seed=0,
-        sample_batch_size=2, inference_steps=2, guidance_scale=7.5)
-    assert len(examples) == 3 and examples[0].source.endswith("square_000.png") and examples[1].source.endswith("square_001.png")
-    assert "generated" in examples[2].source or "class_images" in examples[2].source
-    assert all(example.caption == "a photo of a square" for example in examples)
-    assert sorted(path.name for path in folder.iterdir()) == ["notes.md", "square_000.png", "square_000.txt",
-                                                               "square_001.png", "square_001.txt"]  # nothing written there
-    enough = dreambooth.prepare_class_examples(
-        pipeline, class_prompt="a photo of a square", class_data_dir=str(folder), num_class_images=1, resolution=64, seed=0,
-        sample_batch_size=2, inference_steps=2, guidance_scale=7.5)
-    assert len(enough) == 1
-
-
 def test_a_corrupt_class_image_is_a_clear_error(tmp_path):
     folder = write_shapes_folder(tmp_path / "class", count=1, shape="square")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)

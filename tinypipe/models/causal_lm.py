@@ -189,7 +189,8 @@ class CausalLMPipeline(ConfigMixin):
         if not 0 <= dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {dropout}.")
         targets = targets if isinstance(targets, str) else tuple(targets)
-        check_target_modules(self.model, targets, setting="target_modules (lora_target_modules)", model_name=repr(self.base_model))
+        check_target_modules(self.model, targets, setting="target_modules (lora_target_modules)", model_name=repr(self.base_model),
+                             alternative="or 'all-linear'")
         previous = dict(self.config)
         self._record(lora_rank=rank, lora_alpha=alpha, lora_dropout=dropout, lora_target_modules=targets)
         try:

@@ -42,7 +42,8 @@ def _existing_names(model: torch.nn.Module) -> list[str]:
     return list(found)
 
 
-def check_target_modules(model: torch.nn.Module, targets: Union[Sequence[str], str], *, setting: str, model_name: str) -> None:
+def check_target_modules(model: torch.nn.Module, targets: Union[Sequence[str], str], *, setting: str, model_name: str,
+                         alternative: str = "") -> None:
     """Refuse LoRA target names that match no module of `model`, listing them and a few names that exist.
 
     Args:
@@ -50,6 +51,7 @@ def check_target_modules(model: torch.nn.Module, targets: Union[Sequence[str], s
         targets: The target module names (peft's list form); a pattern string or "all-linear" is not checked here.
         setting: The setting's name for the message (`"lora_target_modules"`, `"target_modules"`).
         model_name: What the model is, for the message (`"the UNet of 'tinypipe/tiny-sd'"`).
+        alternative: Another choice to offer at the end of the message (`"or 'all-linear'"`).
 
     Raises:
         ConfigError: Some names match no module.
@@ -64,7 +66,7 @@ def check_target_modules(model: torch.nn.Module, targets: Union[Sequence[str], s
         if close:
             hints.append(f"{target!r} -> {close[0]!r}?")
     raise ConfigError(
-        f"{setting}: {unmatched} match no module of {model_name}, so the LoRA would silently leave them out. "
-        + (f"Did you mean: {', '.join(hints)} " if hints else "")
-        + f"Modules it has include {existing[:12]}."
+        f"{setting}: {unmatched} match no module of {model_name}; every name must match one, or the LoRA silently "
+        "leaves it out. " + (f"Did you mean: {', '.join(hints)} " if hints else "")
+        + f"Modules it has include {existing[:12]}; pick from them{' ' + alternative if alternative else ''}."
     )

@@ -253,6 +253,7 @@ class CausalLMTrainer(TrainerConfigMixin):
             pipeline.add_lora(rank=r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules)
         model = pipeline.model
         packing = packing and _packing_isolates_examples(model, accelerator.device)
+        arguments["packing"] = packing  # what runs: padded batches where the model cannot keep packed examples apart
         trainable = {name: parameter for name, parameter in model.named_parameters() if "lora_" in name}
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name in trainable)

@@ -22,8 +22,7 @@ __all__ = ["MIXED_PRECISION", "LR_SCHEDULES", "available_mixed_precision", "chec
 MIXED_PRECISION = ("no", "fp16", "bf16")
 QUANTIZATIONS = (None, "8bit", "4bit")
 
-# name -> (kind, bound, None allowed). Kinds: "int" (whole number >= bound), "number" (> bound when bound is 0.0 and
-# the rule says "positive", else >= bound), "fraction" ([0, 1)), "bool", or a tuple of the accepted values.
+# The rule of each setting name; in the _OPTIONAL_ groups, None is accepted too (it means "not set" or "the default").
 _WHOLE_AT_LEAST_ONE = ("num_train_epochs", "train_batch_size", "gradient_accumulation_steps", "validation_epochs",
                        "lr_num_cycles", "num_vectors", "repeats", "num_class_images", "sample_batch_size",
                        "class_inference_steps", "validation_inference_steps", "max_length")
@@ -71,12 +70,12 @@ def check_mixed_precision(mixed_precision: Any) -> None:
         raise ConfigError(f"mixed_precision={mixed_precision!r} is not known; use one of {list(MIXED_PRECISION)} "
                           f"(on this machine: {works}).")
     if mixed_precision not in works:
-        need = "a GPU (CUDA)" if mixed_precision == "fp16" else "a GPU with bfloat16 support"
+        need = "a CUDA GPU (or another accelerator)" if mixed_precision == "fp16" else "a GPU with bfloat16 support"
         raise ConfigError(f"mixed_precision={mixed_precision!r} needs {need}, and this machine has none; use one of {works} "
                           "(bf16 also runs on the CPU).")
 
 
-def check_training_settings(arguments: Mapping[str, Any], owner: str = "train()") -> None:
+def check_training_settings(arguments: Mapping[str, Any], owner: str = "train()", *, none_means_default: tuple = ()) -> None:
     """Refuse every setting in `arguments` whose value cannot work, naming it and the values that do.
 
     Only the keys present are checked, so the CLI can check the `--training-args` it was given and a trainer
@@ -85,28 +84,31 @@ def check_training_settings(arguments: Mapping[str, Any], owner: str = "train()"
     Args:
         arguments: Setting name -> value (names the trainers use: `learning_rate`, `mixed_precision`, ...).
         owner: Where the settings come from, for the message (`"LoRATrainer.train()"`, `"--training-args"`).
+        none_means_default: Names this trainer accepts as None (it then picks the value, e.g. DreamBooth's learning rate).
 
     Raises:
         ConfigError: The first setting that cannot work.
     """
 
-    def refuse(name: str, rule: str) -> None:
-        raise ConfigError(f"{owner}: {name} must be {rule}, got {arguments[name]!r}.")
+    def refuse(name: str, rule: str, hint: str = "") -> None:
+        raise ConfigError(f"{owner}: {name} must be {rule}, got {arguments[name]!r}{hint}.")
 
     for name, value in arguments.items():
         optional = value is None
+        if optional and name in none_means_default:
+            continue
         if name in _WHOLE_AT_LEAST_ONE or (name in _OPTIONAL_WHOLE_AT_LEAST_ONE and not optional):
             if not _is_whole(value) or value < 1:
-                refuse(name, "a whole number >= 1" + (" (or None)" if name in _OPTIONAL_WHOLE_AT_LEAST_ONE else ""))
+                refuse(name, "a whole number >= 1", " (or None)" if name in _OPTIONAL_WHOLE_AT_LEAST_ONE else "")
         elif name in _WHOLE_AT_LEAST_ZERO or (name in _OPTIONAL_WHOLE_AT_LEAST_ZERO and not optional):
             if not _is_whole(value) or value < 0:
-                refuse(name, "a whole number >= 0" + (" (0 or None: never)" if name == "checkpointing_steps" else ""))
+                refuse(name, "a whole number >= 0", " (0 or None: no checkpoints)" if name == "checkpointing_steps" else "")
         elif name in _POSITIVE or (name in _OPTIONAL_POSITIVE and not optional):
             if not _is_number(value) or value <= 0:
-                refuse(name, "a number > 0" + (" (or None)" if name in _OPTIONAL_POSITIVE else ""))
+                refuse(name, "a number > 0", " (or None)" if name in _OPTIONAL_POSITIVE else "")
         elif name in _NOT_NEGATIVE or (name in _OPTIONAL_NOT_NEGATIVE and not optional):
             if not _is_number(value) or value < 0:
-                refuse(name, "a number >= 0" + (" (0 or None: no clipping)" if name == "max_grad_norm" else ""))
+                refuse(name, "a number >= 0", " (0 or None: no clipping)" if name == "max_grad_norm" else "")
         elif name in _FRACTIONS or (name in _OPTIONAL_FRACTIONS and not optional):
             if not _is_number(value) or not 0 <= value < 1:
                 refuse(name, "a number in [0, 1)")
@@ -115,7 +117,7 @@ def check_training_settings(arguments: Mapping[str, Any], owner: str = "train()"
                 refuse(name, "true or false")
         elif name in _CHOICES:
             if value not in _CHOICES[name]:
-                refuse(name, f"one of {list(_CHOICES[name])}")
+                raise ConfigError(f"{owner}: {name} {value!r} is not known; choose one of {list(_CHOICES[name])}.")
         elif name == "mixed_precision":
             check_mixed_precision(value)
         elif name == "target_modules" and not optional:
