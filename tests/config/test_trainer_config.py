@@ -128,3 +128,21 @@ def test_set_method_config_replaces_one_config_and_is_saved(tmp_path):
     assert AutoTrainerPipeline.from_pretrained(tmp_path / "repo").train()["epoch"] == 9
     with pytest.raises(ConfigError, match=r"has no method config 'fit_config'"):
         trainer.set_method_config("fit_config", None)
+
+
+class AliasTrainer(TrainerConfigMixin):
+    @save_config
+    def __init__(self):
+        pass
+
+    @set_from_config(aliases={"epoch": "num_train_epochs"})
+    def train(self, num_train_epochs: FromConfig = 1, epoch: FromConfig = None):
+        return epoch if epoch is not None else num_train_epochs
+
+
+def test_the_caller_wins_over_a_saved_alias_of_the_argument_it_gives():
+    assert AliasTrainer(train_config={"epoch": 3}).train(num_train_epochs=2) == 2
+    assert AliasTrainer(train_config={"num_train_epochs": 3}).train(epoch=4) == 4
+    assert AliasTrainer(train_config={"epoch": 3}).train() == 3  # nothing given: the saved config as before
+    with pytest.raises(ConfigError, match="epoch=1 and num_train_epochs=2 are the same setting; give one of them"):
+        AliasTrainer().train(epoch=1, num_train_epochs=2)

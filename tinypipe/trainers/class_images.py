@@ -29,18 +29,12 @@ __all__ = ["CLASS_IMAGES_FOLDER", "check_prior_settings", "class_images_cache_ke
 CLASS_IMAGES_FOLDER = "class_images"
 
 
-
-def check_prior_settings(class_prompt: Any, num_class_images: Any, prior_loss_weight: Any, sample_batch_size: Any) -> None:
-    """Refuse prior-preservation settings that cannot work, saying what to give instead."""
+def check_prior_settings(class_prompt: Any) -> None:
+    """Refuse prior preservation without a class prompt, saying what to give (the counts and weights are checked with
+    every other setting, by `settings.check_training_settings`)."""
     if not isinstance(class_prompt, str) or not class_prompt.strip():
         raise ConfigError("with_prior_preservation=True needs class_prompt, the prompt of the subject's class "
                           "(e.g. 'a photo of a dog' for 'a photo of sks dog').")
-    for name, value in (("num_class_images", num_class_images), ("sample_batch_size", sample_batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{name} must be a whole number >= 1 with prior preservation, got {value!r} "
-                              "(diffusers uses 100 class images; or set with_prior_preservation=False).")
-    if not isinstance(prior_loss_weight, (int, float)) or isinstance(prior_loss_weight, bool) or not prior_loss_weight >= 0:
-        raise ConfigError(f"prior_loss_weight must be a number >= 0, got {prior_loss_weight!r}.")
 
 
 def class_images_cache_key(pipeline: DiffusionPipeline, *, class_prompt: str, resolution: int, seed: int, count: int,

@@ -215,7 +215,7 @@ class DreamBoothTrainer(TrainerConfigMixin):
             raise ConfigError("DreamBoothTrainer.train() needs data: the instance images, as a folder, a JSON file, a list "
                               "of images, a datasets.Dataset, or 'tinypipe/shapes'.")
         if with_prior_preservation:
-            check_prior_settings(class_prompt, num_class_images, prior_loss_weight, sample_batch_size)
+            check_prior_settings(class_prompt)
         elif class_prompt is not None or class_data_dir is not None:
             logger.warning("class_prompt/class_data_dir are set but with_prior_preservation is False; they are not used.")
         if not use_lora and (rank is not None or lora_alpha is not None):

@@ -203,7 +203,7 @@ class LoRATrainer(TrainerConfigMixin):
             raise ConfigError("LoRATrainer.train() needs data: a folder of images, a JSON file, a list of images, "
                               "a datasets.Dataset, or 'tinypipe/shapes'.")
         if with_prior_preservation:
-            check_prior_settings(class_prompt, num_class_images, prior_loss_weight, sample_batch_size)
+            check_prior_settings(class_prompt)
         elif class_prompt is not None or class_data_dir is not None:
             logger.warning("class_prompt/class_data_dir are set but with_prior_preservation is False; they are not used.")
         accelerator = make_accelerator(mixed_precision)
