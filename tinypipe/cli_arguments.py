@@ -119,6 +119,11 @@ def diffuser_train_arguments(arguments: argparse.Namespace) -> dict:
             _set_option(train, "initializer_token", arguments.initializer_token, "--initializer-token")
         train.update(placeholder_token=placeholder, initializer_token=initializer)
     else:
+        given = [option for option, value in (("--placeholder-token", arguments.placeholder_token),
+                                              ("--initializer-token", arguments.initializer_token)) if value]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for --method textual-inversion, "
+                              f"not --method {method}; leave them out, or choose --method textual-inversion.")
         _set_option(train, "instance_prompt", prompt, "PROMPT")
     prior = (arguments.prior_class_prompt, arguments.prior_class_image_dir, arguments.num_prior_class_images)
     if any(prior):

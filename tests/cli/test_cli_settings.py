@@ -35,6 +35,7 @@ def test_fp16_without_a_gpu_is_refused_before_a_job_is_recorded_naming_what_work
     ([*LM, "--training-args", '{"lora_dropout": 1.5}'], "lora_dropout must be a number in"),
     ([*LM, "--lora-rank", "4", "--training-args", '{"r": 8}'], "--lora-rank gives r=4 but --training-args gives r=8"),
     ([*TRAIN, "--training-args", '{"instance_prompt": "a photo of a dog"}'], "PROMPT gives instance_prompt="),
+    ([*TRAIN, "--initializer-token", "circle"], "--initializer-token is for --method textual-inversion, not --method lora"),
 ])
 def test_settings_that_cannot_work_or_disagree_are_refused_before_a_job_is_recorded(capsys, argv, message):
     code, error = run(capsys, *argv)
