@@ -253,8 +253,9 @@ def save_checkpoint(
     temp.rename(target)
     _fsync(folder)
     logger.info("Saved checkpoint %s", target)
-    logger.debug("Checkpoint %s: %d trainable tensors; files %s.", target.name, len(trainable),
-                 ", ".join(f"{name} ({entry['size']} bytes)" for name, entry in sorted(files.items())))
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("Checkpoint %s: %d trainable tensors; files %s.", target.name, len(trainable),
+                     ", ".join(f"{path.name} ({path.stat().st_size} bytes)" for path in sorted(target.iterdir())))
 
     # 4. Only now that the new checkpoint is complete, delete this run's oldest beyond `total_limit`.
     if total_limit is not None:
