@@ -30,7 +30,8 @@ from .config.repo import CONFIG_NAME, component_folder, load_repo
 from .config.safe_io import read_json
 from .errors import ConfigError, RepoError
 from .models.causal_lm import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CausalLMPipeline
-from .models.diffusion import LORA_WEIGHTS_NAME, TEXTUAL_INVERSION_NAME, DiffusionPipeline, read_textual_inversion
+from .models.diffusion import LORA_WEIGHTS_NAME, DiffusionPipeline
+from .models.embedding_files import TEXTUAL_INVERSION_NAME, read_textual_inversion
 
 logger = logging.getLogger(__name__)
 

@@ -103,7 +103,7 @@ def test_trusting_the_repo_runs_the_package_code(sentinel, tmp_path):
 
 def test_a_base_model_folder_naming_another_library_runs_no_code(sentinel, tmp_path):
     from tinypipe import ConfigError
-    from tinypipe.models.diffusion import load_base_pipeline
+    from tinypipe.models.diffusers_base import load_base_pipeline
 
     base = tmp_path / "base"
     base.mkdir()

@@ -19,12 +19,9 @@ Two more kinds of fine-tuned weights, each in the format diffusers reads:
   in `learned_embeds-2.safetensors`, ...), read by `pipe.load_textual_inversion("out/model")`.
 """
 
-import contextlib
 import json
 import logging
-import pickle
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -33,18 +30,22 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from ..config import ConfigMixin, Ignore, save_config
-from ..config.safe_io import read_json
 from ..errors import ConfigError, RepoError, TinypipeError
-from .builtin import TINY_SD, builtin_model_folder, is_builtin
+from .builtin import TINY_SD
+from .diffusers_base import default_device, load_base_pipeline, quiet_loading
+from .embedding_files import (
+    check_new_token,
+    read_textual_inversion,
+    textual_inversion_file_name,
+    vector_token_names,
+)
 from .lora_targets import check_target_modules
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DiffusionPipeline", "LORA_WEIGHTS_NAME", "TEXTUAL_INVERSION_NAME", "UNET_LORA_TARGETS", "check_new_token",
-           "load_base_pipeline", "read_textual_inversion"]
+__all__ = ["DiffusionPipeline", "LORA_WEIGHTS_NAME", "UNET_LORA_TARGETS"]
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
-TEXTUAL_INVERSION_NAME = "learned_embeds.safetensors"
 FINE_TUNABLE_COMPONENTS = ("unet", "text_encoder")
 ADAPTER_NAME = "default"
 UNET_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
@@ -52,79 +53,6 @@ TEXT_ENCODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 LORA_SETTINGS = ("lora_rank", "lora_alpha", "lora_target_modules", "text_encoder_lora", "text_encoder_lora_target_modules")
 # LoraConfig settings a tinypipe config does not record: a LoRA that uses one cannot be saved faithfully.
 UNRECORDED_LORA_SETTINGS = ("use_dora", "use_rslora", "lora_bias", "layers_to_transform", "modules_to_save", "rank_pattern", "alpha_pattern")
-
-
-def default_device() -> str:
-    """`cuda` when a GPU is visible, else `cpu`."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@contextlib.contextmanager
-def quiet_loading():
-    """Silence the loading progress bars and notices of diffusers/transformers for one load."""
-    import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
-
-    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        diffusers_logging.set_verbosity(levels[0])
-        transformers_logging.set_verbosity(levels[1])
-        diffusers_logging.enable_progress_bar()
-        transformers_logging.enable_progress_bar()
-
-
-_COMPONENT_LIBRARIES = (None, "diffusers", "transformers")
-
-
-def _check_component_libraries(model_index: Path) -> None:
-    """Refuse a `model_index.json` whose components come from other libraries: diffusers would import them (running
-    their code) to build the pipeline, and a base model folder gives no consent to that."""
-    for name, value in read_json(model_index).items():
-        if isinstance(value, list) and value and value[0] not in _COMPONENT_LIBRARIES:
-            raise ConfigError(f"{model_index}: the component {name!r} comes from the library {value[0]!r}, which loading "
-                              "would import; tinypipe builds base models from diffusers and transformers components only.")
-
-
-def load_base_pipeline(base_model: str, revision: Optional[str] = None, torch_dtype: torch.dtype = torch.float32, token: Optional[str] = None):
-    """Load a diffusers `StableDiffusionPipeline`: a built-in name, a local diffusers folder, or a hub id.
-
-    Raises:
-        ConfigError: A local folder that is not a diffusers pipeline, or a hub id that cannot be had.
-    """
-    from diffusers import StableDiffusionPipeline
-
-    if is_builtin(base_model):
-        source: Union[str, Path] = builtin_model_folder(base_model)
-    elif Path(base_model).exists():
-        source = Path(base_model)
-        if not (source / "model_index.json").is_file():
-            raise ConfigError(f"{source} is not a diffusers pipeline folder (no model_index.json); give a folder "
-                              "written by diffusers' save_pretrained, a hub id, or the built-in 'tinypipe/tiny-sd'.")
-        _check_component_libraries(source / "model_index.json")
-    else:
-        source = base_model
-    try:
-        with quiet_loading():
-            return StableDiffusionPipeline.from_pretrained(
-                source, revision=revision if not isinstance(source, Path) else None, torch_dtype=torch_dtype, token=token,
-                safety_checker=None, requires_safety_checker=False,
-            )
-    except OSError as error:
-        from .model_ids import builtin_hint, load_error_reason
-
-        raise ConfigError(
-            f"Could not load the base model {base_model!r} (revision {revision or 'main'}): {load_error_reason(error)} "
-            f"Check the hub id and revision, log in for private models, or unset HF_HUB_OFFLINE to download it. "
-            f"{builtin_hint(base_model, 'diffusion')}"
-        ) from error
 
 
 class DiffusionPipeline(ConfigMixin):
@@ -629,99 +557,6 @@ class DiffusionPipeline(ConfigMixin):
         if config.get("textual_inversion_tokens"):
             tags, method = tags + ["textual_inversion"], "textual inversion" if method == "diffusion pipeline" else method
         return {"base_model": config.get("base_model"), "method": method, "tags": tags}
-
-
-def vector_token_names(token: str, count: int) -> list[str]:
-    """The tokens of a `count`-vector embedding: `token`, then `<token>_1 ... <token>_{count-1}` (diffusers' naming)."""
-    return [token] + [f"{token}_{index}" for index in range(1, count)]
-
-
-def textual_inversion_file_name(index: int) -> str:
-    """`learned_embeds.safetensors` for the first token, `learned_embeds-2.safetensors` for the second, ..."""
-    return TEXTUAL_INVERSION_NAME if index == 0 else TEXTUAL_INVERSION_NAME.replace(".safetensors", f"-{index + 1}.safetensors")
-
-
-def check_new_token(tokenizer, token: str) -> None:
-    """Refuse a token that cannot be added: empty, with whitespace, or already meaning something to `tokenizer`.
-
-    A token the tokenizer reads as one known piece (`"dog"`, `"sks"`) is refused too: adding it would
-    silently change what every prompt using that word means.
-
-    Raises:
-        ConfigError: Naming the token and what to do instead.
-    """
-    if not isinstance(token, str) or not token or any(character.isspace() for character in token):
-        raise ConfigError(f"A textual-inversion token must be a non-empty string without spaces, got {token!r}; "
-                          "use something like '<my-concept>'.")
-    if token in tokenizer.get_vocab() or len(tokenizer.tokenize(token)) == 1:
-        raise ConfigError(f"The token {token!r} is already known to the tokenizer; adding it would change what prompts "
-                          "using it mean. Choose a new token, e.g. '<my-concept>'.")
-
-
-def read_textual_inversion(embedding: Union[str, Path, torch.Tensor, Mapping[str, Any]], token: Optional[str] = None) -> tuple[str, torch.Tensor]:
-    """Read a textual-inversion embedding into `(token, tensor[num_vectors, dim])`, without running any code.
-
-    Args:
-        embedding: A `.safetensors` file, a `.bin`/`.pt` file (read with `torch.load(weights_only=True)`), a
-            tensor, or a state dict in the diffusers (`{token: tensor}`) or A1111 (`string_to_param`) layout.
-        token: The token; wins over the name in the file, and is required for a bare tensor.
-
-    Raises:
-        ConfigError: An unreadable or refused file, or a layout that is not one of the above.
-    """
-    source = repr(str(embedding)) if isinstance(embedding, (str, Path)) else "the embedding"
-    if isinstance(embedding, (str, Path)):
-        embedding = _read_embedding_file(Path(embedding))
-    if isinstance(embedding, torch.Tensor):
-        if token is None:
-            raise ConfigError(f"{source} is a bare tensor with no token name; pass token='<my-token>' (placeholder_token= with "
-                              "derive_pipeline, --placeholder-token with tinypipe derive).")
-        return token, embedding
-    if not isinstance(embedding, Mapping):
-        raise ConfigError(f"{source} holds a {type(embedding).__name__}, not a tensor or a {{token: tensor}} dict.")
-    if "string_to_param" in embedding:  # A1111 / stable-diffusion-webui
-        parameters = embedding["string_to_param"]
-        if not isinstance(parameters, Mapping) or len(parameters) != 1:
-            raise ConfigError(f"{source} is an A1111 embedding whose 'string_to_param' should hold one tensor; it holds "
-                              f"{len(parameters) if isinstance(parameters, Mapping) else type(parameters).__name__}.")
-        name = embedding.get("name")
-        vectors = next(iter(parameters.values()))
-        token = token or (name if isinstance(name, str) and name else None)
-        if token is None:
-            raise ConfigError(f"{source} is an A1111 embedding with no 'name'; pass token='<my-token>' (placeholder_token= "
-                              "with derive_pipeline, --placeholder-token with tinypipe derive).")
-    elif len(embedding) == 1:  # diffusers
-        stored, vectors = next(iter(embedding.items()))
-        token = token or stored
-    else:
-        keys = sorted(map(str, embedding))[:5]
-        raise ConfigError(f"{source} holds {len(embedding)} keys {keys}; a textual-inversion embedding holds one "
-                          "{token: tensor} (diffusers) or 'string_to_param' (A1111). Save each token in its own file.")
-    if not isinstance(vectors, torch.Tensor):
-        raise ConfigError(f"{source}: the embedding of {token!r} is a {type(vectors).__name__}, not a tensor.")
-    return token, vectors
-
-
-def _read_embedding_file(path: Path) -> Any:
-    """The object stored in an embedding file; pickles are read with `weights_only=True` (no code runs)."""
-    if not path.is_file():
-        raise ConfigError(f"The embedding file {path} does not exist.")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as error:
-            raise ConfigError(f"{path} is not a readable safetensors file: {error}.") from error
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, OSError) as error:
-        raise ConfigError(
-            f"Refused to load {path}: it is not a plain file of tensors ({str(error).splitlines()[0][:200]}). Pickled "
-            "files are read with torch.load(weights_only=True) so that nothing in them runs; convert the embedding to "
-            ".safetensors from a source you trust."
-        ) from error
 
 
 def write_vocabulary_files(tokenizer_folder: Path) -> None:

@@ -40,7 +40,8 @@ from ..config import (
 )
 from ..errors import ConfigError
 from ..models.builtin import TINY_SD
-from ..models.diffusion import DiffusionPipeline, check_new_token, vector_token_names
+from ..models.diffusion import DiffusionPipeline
+from ..models.embedding_files import check_new_token, vector_token_names
 from . import diffusion_steps as steps
 from .checkpoints import load_checkpoint, save_checkpoint
 from .image_data import load_image_examples

@@ -1,0 +1,92 @@
+"""Loading a diffusers base pipeline (a built-in name, a local diffusers folder or a hub id), quietly and safely.
+
+`load_base_pipeline` is what `DiffusionPipeline` builds on: it refuses a local folder whose `model_index.json`
+names components from libraries other than diffusers and transformers (diffusers would import them, running
+their code, and a base model folder gives no consent to that).
+"""
+
+import contextlib
+import warnings
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from ..config.safe_io import read_json
+from ..errors import ConfigError
+from .builtin import builtin_model_folder, is_builtin
+
+__all__ = ["default_device", "load_base_pipeline", "quiet_loading"]
+
+
+def default_device() -> str:
+    """`cuda` when a GPU is visible, else `cpu`."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Silence the loading progress bars and notices of diffusers/transformers for one load."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
+
+
+_COMPONENT_LIBRARIES = (None, "diffusers", "transformers")
+
+
+def _check_component_libraries(model_index: Path) -> None:
+    """Refuse a `model_index.json` whose components come from other libraries: diffusers would import them (running
+    their code) to build the pipeline, and a base model folder gives no consent to that."""
+    for name, value in read_json(model_index).items():
+        if isinstance(value, list) and value and value[0] not in _COMPONENT_LIBRARIES:
+            raise ConfigError(f"{model_index}: the component {name!r} comes from the library {value[0]!r}, which loading "
+                              "would import; tinypipe builds base models from diffusers and transformers components only.")
+
+
+def load_base_pipeline(base_model: str, revision: Optional[str] = None, torch_dtype: torch.dtype = torch.float32, token: Optional[str] = None):
+    """Load a diffusers `StableDiffusionPipeline`: a built-in name, a local diffusers folder, or a hub id.
+
+    Raises:
+        ConfigError: A local folder that is not a diffusers pipeline, or a hub id that cannot be had.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    if is_builtin(base_model):
+        source: Union[str, Path] = builtin_model_folder(base_model)
+    elif Path(base_model).exists():
+        source = Path(base_model)
+        if not (source / "model_index.json").is_file():
+            raise ConfigError(f"{source} is not a diffusers pipeline folder (no model_index.json); give a folder "
+                              "written by diffusers' save_pretrained, a hub id, or the built-in 'tinypipe/tiny-sd'.")
+        _check_component_libraries(source / "model_index.json")
+    else:
+        source = base_model
+    try:
+        with quiet_loading():
+            return StableDiffusionPipeline.from_pretrained(
+                source, revision=revision if not isinstance(source, Path) else None, torch_dtype=torch_dtype, token=token,
+                safety_checker=None, requires_safety_checker=False,
+            )
+    except OSError as error:
+        from .model_ids import builtin_hint, load_error_reason
+
+        raise ConfigError(
+            f"Could not load the base model {base_model!r} (revision {revision or 'main'}): {load_error_reason(error)} "
+            f"Check the hub id and revision, log in for private models, or unset HF_HUB_OFFLINE to download it. "
+            f"{builtin_hint(base_model, 'diffusion')}"
+        ) from error
