@@ -8,14 +8,22 @@ and no job recorded. Nothing heavy is imported at import time, so `--help` stays
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 __all__ = ["OneLineParser", "positive_int", "non_negative_int", "positive_float", "probability", "dataset_path",
            "diffuser_train_arguments", "lm_train_arguments"]
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An `ArgumentParser` whose usage errors are one line (`tinypipe generate: error: ...`) and exit code 2."""
+    """An `ArgumentParser` whose usage errors are one line (`tinypipe generate: error: ...`) and exit code 2.
+
+    Options are never abbreviated: a misspelled `--num-prior-class-image` is an error, not silently taken as
+    `--num-prior-class-images`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message}. See `{self.prog} --help`.", file=sys.stderr)

@@ -183,8 +183,11 @@ def _configure_logging(level: str, log_file: Optional[Path]) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=handlers, force=True)
+    root = logging.getLogger()
+    root.handlers[:] = handlers  # the caller's handlers are put back by run_job, not closed here
+    root.setLevel(logging.WARNING)
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("tinypipe").setLevel(level)
 
 
@@ -200,6 +203,20 @@ def run_job(store: JobStore, job: Job, *, foreground: bool) -> int:
     Returns:
         The exit code: 0 succeeded, 1 failed, 2 failed on bad input, 130 cancelled.
     """
+    root, package = logging.getLogger(), logging.getLogger("tinypipe")
+    saved = root.handlers[:], root.level, package.level
+    try:
+        return _run_recorded_job(store, job, foreground=foreground)
+    finally:  # the caller's logging as it was (a job run in-process, from Python or a test, leaves no handler behind)
+        for handler in root.handlers:
+            if handler not in saved[0]:
+                handler.close()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        package.setLevel(saved[2])
+
+
+def _run_recorded_job(store: JobStore, job: Job, *, foreground: bool) -> int:
     request = TrainRequest(**job.arguments)
     _configure_logging(request.log_level, job.log_file if foreground else None)
     if not store.start(job.id):

@@ -233,3 +233,18 @@ def test_resume_from_another_runs_checkpoint_exits_2_with_one_line_listing_what_
     errors = [line for line in err.splitlines() if line.startswith("tinypipe: error:")]
     assert len(errors) == 1 and "belongs to another run" in errors[0]
     assert "learning_rate is 0.001 there, 0.0005 here" in errors[0] and "another output_dir" in errors[0]
+
+
+def test_a_misspelled_option_is_refused_not_taken_as_an_abbreviation(capsys):
+    code, err = run(capsys, *TRAIN, "--prior-class-prompt", "a photo of a circle", "--num-prior-class-image", "3")
+    assert code == 2 and "unrecognized arguments: --num-prior-class-image" in err and no_jobs()
+
+
+def test_a_job_run_in_this_process_leaves_the_callers_logging_handlers_as_they_were(capsys, tmp_path):
+    import logging
+
+    root = logging.getLogger()
+    before = root.handlers[:], root.level
+    code, _ = run(capsys, *TRAIN, "--output", str(tmp_path / "out"), "--training-args",
+                  json.dumps({"max_train_steps": 1, "num_validation_images": 0, "checkpointing_steps": 0}))
+    assert code == 0 and (root.handlers, root.level) == before

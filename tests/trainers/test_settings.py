@@ -131,3 +131,12 @@ def test_dreambooth_learning_rate_defaults_to_diffusers_rate_for_the_method_and_
 def test_lora_settings_on_a_full_dreambooth_fine_tune_are_refused():
     with pytest.raises(ConfigError, match="rank=8 .* use_lora is False"):
         DreamBoothTrainer().train(data=NO_DATA, instance_prompt="a photo of sks circle", rank=8)
+
+
+def test_default_settings_ask_for_no_8bit_adam_so_a_cpu_run_warns_of_nothing_it_did_not_ask(tmp_path, caplog):
+    fast = {name: value for name, value in SD_FAST.items() if name != "use_8bit_adam"}
+    with caplog.at_level(logging.WARNING, logger="tinypipe"):
+        LoRATrainer().train(**fast, output_dir=str(tmp_path / "out"))
+    assert not [record for record in caplog.records if "8bit" in record.getMessage() or "8-bit" in record.getMessage()]
+    saved = json.loads((tmp_path / "out" / "trainer" / "train_config" / "config.json").read_text())
+    assert saved["use_8bit_adam"] is False

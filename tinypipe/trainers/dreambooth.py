@@ -129,7 +129,7 @@ class DreamBoothTrainer(TrainerConfigMixin):
         warmup_steps: FromConfig = 0,
         lr_num_cycles: FromConfig = 1,
         lr_power: FromConfig = 1.0,
-        use_8bit_adam: FromConfig = True,
+        use_8bit_adam: FromConfig = False,
         adam_beta1: FromConfig = 0.9,
         adam_beta2: FromConfig = 0.999,
         adam_weight_decay: FromConfig = 1e-2,
