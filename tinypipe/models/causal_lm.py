@@ -15,6 +15,7 @@ The adapter files are PEFT's own format, so plain peft reads them unchanged:
 import copy
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -194,7 +195,9 @@ class CausalLMPipeline(ConfigMixin):
         previous = dict(self.config)
         self._record(lora_rank=rank, lora_alpha=alpha, lora_dropout=dropout, lora_target_modules=targets)
         try:
-            self.model = get_peft_model(self.model, self._make_lora_config(rank, alpha, dropout, targets))
+            with warnings.catch_warnings():  # peft probes transformers' deprecated alias; nothing for the user to do
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+                self.model = get_peft_model(self.model, self._make_lora_config(rank, alpha, dropout, targets))
         except ValueError as error:
             self._record(**{key: previous.get(key) for key in LORA_SETTINGS})
             modules = sorted({name.rsplit(".", 1)[-1] for name, module in self.model.named_modules() if isinstance(module, torch.nn.Linear)})
