@@ -45,8 +45,8 @@ def resolution_of(model: str) -> int:
 
 
 def pixels_and_ids(pipe, resolution: int, prompts: list[str], shape: str = "circle"):
-    from tinypipe.models.builtin import shapes_dataset
-    from tinypipe.trainers.image_data import image_to_tensor
+    from tinypipe.builtin.tiny_sd import shapes_dataset
+    from tinypipe.data.images import image_to_tensor
 
     images = [image for image, _ in shapes_dataset(count=8, resolution=resolution, shape=shape)]
     pixels = torch.stack([image_to_tensor(image, resolution) for image in images])
@@ -148,7 +148,7 @@ def ti_reference(folder: Path, steps: int, batch: int, resolution: int) -> dict:
 
 
 def run_tinypipe(method: str, folder: Path, steps: int, batch: int, resolution: int, work: Path) -> dict:
-    from tinypipe.models.builtin import shapes_dataset, write_shapes_folder
+    from tinypipe.builtin.tiny_sd import shapes_dataset, write_shapes_folder
     from tinypipe.trainers import (
         DreamBoothTrainer,
         TextualInversionTrainer,

@@ -40,7 +40,7 @@ FILLER = ("The answer is clear and we can explain it well.", "This is a good que
 
 def build_model(name: str, folder: Path) -> str:
     """The benchmark's base model: the built-in name, or a larger random Llama written to `folder`."""
-    from tinypipe.models.builtin_lm import TINY_LLAMA, load_tiny_llama_tokenizer
+    from tinypipe.builtin.tiny_llama import TINY_LLAMA, load_tiny_llama_tokenizer
 
     if name == "tiny":
         return TINY_LLAMA
@@ -58,7 +58,7 @@ def build_model(name: str, folder: Path) -> str:
 
 def make_records(count: int) -> list[dict]:
     """Alpaca records with a long-tailed response length (about 10 to 300 tokens), always the same."""
-    from tinypipe.models.builtin_lm import tiny_instructions
+    from tinypipe.builtin.tiny_llama import tiny_instructions
 
     rng = random.Random(0)
     base = tiny_instructions()
@@ -75,7 +75,7 @@ def run_variant(variant: str, model: str, examples: int, epochs: int, batch: int
     """Train one variant in this process; return its figures."""
     from tinypipe.models.causal_lm import CausalLMPipeline
     from tinypipe.trainers.causal_lm import CausalLMTrainer, evaluation_loss
-    from tinypipe.trainers.text_data import load_instruction_examples, tokenize_examples
+    from tinypipe.data.instructions import load_instruction_examples, tokenize_examples
 
     torch.set_num_threads(2)
     records = make_records(examples)

@@ -33,7 +33,7 @@ WARMUP = 3
 
 def build_model(name: str, folder: Path) -> Path:
     """Write the benchmark's base model as a diffusers folder (random init for sd128)."""
-    from tinypipe.models.builtin import TINY_SD, builtin_model_folder
+    from tinypipe.builtin.tiny_sd import TINY_SD, builtin_model_folder
 
     if name == "tiny":
         return builtin_model_folder(TINY_SD)
@@ -45,7 +45,7 @@ def build_model(name: str, folder: Path) -> Path:
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from tinypipe.models.builtin import load_clip_tokenizer
+    from tinypipe.builtin.tiny_sd import load_clip_tokenizer
 
     torch.manual_seed(0)
     tokenizer = load_clip_tokenizer()
@@ -71,8 +71,8 @@ def resolution_of(model: str) -> int:
 
 
 def data_batch(pipe, batch: int, resolution: int):
-    from tinypipe.models.builtin import shapes_dataset
-    from tinypipe.trainers.image_data import image_to_tensor
+    from tinypipe.builtin.tiny_sd import shapes_dataset
+    from tinypipe.data.images import image_to_tensor
 
     examples = shapes_dataset(count=8, resolution=resolution)
     pixels = torch.stack([image_to_tensor(image, resolution) for image, _ in examples])
@@ -133,7 +133,7 @@ def run_loop(folder: Path, variant: str, steps: int, batch: int, resolution: int
 def run_tinypipe(folder: Path, steps: int, batch: int, resolution: int, single: bool = False) -> dict:
     import logging
 
-    from tinypipe.models.builtin import shapes_dataset
+    from tinypipe.builtin.tiny_sd import shapes_dataset
     from tinypipe.trainers import LoRATrainer
     from tinypipe.trainers import lora as lora_module
 

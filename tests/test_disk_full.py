@@ -14,7 +14,7 @@ import torch
 from tinypipe import ConfigMixin, save_config
 from tinypipe.archive import safe_extract
 from tinypipe.errors import StorageError
-from tinypipe.trainers.checkpoints import latest_checkpoint, save_checkpoint
+from tinypipe.training.checkpoints import latest_checkpoint, save_checkpoint
 
 
 class Wide(ConfigMixin, torch.nn.Module):

@@ -18,7 +18,7 @@ from huggingface_hub.utils import filter_repo_objects
 from tinypipe import AutoModelPipeline, RepoError
 from tinypipe.config.filelist import verify_filelist
 from tinypipe.models import CausalLMPipeline, DiffusionPipeline
-from tinypipe.models.builtin_lm import TINY_INSTRUCTIONS
+from tinypipe.builtin.tiny_llama import TINY_INSTRUCTIONS
 from tinypipe.publish import card_data_from_repo, public_training_arguments, push_repo_folder
 from tinypipe.trainers import CausalLMTrainer, LoRATrainer
 

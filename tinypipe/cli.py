@@ -237,7 +237,7 @@ def _looks_like_a_path(value: str) -> bool:
 
 def _generate(arguments: argparse.Namespace) -> int:
     from .config import AutoModelPipeline
-    from .home import tinypipe_home
+    from .files import tinypipe_home
 
     local = _repo_path(arguments.repo)
     if local is None and _looks_like_a_path(arguments.repo):

@@ -81,7 +81,7 @@ def dataset_path(dataset: str) -> str:
 
     from .archive import safe_extract
     from .config.filelist import sha256_file
-    from .home import tinypipe_home
+    from .files import tinypipe_home
 
     digest = sha256_file(path)[:16]
     folder = tinypipe_home() / "datasets" / digest
@@ -107,7 +107,7 @@ def diffuser_train_arguments(arguments: argparse.Namespace) -> dict:
     """`train()` keyword arguments of a train-diffuser command."""
     from .errors import ConfigError, DataError
     from .runner import parse_training_args, placeholder_from_prompt
-    from .trainers.image_data import IMAGE_EXTENSIONS
+    from .data.images import IMAGE_EXTENSIONS
 
     train = parse_training_args(arguments.training_args)
     prompt, method = arguments.prompt, arguments.method

@@ -14,9 +14,9 @@ import numpy as np
 
 from .config import AutoModelPipeline
 from .models import DiffusionPipeline
-from .models.builtin import TINY_SD
+from .builtin.tiny_sd import TINY_SD
 from .trainers import LoRATrainConfig, LoRATrainer
-from .trainers.diffusion_steps import image_grid
+from .training.diffusion_steps import image_grid
 
 PROMPT = "a photo of sks circle"
 

@@ -27,7 +27,7 @@ from . import __version__
 from .config import ConfigMixin
 from .config.filelist import FILELIST, sha256_file, verify_filelist
 from .config.repo import CONFIG_NAME, component_folder, load_repo
-from .config.safe_io import read_json
+from .files import read_json
 from .errors import ConfigError, RepoError
 from .models.causal_lm import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CausalLMPipeline
 from .models.diffusion import LORA_WEIGHTS_NAME, DiffusionPipeline

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import TinypipeError
-from .home import tinypipe_home
+from .files import tinypipe_home
 
 __all__ = ["Job", "JobError", "JobStoreError", "JobStore", "ACTIVE", "STATUSES", "check_job_name"]
 

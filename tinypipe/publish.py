@@ -30,7 +30,7 @@ from typing import Any, Optional, Union
 
 from .config.coders import is_reserved_key
 from .config.hub import _DOWNLOAD_STAMP, render_model_card
-from .config.safe_io import child_path, read_json
+from .files import child_path, read_json
 from .errors import ConfigError, RepoError
 
 __all__ = ["push_repo_folder", "card_data_from_repo", "upload_repo", "public_training_arguments", "public_value", "UPLOAD_IGNORE_PATTERNS"]

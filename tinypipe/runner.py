@@ -88,7 +88,7 @@ def check_request(request: TrainRequest) -> None:
             here (a `mixed_precision` this machine cannot run, a count <= 0, ...), or options that do not fit.
         DataError: A missing, empty or unreadable data set.
     """
-    from .trainers.settings import check_training_settings
+    from .training.settings import check_training_settings
 
     if request.kind == "train-diffuser" and request.method not in DIFFUSER_METHODS:
         raise ConfigError(f"Unknown --method {request.method!r}; use one of {', '.join(DIFFUSER_METHODS)}.")
@@ -147,11 +147,11 @@ def _example(expected: type, default: Any) -> Any:
 
 def _check_dataset(request: TrainRequest) -> None:
     if request.kind == "train-lm":
-        from .trainers.text_data import load_instruction_examples
+        from .data.instructions import load_instruction_examples
 
         load_instruction_examples(request.dataset)
         return
-    from .trainers.image_data import BUILTIN_DATASETS, load_image_examples
+    from .data.images import BUILTIN_DATASETS, load_image_examples
 
     if request.dataset not in BUILTIN_DATASETS and not Path(request.dataset).exists():
         raise DataError(f"The data set {request.dataset} does not exist; give a folder of images, a JSON file listing "

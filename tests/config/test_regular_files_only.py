@@ -12,7 +12,7 @@ import pytest
 
 from tinypipe import AutoModelPipeline, ConfigMixin, RepoError, save_config
 from tinypipe.cli import main
-from tinypipe.trainers.checkpoints import load_checkpoint
+from tinypipe.training.checkpoints import load_checkpoint
 
 
 class Small(ConfigMixin):

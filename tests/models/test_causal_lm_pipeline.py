@@ -14,7 +14,7 @@ from transformers import (
 
 from tinypipe import AutoModelPipeline, ConfigError, RepoError
 from tinypipe.models import CausalLMPipeline
-from tinypipe.models.builtin_lm import (
+from tinypipe.builtin.tiny_llama import (
     TINY_LLAMA,
     build_tiny_llama,
     builtin_lm_folder,

@@ -16,9 +16,9 @@ from tinypipe import (
     TrainingError,
 )
 from tinypipe.models import CausalLMPipeline
-from tinypipe.models.builtin_lm import TINY_INSTRUCTIONS, TINY_LLAMA, tiny_instructions
+from tinypipe.builtin.tiny_llama import TINY_INSTRUCTIONS, TINY_LLAMA, tiny_instructions
 from tinypipe.trainers import CausalLMTrainConfig, CausalLMTrainer, finetune
-from tinypipe.trainers.text_data import render_prompt
+from tinypipe.data.instructions import render_prompt
 
 # A few quick steps: enough to exercise everything, not to learn.
 FAST = dict(data=TINY_INSTRUCTIONS, max_train_steps=4, train_batch_size=4, learning_rate=1e-3)

@@ -8,7 +8,7 @@ import torch
 
 from tinypipe import AutoModelPipeline, AutoTrainerPipeline, ConfigError, DataError
 from tinypipe.models import DiffusionPipeline
-from tinypipe.models.builtin import (
+from tinypipe.builtin.tiny_sd import (
     builtin_model_folder,
     shapes_dataset,
     write_shapes_folder,

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from tinypipe.models import DiffusionPipeline, builtin
-from tinypipe.models.builtin import shapes_dataset
+from tinypipe.models import DiffusionPipeline
+from tinypipe.builtin import tiny_sd as builtin
+from tinypipe.builtin.tiny_sd import shapes_dataset
 from tinypipe.trainers import DreamBoothTrainer, TextualInversionTrainer
-from tinypipe.trainers import diffusion_steps as steps
-from tinypipe.trainers.image_data import load_image_examples
+from tinypipe.training import diffusion_steps as steps
+from tinypipe.data.images import load_image_examples
 
 pytestmark = pytest.mark.skipif(not builtin.TINY_SD_WEIGHTS.is_file(), reason="needs the shipped tiny-sd weights")
 

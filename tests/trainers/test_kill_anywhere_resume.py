@@ -24,7 +24,8 @@ STEPS, EVERY = 5, 2
 RUN = textwrap.dedent('''
     import os, signal, sys
     from tinypipe.config import repo
-    from tinypipe.trainers import checkpoints, diffusion_steps, lora
+    from tinypipe.trainers import lora
+    from tinypipe.training import checkpoints, diffusion_steps
 
     output, mode, log = sys.argv[1], sys.argv[2], sys.argv[3]
     kill_at, seen = int(os.environ.get("KILL_AT", "0")), []

@@ -16,8 +16,9 @@ from tinypipe import (
     TrainingError,
 )
 from tinypipe.models import DiffusionPipeline
-from tinypipe.models.builtin import builtin_model_folder, write_shapes_folder
-from tinypipe.trainers import LoRATrainConfig, LoRATrainer, optim
+from tinypipe.builtin.tiny_sd import builtin_model_folder, write_shapes_folder
+from tinypipe.trainers import LoRATrainConfig, LoRATrainer
+from tinypipe.training import optim
 
 # Small and fast: a few steps, one small validation image.
 FAST = dict(data="tinypipe/shapes", instance_prompt="a photo of sks circle", max_train_steps=4, num_validation_images=1,
@@ -104,7 +105,7 @@ def test_saved_trainer_reruns_the_same_training(trained, tmp_path):
 
 
 def test_in_memory_data_and_a_folder_train(tmp_path):
-    from tinypipe.models.builtin import shapes_dataset
+    from tinypipe.builtin.tiny_sd import shapes_dataset
 
     folder = write_shapes_folder(tmp_path / "shapes", count=3)
     for data in (shapes_dataset(count=3), [image for image, _ in shapes_dataset(count=3)], str(folder)):

@@ -1,7 +1,7 @@
 """LoRATrainer with prior preservation (DreamBooth-LoRA, as diffusers' train_dreambooth_lora.py): the LoRA's own
 learning rate, class examples in every batch, and a config that records what ran."""
 
-from tinypipe.models.builtin import shapes_dataset
+from tinypipe.builtin.tiny_sd import shapes_dataset
 from tinypipe.trainers import LoRATrainer, lora
 
 PRIOR = dict(with_prior_preservation=True, class_prompt="a photo of a square", num_class_images=2, sample_batch_size=2,

@@ -17,7 +17,8 @@ from tinypipe import AutoModelPipeline
 
 RUN = textwrap.dedent('''
     import os, sys
-    from tinypipe.trainers import checkpoints, lora
+    from tinypipe.trainers import lora
+    from tinypipe.training import checkpoints
 
     output, mode, steps, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     kill_step = int(os.environ.get("KILL_STEP", "0"))

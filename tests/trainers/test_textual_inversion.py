@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from tinypipe import AutoModelPipeline, AutoTrainerPipeline, ConfigError
 from tinypipe.models import DiffusionPipeline
-from tinypipe.models.builtin import builtin_model_folder
+from tinypipe.builtin.tiny_sd import builtin_model_folder
 from tinypipe.trainers import TextualInversionTrainConfig, TextualInversionTrainer
 
 TOKEN = "<sks-shape>"

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from tinypipe import AutoModelPipeline
-from tinypipe.models.builtin import builtin_model_folder
-from tinypipe.models.builtin_lm import TINY_INSTRUCTIONS, TINY_LLAMA, builtin_lm_folder
+from tinypipe.builtin.tiny_sd import builtin_model_folder
+from tinypipe.builtin.tiny_llama import TINY_INSTRUCTIONS, TINY_LLAMA, builtin_lm_folder
 from tinypipe.trainers import CausalLMTrainer, DreamBoothTrainer, LoRATrainer, TextualInversionTrainer
 
 PROMPT = "a photo of sks circle"

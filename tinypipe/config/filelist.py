@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from ..errors import RepoError, StorageError
-from ..home import tinypipe_home
-from .safe_io import open_regular_file, read_text
+from ..files import tinypipe_home
+from ..files import open_regular_file, read_text
 
 __all__ = ["FILELIST", "write_filelist", "verify_filelist", "sha256_file"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import RepoError
-from .safe_io import child_path
+from ..files import child_path
 
 __all__ = ["resolve_repo", "cache_folder", "push_repo", "register_builtin_repo", "render_model_card", "is_offline"]
 

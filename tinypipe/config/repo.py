@@ -30,7 +30,7 @@ from .coders import decode_value, encode_value
 from .filelist import FILELIST, verify_filelist, write_filelist
 from .mixin import ConfigMixin, subfolder_reference
 from .modules import class_path, module_source_file, resolve_class
-from .safe_io import child_path, read_json
+from ..files import child_path, read_json
 
 __all__ = ["save_repo", "load_repo", "check_version", "remove_interrupted_saves", "CONFIG_NAME", "CODE_FOLDER"]
 

@@ -23,7 +23,7 @@ import torch
 
 from ..config import ConfigMixin, Ignore, save_config
 from ..errors import ConfigError, RepoError
-from .builtin_lm import TINY_LLAMA, builtin_lm_folder, is_builtin_lm
+from ..builtin.tiny_llama import TINY_LLAMA, builtin_lm_folder, is_builtin_lm
 from .lora_targets import check_target_modules
 
 logger = logging.getLogger(__name__)
@@ -357,7 +357,7 @@ class CausalLMPipeline(ConfigMixin):
 
     def _prompts(self, prompt: Union[str, Sequence[str], None], instruction: Union[str, Sequence[str], None],
                  input: Union[str, Sequence[str]]) -> tuple[list[str], bool]:
-        from ..trainers.text_data import render_prompt
+        from ..data.instructions import render_prompt
 
         if (prompt is None) == (instruction is None):
             raise ConfigError("generate() needs either a prompt or an instruction (with an optional input), not both.")

@@ -12,9 +12,9 @@ from typing import Optional, Union
 
 import torch
 
-from ..config.safe_io import read_json
+from ..files import read_json
 from ..errors import ConfigError
-from .builtin import builtin_model_folder, is_builtin
+from ..builtin.tiny_sd import builtin_model_folder, is_builtin
 
 __all__ = ["default_device", "load_base_pipeline", "quiet_loading"]
 

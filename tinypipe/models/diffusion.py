@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 
 from ..config import ConfigMixin, Ignore, save_config
 from ..errors import ConfigError, RepoError, TinypipeError
-from .builtin import TINY_SD
+from ..builtin.tiny_sd import TINY_SD
 from .diffusers_base import default_device, load_base_pipeline, quiet_loading
 from .embedding_files import (
     check_new_token,

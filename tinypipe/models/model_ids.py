@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import ConfigError
-from .builtin import BUILTIN_DIFFUSION_MODELS
-from .builtin_lm import TINY_LLAMA
+from ..builtin.tiny_sd import BUILTIN_DIFFUSION_MODELS
+from ..builtin.tiny_llama import TINY_LLAMA
 
 __all__ = ["BASE_MODEL_KINDS", "builtin_names", "builtin_hint", "check_base_model", "load_error_reason"]
 

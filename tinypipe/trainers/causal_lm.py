@@ -40,11 +40,11 @@ from ..config import (
     set_from_config,
 )
 from ..errors import ConfigError, TrainingError
-from ..models.builtin_lm import TINY_LLAMA
+from ..builtin.tiny_llama import TINY_LLAMA
 from ..models.causal_lm import ATTENTION_PROJECTIONS, CausalLMPipeline
-from .checkpoints import load_checkpoint, restore_trainable, save_checkpoint
-from .resume import batches_to_run, epochs_to_run
-from .optim import (
+from ..training.checkpoints import load_checkpoint, restore_trainable, save_checkpoint
+from ..training.resume import batches_to_run, epochs_to_run
+from ..training.optim import (
     check_finite_loss,
     make_accelerator,
     make_lr_scheduler,
@@ -54,9 +54,9 @@ from .optim import (
     runs_8bit_adam,
     seed_everything,
 )
-from .run_fingerprint import checkpoint_to_resume, content_digest, run_fingerprint
-from .settings import check_existing_lora, check_training_settings, log_resolved_steps
-from .text_data import (
+from ..training.run_fingerprint import checkpoint_to_resume, content_digest, run_fingerprint
+from ..training.settings import check_existing_lora, check_training_settings, log_resolved_steps
+from ..data.instructions import (
     IGNORE_INDEX,
     TokenizedExample,
     collate,

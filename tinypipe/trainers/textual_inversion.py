@@ -39,13 +39,13 @@ from ..config import (
     set_from_config,
 )
 from ..errors import ConfigError
-from ..models.builtin import TINY_SD
+from ..builtin.tiny_sd import TINY_SD
 from ..models.diffusion import DiffusionPipeline
 from ..models.embedding_files import check_new_token, vector_token_names
-from . import diffusion_steps as steps
-from .checkpoints import load_checkpoint, save_checkpoint
-from .image_data import load_image_examples
-from .optim import (
+from ..training import diffusion_steps as steps
+from ..training.checkpoints import load_checkpoint, save_checkpoint
+from ..data.images import load_image_examples
+from ..training.optim import (
     check_finite_loss,
     make_accelerator,
     make_lr_scheduler,
@@ -55,9 +55,9 @@ from .optim import (
     runs_8bit_adam,
     seed_everything,
 )
-from .resume import batches_to_run, epochs_to_run
-from .run_fingerprint import checkpoint_to_resume, run_fingerprint
-from .settings import check_training_settings, log_resolved_steps
+from ..training.resume import batches_to_run, epochs_to_run
+from ..training.run_fingerprint import checkpoint_to_resume, run_fingerprint
+from ..training.settings import check_training_settings, log_resolved_steps
 
 logger = logging.getLogger(__name__)
 

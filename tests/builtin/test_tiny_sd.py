@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +13,8 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTokenizer
 
 from tinypipe.errors import ConfigError, DataError
-from tinypipe.home import _COMPLETE_MARKER
-from tinypipe.models.builtin import (
+from tinypipe.files import _COMPLETE_MARKER
+from tinypipe.builtin.tiny_sd import (
     BUILTIN_DIFFUSION_MODELS,
     CLIP_VOCAB_FOLDER,
     TINY_SD,
@@ -64,8 +65,9 @@ def test_shipped_tokenizer_encodes_each_prompt_word_as_one_token():
 
 
 def test_shipped_vocab_files_are_what_make_vocab_generates(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no __pycache__ inside the shipped data folder
-    spec = importlib.util.spec_from_file_location("make_vocab", CLIP_VOCAB_FOLDER / "make_vocab.py")
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no __pycache__ beside the script
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_clip_vocab.py"
+    spec = importlib.util.spec_from_file_location("make_clip_vocab", script)
     make_vocab = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_vocab)
 
@@ -244,7 +246,7 @@ def _leftovers(folder):
 
 
 def test_concurrent_processes_both_get_one_complete_folder(tmp_path):
-    script = "from tinypipe.models.builtin import builtin_model_folder; print(builtin_model_folder('tinypipe/tiny-sd'))"
+    script = "from tinypipe.builtin.tiny_sd import builtin_model_folder; print(builtin_model_folder('tinypipe/tiny-sd'))"
     environment = {**os.environ, "TINYPIPE_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
     writers = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=environment)
                for _ in range(2)]

@@ -1,4 +1,4 @@
-"""Tests for `tinypipe.trainers.image_data`: every form of training data, every image mode, every bad input."""
+"""Tests for `tinypipe.data.images`: every form of training data, every image mode, every bad input."""
 
 import json
 import logging
@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from tinypipe.errors import DataError
-from tinypipe.trainers.image_data import (
+from tinypipe.data.images import (
     ImageExample,
     check_caption_lengths,
     image_to_tensor,
@@ -17,7 +17,7 @@ from tinypipe.trainers.image_data import (
     load_image_examples,
 )
 
-LOGGER = "tinypipe.trainers.image_data"
+LOGGER = "tinypipe.data.images"
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
 

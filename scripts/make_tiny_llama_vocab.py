@@ -4,7 +4,7 @@ A byte-level BPE (GPT-2 style pre-tokenizer and decoder) learned with the `token
 corpus: the alpaca prompt templates, the built-in `tinypipe/tiny-instructions` records and a list of
 common English words. The 256 byte symbols are always in the vocabulary, so any text encodes (never to
 `<unk>`) and decodes back byte-exactly. Special tokens, with fixed ids: `<unk>` 0, `<s>` 1, `</s>` 2,
-`<pad>` 3. Encoding adds `<s>` in front of each text. Run `python make_vocab.py` to rewrite the files.
+`<pad>` 3. Encoding adds `<s>` in front of each text. Run `python scripts/make_tiny_llama_vocab.py` to rewrite the files.
 """
 
 import json
@@ -13,7 +13,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-FOLDER = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
+FOLDER = ROOT / "tinypipe" / "builtin" / "vocab" / "tiny-llama"
 VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 
@@ -42,8 +43,8 @@ yes what why how who when where which capital color number numbers sum plus minu
 
 
 def corpus() -> list[str]:
-    sys.path.insert(0, str(FOLDER.parents[3]))
-    from tinypipe.models.builtin_lm import tiny_instructions
+    sys.path.insert(0, str(ROOT))
+    from tinypipe.builtin.tiny_llama import tiny_instructions
 
     texts = list(TEMPLATES) * 50 + [" ".join(WORDS)] * 5 + [" " + word for word in WORDS] * 5
     for record in tiny_instructions():

@@ -17,10 +17,10 @@ from typing import Any, Optional
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
-from ..home import cached_folder
-from ..models.builtin import builtin_model_folder, is_builtin
+from ..files import cached_folder
+from ..builtin.tiny_sd import builtin_model_folder, is_builtin
 from ..models.diffusion import DiffusionPipeline
-from .image_data import IMAGE_EXTENSIONS, ImageExample, load_image, load_image_examples
+from ..data.images import IMAGE_EXTENSIONS, ImageExample, load_image, load_image_examples
 
 logger = logging.getLogger(__name__)
 

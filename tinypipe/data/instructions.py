@@ -191,7 +191,7 @@ def load_instruction_examples(
         ''
         ```
     """
-    from ..models.builtin_lm import TINY_INSTRUCTIONS, tiny_instructions
+    from ..builtin.tiny_llama import TINY_INSTRUCTIONS, tiny_instructions
 
     # 1. Raw records with a name for each, for the error messages.
     if isinstance(data, (str, Path)) and str(data) == TINY_INSTRUCTIONS:

@@ -9,8 +9,8 @@ import torch
 from diffusers.optimization import get_scheduler
 
 from tinypipe.errors import RepoError
-from tinypipe.trainers import checkpoints
-from tinypipe.trainers.checkpoints import (
+from tinypipe.training import checkpoints
+from tinypipe.training.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
     resolve_checkpoint,
@@ -238,7 +238,7 @@ def test_saving_a_step_again_replaces_it(tmp_path):
 
 def test_resolve_checkpoint(tmp_path, caplog):
     assert resolve_checkpoint(tmp_path, None) is None
-    with caplog.at_level(logging.INFO, logger="tinypipe.trainers.checkpoints"):
+    with caplog.at_level(logging.INFO, logger="tinypipe.training.checkpoints"):
         assert resolve_checkpoint(tmp_path, "latest") is None
     assert "no checkpoint found" in caplog.text and "starting from scratch" in caplog.text
 

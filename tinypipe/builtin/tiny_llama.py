@@ -3,8 +3,8 @@
 `tinypipe/tiny-llama` is a 2-layer Llama (hidden size 64) with a byte-level BPE tokenizer of about 1k
 tokens. Its weights are a seeded random initialisation, the same on every call, so it has learned
 nothing: it exists so that tests, the demo and smoke runs fine-tune a real transformers Llama offline
-in seconds. The tokenizer is built from `tinypipe/models/vocab/tiny-llama/tokenizer.json` (see
-`make_vocab.py` there): any text encodes (byte by byte when no merge applies, never to `<unk>`), and
+in seconds. The tokenizer is built from `tinypipe/builtin/vocab/tiny-llama/tokenizer.json` (see
+`scripts/make_tiny_llama_vocab.py`): any text encodes (byte by byte when no merge applies, never to `<unk>`), and
 the pad token `<pad>` is distinct from the end-of-sequence token `</s>`.
 
 `tinypipe/tiny-instructions` is a small alpaca-style instruction data set (`tiny_instructions()`):
@@ -21,7 +21,7 @@ import transformers
 
 from ..config.filelist import sha256_file
 from ..errors import ConfigError
-from ..home import cached_folder
+from ..files import cached_folder
 
 __all__ = [
     "TINY_LLAMA",

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tinypipe.models import DiffusionPipeline
-from tinypipe.models.builtin import write_shapes_folder
-from tinypipe.trainers import class_images
+from tinypipe.builtin.tiny_sd import write_shapes_folder
+from tinypipe.training import class_images
 
 SETTINGS = dict(class_prompt="a photo of a square", resolution=64, seed=0, sample_batch_size=2, inference_steps=2,
                 guidance_scale=7.5)

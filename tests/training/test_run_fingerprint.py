@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from tinypipe.errors import ConfigError, RepoError
 from tinypipe.trainers import CausalLMTrainer, DreamBoothTrainer, LoRATrainer, TextualInversionTrainer
-from tinypipe.trainers.checkpoints import restore_trainable, save_checkpoint
-from tinypipe.trainers.run_fingerprint import checkpoint_to_resume, run_fingerprint
+from tinypipe.training.checkpoints import restore_trainable, save_checkpoint
+from tinypipe.training.run_fingerprint import checkpoint_to_resume, run_fingerprint
 
 RUN = {"learning_rate": 0.001, "lr_schedule": "constant", "seed": 0}
 OTHER_RUN = {**RUN, "learning_rate": 0.005}

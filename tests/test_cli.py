@@ -78,7 +78,7 @@ def test_train_diffuser_in_the_foreground_records_a_succeeded_job(home, diffuser
 def test_download_model_zips_weights_and_images_that_diffusers_loads(home, diffuser_job, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from tinypipe.models.builtin import builtin_model_folder
+    from tinypipe.builtin.tiny_sd import builtin_model_folder
 
     job, _ = diffuser_job
     tinypipe(home, "download-model", job.id, "--to", str(tmp_path / "result.zip"))
@@ -129,7 +129,7 @@ def test_train_lm_adapter_downloads_and_loads_in_peft(home, detached_jobs, tmp_p
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from tinypipe.models.builtin_lm import TINY_LLAMA, builtin_lm_folder
+    from tinypipe.builtin.tiny_llama import TINY_LLAMA, builtin_lm_folder
 
     _, lm, _ = detached_jobs
     tinypipe(home, "download-model", lm.id, "--to", str(tmp_path / "lm.zip"))
@@ -150,7 +150,7 @@ def test_train_lm_adapter_downloads_and_loads_in_peft(home, detached_jobs, tmp_p
 def test_textual_inversion_from_a_zipped_folder_loads_in_diffusers(home, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from tinypipe.models.builtin import builtin_model_folder, write_shapes_folder
+    from tinypipe.builtin.tiny_sd import builtin_model_folder, write_shapes_folder
 
     images = write_shapes_folder(tmp_path / "shapes")
     archive = tmp_path / "shapes.zip"

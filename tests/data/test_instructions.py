@@ -6,12 +6,12 @@ import logging
 import pytest
 
 from tinypipe import DataError
-from tinypipe.models.builtin_lm import (
+from tinypipe.builtin.tiny_llama import (
     TINY_INSTRUCTIONS,
     load_tiny_llama_tokenizer,
     tiny_instructions,
 )
-from tinypipe.trainers.text_data import (
+from tinypipe.data.instructions import (
     IGNORE_INDEX,
     InstructionExample,
     collate,

@@ -1,7 +1,7 @@
 """Pretrain the shipped weights of `tinypipe/tiny-sd`, so that the built-in model draws crude coloured shapes.
 
 ```bash
-python -m tinypipe.models.pretrain_tiny_sd --output tinypipe/models/weights/tiny_sd.safetensors
+python scripts/pretrain_tiny_sd.py --output tinypipe/builtin/weights/tiny_sd.safetensors
 ```
 
 Starting from the seeded random initialisation of `build_tiny_stable_diffusion(weights=None)`, on one CPU
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import save_file
 
-from .builtin import (
+from tinypipe.builtin.tiny_sd import (
     SHAPES,
     TINY_SD_WEIGHTS,
     build_tiny_stable_diffusion,

@@ -40,7 +40,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..config.filelist import sha256_file
-from ..config.safe_io import read_json
+from ..files import read_json
 from ..errors import ConfigError, RepoError, StorageError, disk_full_as_error
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tinypipe.trainers.resume import batches_to_run, epochs_to_run
+from tinypipe.training.resume import batches_to_run, epochs_to_run
 
 
 def run(batch_count: int, accumulation: int, total_steps: int, checkpoint_every: int, resume_at: int = 0) -> list:
@@ -55,7 +55,7 @@ def test_a_causal_lm_run_killed_after_its_last_checkpoint_resumes_to_the_same_ad
     import torch
     from safetensors.torch import load_file
 
-    from tinypipe.models.builtin_lm import TINY_INSTRUCTIONS
+    from tinypipe.builtin.tiny_llama import TINY_INSTRUCTIONS
     from tinypipe.trainers import CausalLMTrainer
 
     # 40 records in batches of 16: 3 steps per epoch, so step 4 is the first of the second epoch.

@@ -10,7 +10,7 @@ reads any CLIP tokenizer folder:
 
 The merges are learned by plain BPE on `WORDS` and learning stops only once every word is a single token,
 so each of these prompt words encodes to one id. Any other text still encodes (byte by byte, never to
-`unk`). The output is deterministic: run `python make_vocab.py` and the files come out byte-identical.
+`unk`). The output is deterministic: run `python scripts/make_clip_vocab.py` and the files come out byte-identical.
 """
 
 import json
@@ -136,6 +136,6 @@ def check_files(folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1] / "tinypipe" / "builtin" / "vocab" / "clip"
     write_files(here)
     check_files(here)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..errors import ConfigError
 from .checkpoints import Checkpoint, restore_trainable
-from .image_data import ImageExample, image_to_tensor
+from ..data.images import ImageExample, image_to_tensor
 from .run_fingerprint import content_digest
 from .settings import check_existing_lora
 

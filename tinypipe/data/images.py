@@ -36,7 +36,7 @@ METADATA_FILE = "metadata.jsonl"
 
 
 def _shapes() -> list:
-    from ..models.builtin import shapes_dataset
+    from ..builtin.tiny_sd import shapes_dataset
 
     return shapes_dataset()
 
