@@ -19,7 +19,8 @@ from tinypipe import AutoModelPipeline, RepoError
 from tinypipe.config.filelist import verify_filelist
 from tinypipe.models import CausalLMPipeline, DiffusionPipeline
 from tinypipe.builtin.tiny_llama import TINY_INSTRUCTIONS
-from tinypipe.publish import card_data_from_repo, public_training_arguments, push_repo_folder
+from tinypipe.config.card import card_data_from_repo, public_training_arguments
+from tinypipe.publish import push_repo_folder
 from tinypipe.trainers import CausalLMTrainer, LoRATrainer
 
 TOKEN = "hf_SECRETtoken123"

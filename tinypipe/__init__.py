@@ -7,7 +7,7 @@ The names below are imported on first use (PEP 562), so `import tinypipe` - and 
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401  (public)
 
 _CONFIG_NAMES = (
     "AutoModelPipeline",
@@ -32,6 +32,8 @@ __all__ = sorted([*_MODULE_OF, "__version__"])
 def __getattr__(name: str) -> Any:
     if name not in _MODULE_OF:
         raise AttributeError(f"module 'tinypipe' has no attribute {name!r}")
+    if name in ("AutoModelPipeline", "AutoTrainerPipeline"):
+        importlib.import_module(".models", __name__)  # registers the built-in names (tinypipe/tiny-sd, ...) they load
     value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
     globals()[name] = value
     return value

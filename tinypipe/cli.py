@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import __version__
+from .version import __version__
 from .cli_arguments import (
     OneLineParser,
     dataset_path,
@@ -238,6 +238,7 @@ def _looks_like_a_path(value: str) -> bool:
 def _generate(arguments: argparse.Namespace) -> int:
     from .config import AutoModelPipeline
     from .files import tinypipe_home
+    from .models import CausalLMPipeline  # also registers the built-in names a repo id may be
 
     local = _repo_path(arguments.repo)
     if local is None and _looks_like_a_path(arguments.repo):
@@ -250,8 +251,6 @@ def _generate(arguments: argparse.Namespace) -> int:
         cache = Path(arguments.cache_dir) if arguments.cache_dir else tinypipe_home() / "hub"
         pipeline = AutoModelPipeline.from_pretrained(cache, arguments.repo, revision=arguments.revision,
                                                      trust_remote_code=arguments.trust_remote_code)
-    from .models import CausalLMPipeline
-
     if isinstance(pipeline, CausalLMPipeline):
         text_arguments = {"prompt": arguments.prompt} if arguments.raw else {"instruction": arguments.prompt}
         print(pipeline.generate(**text_arguments, max_new_tokens=arguments.max_new_tokens, seed=arguments.seed))

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
-from . import __version__
+from .version import __version__
 from .config import ConfigMixin
 from .config.filelist import FILELIST, sha256_file, verify_filelist
 from .config.repo import CONFIG_NAME, component_folder, load_repo

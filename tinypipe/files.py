@@ -1,4 +1,10 @@
-"""Files: where tinypipe keeps its own (the home folder, cached folders) and how it reads what it did not write.
+"""Files: where tinypipe keeps its own (the home folder, cached folders), how it writes, and how it reads what it did
+not write.
+
+Writing: every file or folder tinypipe replaces is written beside its target under a hidden temporary name and renamed
+into place once complete (`atomic_file`, `atomic_folder`, `write_atomic`), so a reader sees the old one or the new one,
+never half of one. A folder that is only usable once complete carries a marker written last (`write_marker`,
+`read_marker`).
 
 Home: `tinypipe_home()` and the folders materialised under it. Reading without trusting: every name that comes from
 a file (a config key used as a sub-folder, a hub id used as a cache folder) goes through `child_path`, which refuses
@@ -9,20 +15,151 @@ than any config tinypipe writes. Each refusal is one `RepoError` naming the file
 """
 
 import errno
+import glob
 import json
 import os
 import shutil
 import stat
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Optional, Union
 
 from filelock import FileLock
 
 from .errors import RepoError, StorageError, disk_full_as_error
 
-__all__ = ["tinypipe_home", "cached_folder", "MAX_JSON_DEPTH", "child_path", "open_regular_file", "read_text", "read_json"]
+__all__ = ["tinypipe_home", "cached_folder", "fsync_path", "atomic_file", "write_atomic", "atomic_folder", "write_marker",
+           "read_marker", "MAX_JSON_DEPTH", "child_path", "open_regular_file", "read_text", "read_json"]
+
+# -- writing: beside the target, then one rename ---------------------------------------------------------
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk (Windows cannot open folders, and makes renames durable itself)."""
+    if os.name == "nt" and Path(path).is_dir():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _staging_name(target: Path) -> Path:
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_file(target: Union[str, Path], *, durable: bool = False) -> Iterator[Path]:
+    """Write a file beside `target` and rename it into place once the `with` block ends without error.
+
+    Args:
+        target: The file to create or replace.
+        durable: Flush the file and its folder to disk, so that the new file survives a power cut.
+
+    Yields:
+        The temporary path to write (a hidden sibling of `target`); on an error it is removed and `target` is
+        left as it was.
+
+    Example:
+    ```python
+    with atomic_file(folder / "images.zip") as temporary:
+        write_zip_into(temporary)
+    ```
+    """
+    target = Path(target)
+    temporary = _staging_name(target)
+    try:
+        yield temporary
+        if durable:
+            fsync_path(temporary)
+        os.replace(temporary, target)
+    except Exception:
+        temporary.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_path(target.parent)
+
+
+def write_atomic(target: Union[str, Path], data: Union[str, bytes], *, durable: bool = False) -> None:
+    """Write `data` (text as UTF-8, or bytes) into the file `target`, atomically (see `atomic_file`)."""
+    with atomic_file(target, durable=durable) as temporary:
+        if isinstance(data, str):
+            temporary.write_text(data, encoding="utf-8")
+        else:
+            temporary.write_bytes(data)
+
+
+@contextmanager
+def atomic_folder(target: Union[str, Path], *, staging: Optional[Path] = None, durable: bool = False) -> Iterator[Path]:
+    """Build a folder beside `target` and move it into place once the `with` block ends without error.
+
+    A folder already at `target` is first moved aside under a hidden name and removed once the new one is in
+    place. On an error the staging folder is removed and `target` is left as it was. An interrupt (a kill, or
+    Ctrl-C) leaves the staging folder, hidden, for its owner's next run to remove.
+
+    Args:
+        target: The folder to create or replace.
+        staging: The (hidden, sibling) name to build under, for owners that find their leftovers by name;
+            default `.<name>.<random>.tmp`.
+        durable: Flush the staging folder before the rename and the parent folder after it.
+
+    Yields:
+        The empty staging folder to fill.
+    """
+    target = Path(target)
+    staging = Path(staging) if staging is not None else _staging_name(target)
+    staging.mkdir()
+    try:
+        yield staging
+        if durable:
+            fsync_path(staging)
+        replaced = None
+        if target.exists():
+            replaced = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
+            os.replace(target, replaced)
+        os.replace(staging, target)
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if durable:
+        fsync_path(target.parent)
+    if replaced is not None:
+        _remove(replaced)
+
+
+def write_marker(folder: Path, marker: str, record: dict, *, durable: bool = False) -> None:
+    """Write the complete-folder marker `folder/marker` holding `record`: written last, it says the folder is whole.
+
+    Args:
+        folder: The folder, all of whose other files are written.
+        marker: The marker's file name (`"complete.json"`, `"tinypipe_cache.json"`, ...).
+        record: JSON-encodable facts about the folder (the fingerprint it was built for, its files).
+        durable: Flush the marker to disk.
+    """
+    write_atomic(Path(folder) / marker, json.dumps(record, indent=2, sort_keys=True) + "\n", durable=durable)
+
+
+def read_marker(folder: Path, marker: str) -> Optional[dict]:
+    """The record in the complete-folder marker `folder/marker`, or None when the folder is incomplete (no marker, or
+    one that is not a JSON object)."""
+    try:
+        record = read_json(Path(folder) / marker)
+    except RepoError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+# -- the home folder and the folders cached in it ---------------------------------------------------------
 
 
 def tinypipe_home() -> Path:
@@ -107,37 +244,20 @@ def _barrier() -> None:
 
 
 def _build_once(folder: Path, fingerprint: dict, build: Callable[[Path], None]) -> Path:
-    if _read_marker(folder) == fingerprint:
+    if read_marker(folder, _COMPLETE_MARKER) == fingerprint:
         return folder
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(folder.with_name(f".{folder.name}.lock")):
-        if _read_marker(folder) == fingerprint:  # another process built it while we waited
+        if read_marker(folder, _COMPLETE_MARKER) == fingerprint:  # another process built it while we waited
             return folder
-        staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
-        staging.mkdir()
-        try:
-            # 1. Build the complete folder where no one else looks; the marker goes in last.
-            with disk_full_as_error(folder, f"Writing {folder}"):
-                build(staging)
-                (staging / _COMPLETE_MARKER).write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
-            # 2. Move a stale or damaged folder out of the way, then publish atomically.
-            if folder.exists():
-                stale = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.stale")
-                os.replace(folder, stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            os.replace(staging, folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        for leftover in folder.parent.glob(f".{glob.escape(folder.name)}.*.tmp"):  # an interrupted build's
+            _remove(leftover)
+        # Build the complete folder where no one else looks, the marker last; a stale folder is replaced.
+        with disk_full_as_error(folder, f"Writing {folder}"), atomic_folder(folder) as staging:
+            build(staging)
+            write_marker(staging, _COMPLETE_MARKER, fingerprint)
     return folder
-
-
-def _read_marker(folder: Path) -> dict | None:
-    """The fingerprint recorded in a materialised folder, or `None` if the folder is missing or incomplete."""
-    try:
-        return json.loads((folder / _COMPLETE_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 # tinypipe's own configs nest a few levels; 64 leaves room for users' nested arguments and stays far below

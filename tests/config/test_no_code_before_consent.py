@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from tinypipe import AutoModelPipeline, AutoTrainerPipeline, ConfigMixin, TrustRemoteCodeError
-from tinypipe.publish import card_data_from_repo
+from tinypipe.config.card import card_data_from_repo
 
 SENTINEL_CODE = textwrap.dedent('''
     import os

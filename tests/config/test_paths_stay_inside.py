@@ -20,7 +20,7 @@ from tinypipe.config.filelist import verify_filelist
 from tinypipe.config.hub import resolve_repo
 from tinypipe.errors import TinypipeError
 from tinypipe.jobs import JobStore
-from tinypipe.publish import card_data_from_repo
+from tinypipe.config.card import card_data_from_repo
 
 
 class Small(ConfigMixin):

@@ -2,7 +2,6 @@
 
 from .annotations import FromConfig, Ignore, SubFolder
 from .auto import AutoModelPipeline, AutoTrainerPipeline
-from .coders import Coder, register_coder
 from .mixin import ConfigMixin, save_config, wrap_config_mixin
 from .trainer import BaseArgsFromConfig, TrainerConfigMixin, copy_signature, set_from_config
 
@@ -10,14 +9,12 @@ __all__ = [
     "AutoModelPipeline",
     "AutoTrainerPipeline",
     "BaseArgsFromConfig",
-    "Coder",
     "ConfigMixin",
     "FromConfig",
     "Ignore",
     "SubFolder",
     "TrainerConfigMixin",
     "copy_signature",
-    "register_coder",
     "save_config",
     "set_from_config",
     "wrap_config_mixin",

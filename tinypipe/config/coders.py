@@ -1,8 +1,8 @@
 """Pure functions that turn recorded values into JSON and back.
 
 A value is recorded as itself when it is a JSON primitive (None, bool, int, finite float, str), a
-list, or a dict with string keys. The few other types a coder is registered for are written as a
-one-key dict whose key names the coder:
+list, or a dict with string keys. The few other types below are written as a dict whose tag key
+names the coder:
 
 | value                      | in `config.json`                                      |
 |----------------------------|-------------------------------------------------------|
@@ -22,8 +22,10 @@ from pathlib import Path, PurePath
 from typing import Any, Callable
 
 from ..errors import ConfigError
+from .base import ConfigBase
+from .modules import class_path
 
-__all__ = ["Coder", "register_coder", "encode_value", "decode_value", "is_reserved_key"]
+__all__ = ["Coder", "encode_value", "encode_arguments", "decode_value", "is_reserved_key", "plain_value"]
 
 # Resolves a dotted class path to a class, applying the trust rules of `tinypipe.config.modules`.
 ClassResolver = Callable[[str, type], type]
@@ -46,14 +48,6 @@ class Coder:
     decode: Callable[[dict, ClassResolver], Any]
 
 
-_CODERS: list[Coder] = []
-
-
-def register_coder(coder: Coder) -> None:
-    """Teach tinypipe to record one more type in `config.json` (checked before the built-in coders)."""
-    _CODERS.insert(0, coder)
-
-
 def is_reserved_key(key: str) -> bool:
     """Keys shaped like `__name__` are tinypipe's own markers and cannot be user dict keys."""
     return key.startswith("__") and key.endswith("__")
@@ -74,12 +68,6 @@ def _decode_dtype(data: dict, resolve: ClassResolver) -> Any:
     return dtype
 
 
-def _class_path(cls: type) -> str:
-    from .modules import class_path
-
-    return class_path(cls)
-
-
 def _decode_enum(data: dict, resolve: ClassResolver) -> Any:
     enum_class = resolve(data["__enum__"], enum.Enum)
     try:
@@ -89,13 +77,12 @@ def _decode_enum(data: dict, resolve: ClassResolver) -> Any:
         raise ConfigError(f"{data['value']!r} is not a value of {data['__enum__']}; valid values: {valid}.") from error
 
 
-for _coder in (
+_CODERS: tuple[Coder, ...] = (
     Coder("__tuple__", lambda v: isinstance(v, tuple), None, None),  # containers: handled inline below
     Coder("__path__", lambda v: isinstance(v, PurePath), lambda v: {"__path__": v.as_posix()}, lambda d, r: Path(d["__path__"])),
-    Coder("__enum__", lambda v: isinstance(v, enum.Enum), lambda v: {"__enum__": _class_path(type(v)), "value": v.value}, _decode_enum),
+    Coder("__enum__", lambda v: isinstance(v, enum.Enum), lambda v: {"__enum__": class_path(type(v)), "value": v.value}, _decode_enum),
     Coder("__dtype__", _is_torch_dtype, lambda v: {"__dtype__": str(v).removeprefix("torch.")}, _decode_dtype),
-):
-    _CODERS.append(_coder)
+)
 
 
 def _path_text(path: str, key: Any) -> str:
@@ -115,8 +102,6 @@ def encode_value(value: Any, path: str) -> Any:
     Raises:
         ConfigError: The value (or something inside it) has no coder; the message names where it is.
     """
-    from .mixin import ConfigMixin  # the mixin module imports this one
-
     if value is None or isinstance(value, (bool, int, str)) and not isinstance(value, enum.Enum):
         return value
     if isinstance(value, float):
@@ -136,8 +121,8 @@ def encode_value(value: Any, path: str) -> Any:
                 raise ConfigError(f"{path} has the key {key!r}; keys shaped like '__name__' are reserved by tinypipe.")
             encoded[key] = encode_value(item, _path_text(path, key))
         return encoded
-    if isinstance(value, ConfigMixin):
-        return {"__module__": _class_path(type(value)), **encode_arguments(value.config, f"{path} ({type(value).__name__})")}
+    if isinstance(value, ConfigBase):
+        return {"__module__": class_path(type(value)), **encode_arguments(value.config, f"{path} ({type(value).__name__})")}
     for coder in _CODERS:
         if coder.encode is not None and coder.matches(value):
             return coder.encode(value)
@@ -172,17 +157,32 @@ def decode_value(data: Any, resolve: ClassResolver) -> Any:
     if "__tuple__" in data:
         return tuple(decode_value(item, resolve) for item in data["__tuple__"])
     if "__module__" in data:
-        from .mixin import ConfigMixin
-
         if "__subfolder__" in data:
             raise ConfigError(
                 f"The config refers to a sub-folder object ({data['__module__']}); load it with "
                 "`from_pretrained(<repo>)`, which reads the sub-folder, not with `from_config`."
             )
-        cls = resolve(data["__module__"], ConfigMixin)
+        cls = resolve(data["__module__"], ConfigBase)
         arguments = {key: decode_value(item, resolve) for key, item in data.items() if key != "__module__"}
         return cls._from_arguments(arguments, {})
     for coder in _CODERS:
         if coder.decode is not None and coder.tag in data:
             return coder.decode(data, resolve)
     return {key: decode_value(item, resolve) for key, item in data.items()}
+
+
+def plain_value(value: Any) -> Any:
+    """A `config.json` value as plain JSON, nothing imported: tuples as lists, paths and dtypes as their text, enums
+    as their value, tinypipe's reserved keys (`__module__`, ...) left out. For reading a repo without loading it."""
+    if isinstance(value, list):
+        return [plain_value(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tuple__" in value:
+        return [plain_value(item) for item in value["__tuple__"]]
+    for tag in ("__path__", "__dtype__"):
+        if tag in value:
+            return value[tag]
+    if "__enum__" in value:
+        return plain_value(value.get("value"))
+    return {key: plain_value(item) for key, item in value.items() if not is_reserved_key(key)}

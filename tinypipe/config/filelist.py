@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 from ..errors import RepoError, StorageError
-from ..files import tinypipe_home
-from ..files import open_regular_file, read_text
+from ..files import open_regular_file, read_json, read_text, tinypipe_home, write_atomic
 
 __all__ = ["FILELIST", "write_filelist", "verify_filelist", "sha256_file"]
 
@@ -62,7 +61,7 @@ def _files_below(folder: Path) -> list[str]:
 def write_filelist(folder: Path) -> None:
     """Write `folder/filelist.txt` listing every file below `folder` with its sha256."""
     lines = [f"{relative} {sha256_file(folder / relative)}\n" for relative in _files_below(folder)]
-    (folder / FILELIST).write_text("".join(lines), encoding="utf-8")
+    (folder / FILELIST).write_text("".join(lines), encoding="utf-8")  # inside a folder saved atomically as a whole
 
 
 def _check_safe_path(folder: Path, relative: str) -> None:
@@ -107,9 +106,10 @@ def _stamp_file(folder: Path) -> Path:
 
 def _load_stamps(folder: Path) -> dict:
     try:
-        return json.loads(_stamp_file(folder).read_text())
-    except (OSError, ValueError, RecursionError):  # no stamps (or an unusable home): hash everything
+        stamps = read_json(_stamp_file(folder))
+    except (RepoError, StorageError):  # no stamps (or an unusable home): hash everything
         return {}
+    return stamps if isinstance(stamps, dict) else {}
 
 
 def _save_stamps(folder: Path, stamps: dict) -> None:
@@ -117,9 +117,7 @@ def _save_stamps(folder: Path, stamps: dict) -> None:
     try:
         path = _stamp_file(folder)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(stamps))
-        os.replace(temporary, path)
+        write_atomic(path, json.dumps(stamps))
     except (OSError, StorageError):
         pass
 

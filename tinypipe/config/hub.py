@@ -1,40 +1,61 @@
-"""The Hugging Face Hub side of repos: download into a cache folder, publish with a model card.
+"""The Hugging Face Hub side of repos: download into a cache folder (`resolve_repo`), and upload a saved repo with
+its model card (`upload_repo`, `push_repo`).
 
 All network access goes through huggingface_hub (`snapshot_download`, `HfApi`), so its offline mode
 (`HF_HUB_OFFLINE=1`), tokens and endpoints behave as users expect.
+
+Built-in names (tinypipe's tiny offline models) resolve like hub ids but are written, not downloaded: the package
+that can build one registers its writer with `register_builtin_repo` (`tinypipe.models` does, for the names of
+`tinypipe.builtin`).
+
+What is uploaded is staged in a temporary folder, so the user's folder is never written to: a README.md they wrote
+is published as it is (the generated card is used only where there is none), and absolute local paths in the
+published JSON files and card (a data folder, a local base model) become their last part (`/home/me/photos` ->
+`photos`), with the filelists of the staged copy rewritten to match. The token goes to huggingface_hub only: never
+into the card, a repo file or a log line. `checkpoints/` (optimizer state) is never uploaded.
 """
 
 import json
+import logging
 import os
+import re
 import shutil
-from pathlib import Path
+import tempfile
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Optional, Union
 
 from ..errors import RepoError
-from ..files import child_path
+from ..files import atomic_folder, child_path, read_json, read_marker, write_marker
+from .card import card_data_from_repo, render_model_card
+from .filelist import FILELIST, verify_filelist, write_filelist
 
-__all__ = ["resolve_repo", "cache_folder", "push_repo", "register_builtin_repo", "render_model_card", "is_offline"]
+__all__ = ["resolve_repo", "cache_folder", "register_builtin_repo", "is_offline", "upload_repo", "push_repo",
+           "public_value", "UPLOAD_IGNORE_PATTERNS", "DOWNLOAD_MARKER"]
 
-_DOWNLOAD_STAMP = ".tinypipe-download.json"
+logger = logging.getLogger(__name__)
 
-# Built-in names (the tiny offline models) that write a repo instead of downloading one:
-# name -> "module:function", imported only when the name is used.
-_BUILTIN_REPOS: dict[str, str] = {
-    "tinypipe/tiny-sd": "tinypipe.models.diffusion:write_builtin_repo",
-    "tinypipe/tiny-llama": "tinypipe.models.causal_lm:write_builtin_repo",
-}
+DOWNLOAD_MARKER = ".tinypipe-download.json"
+"""The complete-folder marker of a repo in the cache folder: written once its download (or built-in write) is whole."""
+
+# Never uploaded: resumable training state, the hub download cache and marker, half-done or replaced saves.
+UPLOAD_IGNORE_PATTERNS = ("checkpoints/**", ".cache/**", DOWNLOAD_MARKER, ".*.tmp-*/**", ".*.old-*/**", "**/__pycache__/**")
+
+# Built-in names -> the function that saves that repo into a folder, registered by the package that builds them.
+_BUILTIN_REPOS: dict[str, Callable[[Path], None]] = {}
 
 
-def register_builtin_repo(name: str, writer: str) -> None:
-    """Make `name` usable wherever a hub id is: `writer` ("module:function") saves the repo into a folder."""
+def register_builtin_repo(name: str, writer: Callable[[Path], None]) -> None:
+    """Make the built-in name `name` usable wherever a hub id is: `writer(folder)` saves its repo into `folder`.
+
+    Called by the package that can build the repo (`tinypipe.models` registers `tinypipe/tiny-sd` and
+    `tinypipe/tiny-llama` when it is imported).
+
+    Args:
+        name: The built-in name, e.g. `"tinypipe/tiny-sd"`.
+        writer: Saves the repo into the (empty) folder it is given, e.g. `lambda folder: model.save_pretrained(folder)`.
+    """
     _BUILTIN_REPOS[name] = writer
-
-
-def _write_builtin(name: str, folder: Path) -> None:
-    import importlib
-
-    module_name, function = _BUILTIN_REPOS[name].split(":")
-    getattr(importlib.import_module(module_name), function)(folder)
 
 
 def is_offline() -> bool:
@@ -46,11 +67,8 @@ def is_offline() -> bool:
 
 
 def _complete_copy(local: Path, revision: Optional[str]) -> bool:
-    try:
-        stamp = json.loads((local / _DOWNLOAD_STAMP).read_text())
-    except (OSError, ValueError):
-        return False
-    return revision is None or stamp.get("revision") == revision
+    record = read_marker(local, DOWNLOAD_MARKER)
+    return record is not None and (revision is None or record.get("revision") == revision)
 
 
 def _placed_copy(local: Path) -> bool:
@@ -61,8 +79,6 @@ def _placed_copy(local: Path) -> bool:
     """
     if not (local / "model" / "config.json").is_file() or (local / ".cache" / "huggingface").is_dir():
         return False  # nothing placed here, or a download of ours that was interrupted (snapshot_download resumes it)
-    from .filelist import FILELIST, verify_filelist
-
     components = [folder for folder in sorted(local.iterdir()) if (folder / FILELIST).is_file()]
     if not any(folder.name == "model" for folder in components):
         raise RepoError(f"{local} holds a repo without model/{FILELIST}, so it cannot be verified; save it with "
@@ -119,15 +135,13 @@ def resolve_repo(path: Union[str, Path], repo: Optional[str] = None, *, revision
     if repo is None:
         return Path(path)
     local = cache_folder(Path(path), repo)
-    if _complete_copy(local, revision) or (not (local / _DOWNLOAD_STAMP).exists() and _placed_copy(local)):
+    if _complete_copy(local, revision) or (not (local / DOWNLOAD_MARKER).exists() and _placed_copy(local)):
         return local
     if repo in _BUILTIN_REPOS:
-        staging = local.with_name(f".{local.name}.tmp-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        _write_builtin(repo, staging)
-        (staging / _DOWNLOAD_STAMP).write_text(json.dumps({"repo": repo, "revision": revision, "builtin": True}))
-        shutil.rmtree(local, ignore_errors=True)
-        os.replace(staging, local)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_folder(local) as staging:
+            _BUILTIN_REPOS[repo](staging)
+            write_marker(staging, DOWNLOAD_MARKER, {"repo": repo, "revision": revision, "builtin": True})
         return local
     if is_offline():
         raise RepoError(
@@ -142,37 +156,137 @@ def resolve_repo(path: Union[str, Path], repo: Optional[str] = None, *, revision
         snapshot_download(repo_id=repo, revision=revision, local_dir=local, token=token)
     except (HfHubHTTPError, HFValidationError, OSError) as error:
         raise RepoError(f"Downloading {repo!r} (revision {revision or 'default'}) into {local} failed: {error}") from error
-    (local / _DOWNLOAD_STAMP).write_text(json.dumps({"repo": repo, "revision": revision}))
+    write_marker(local, DOWNLOAD_MARKER, {"repo": repo, "revision": revision})
     return local
 
 
-def render_model_card(card_data: dict[str, Any], repo_id: str) -> "Any":
-    """Build a huggingface_hub `ModelCard` (README.md) from card data (see `tinypipe.publish.card_data_from_repo`).
+
+
+# -- uploading -----------------------------------------------------------------------------------------
+
+
+def _login_hint(repo: Path) -> str:
+    return (f"The local repo at {repo} is saved and intact. Log in with `hf auth login`, or set HF_TOKEN, "
+            "or pass token=... (--token on the command line), and push again.")
+
+
+def _is_local_path(value: str) -> bool:
+    """An absolute path of this (or another) machine: `/home/me/x`, `~/x`, `C:\\x`."""
+    return value.startswith(("/", "~")) or bool(re.match(r"^[A-Za-z]:[\\/]", value)) or value.startswith("\\\\")
+
+
+def public_value(value: Any) -> Any:
+    """`value` with every absolute local path replaced by its last part (or "local data"), at any depth.
+
+    Example:
+    ```python
+    public_value({"data": "/home/me/photos", "lr": 1e-4})   # {"data": "photos", "lr": 0.0001}
+    ```
+    """
+    if isinstance(value, str) and _is_local_path(value):
+        path = PureWindowsPath(value) if "\\" in value else PurePosixPath(value)
+        return path.name or "local data"
+    if isinstance(value, list):
+        return [public_value(item) for item in value]
+    if isinstance(value, dict):
+        return {key: public_value(item) for key, item in value.items()}
+    return value
+
+
+def _stage(repo: Path, staging: Path, card: str, redact) -> None:
+    """Copy what is published from `repo` into `staging`: ignored files left out, JSON files with local paths or
+    secrets made public (and the filelists of their folders rewritten), the card as README.md unless the user wrote one."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    files = sorted(path.relative_to(repo).as_posix() for path in repo.rglob("*") if path.is_file())
+    changed_folders = set()
+    for relative in filter_repo_objects(files, ignore_patterns=list(UPLOAD_IGNORE_PATTERNS)):
+        source, target = repo / relative, staging / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.suffix == ".json":
+            try:
+                original = read_json(source)
+            except RepoError:
+                original = None  # not JSON after all: published as it is
+            public = redact(json.dumps(public_value(original), indent=2, sort_keys=True)) + "\n"
+            if original is not None and json.loads(public) != original:
+                target.write_text(public, encoding="utf-8")
+                changed_folders.add(next((parent for parent in source.parents
+                                          if parent.is_relative_to(repo) and (parent / FILELIST).is_file()), None))
+                continue
+        try:
+            os.link(source, target)  # weights are not copied byte by byte where the file system allows
+        except OSError:
+            shutil.copyfile(source, target)
+    for folder in changed_folders - {None}:
+        staged = staging / folder.relative_to(repo)
+        (staged / FILELIST).unlink()
+        write_filelist(staged)
+    if not (staging / "README.md").exists():
+        (staging / "README.md").write_text(card if card.endswith("\n") else card + "\n", encoding="utf-8")
+
+
+def upload_repo(repo: Path, repo_id: Optional[str], card_data: dict[str, Any], *, private: Optional[bool] = None,
+                token: Optional[str] = None, commit_message: Optional[str] = None) -> str:
+    """Create the hub repo `repo_id` and upload the folder `repo` with a model card; `repo` itself is only read.
+
+    Nothing touches the network before a token is known to exist. The token is handed to huggingface_hub
+    only, and removed from the card, the published files and error messages should anything echo it. A
+    `README.md` the user wrote is published unchanged; otherwise the card is generated into the upload.
+    Absolute local paths in the card and the published JSON files become their last part.
 
     Args:
-        card_data: `base_model`, `method`, `trainer`, `instance_prompt`, `prompts` (`{label: prompt}`),
-            `tags`, `images` (paths relative to the repo), `training_arguments`; all optional.
-        repo_id: The hub repo the card describes.
-    """
-    from huggingface_hub import ModelCard, ModelCardData
+        repo: The saved repo folder.
+        repo_id: The hub repo, e.g. `"me/my-lora"`.
+        card_data: What the card says (see `card_data_from_repo`).
+        private: Create the hub repo as private (None: the hub's default).
+        token: A hub token; None uses the one `hf auth login` stored or `HF_TOKEN`.
+        commit_message: The hub commit message.
 
-    tags = sorted(set(["tinypipe", *card_data.get("tags", [])]))
-    metadata = ModelCardData(library_name="tinypipe", tags=tags, base_model=card_data.get("base_model"),
-                             instance_prompt=card_data.get("instance_prompt"))
-    trainer = f"'s `{card_data['trainer']}`" if card_data.get("trainer") else ""
-    lines = [f"# {repo_id}", "", f"Trained with [tinypipe](https://pypi.org/project/tinypipe/){trainer}: {card_data.get('method', 'model')}."]
-    if card_data.get("base_model"):
-        lines += ["", f"Base model: `{card_data['base_model']}`."]
-    for label, prompt in card_data.get("prompts", {}).items():
-        lines += ["", f"{label}: `{prompt}`"]
-    if card_data.get("training_arguments"):
-        arguments = json.dumps(card_data["training_arguments"], indent=2, sort_keys=True, default=str)
-        lines += ["", "## Training arguments", "", "```json", arguments, "```"]
-    if card_data.get("images"):
-        lines += ["", "## Validation images", ""] + [f"![]({image})" for image in card_data["images"]]
-    lines += ["", "## Use it", "", "```python", "from tinypipe import AutoModelPipeline", "",
-              f'pipeline = AutoModelPipeline.from_pretrained("cache", "{repo_id}")', "```", ""]
-    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(lines))
+    Returns:
+        The URL of the hub repo.
+
+    Raises:
+        RepoError: No `repo_id`, no token, or a failed push; the message says the local repo is intact.
+    """
+    import huggingface_hub
+
+    # 1. Check what is needed before anything is written or sent.
+    if not repo_id:
+        raise RepoError(f"Publishing {repo} needs repo_id='user/name' (the hub repo to create or update).")
+    stored_token = huggingface_hub.get_token()
+    if token is None and stored_token is None:
+        raise RepoError(f"Pushing {repo} to the hub as {repo_id!r} needs a Hugging Face token, and none was found; "
+                        f"nothing was sent. {_login_hint(repo)}")
+    secrets = [secret for secret in (token, stored_token) if secret]
+
+    def redact(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    # 2. The model card, with no local paths (a local base model is not a hub id the card can link).
+    local_base = isinstance(card_data.get("base_model"), str) and _is_local_path(card_data["base_model"])
+    card_data = {**public_value(card_data), **({"base_model": None} if local_base else {})}
+    card = redact(str(render_model_card(card_data, repo_id)))
+
+    # 3. Stage what is published next to nothing of the user's, create the hub repo and upload it.
+    logger.info("Pushing %s to the hub as %s", repo, repo_id)
+    api = huggingface_hub.HfApi(token=token)
+    try:  # beside the repo, so that its weights are hard links rather than copies
+        staging_folder = tempfile.TemporaryDirectory(prefix=f".{repo.resolve().name}.upload-", dir=repo.resolve().parent)
+    except OSError:
+        staging_folder = tempfile.TemporaryDirectory(prefix=".tinypipe-upload-")
+    with staging_folder as staging:
+        try:
+            _stage(repo, Path(staging), card, redact)
+            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message or "Upload with tinypipe",
+                              ignore_patterns=list(UPLOAD_IGNORE_PATTERNS))
+        except Exception as error:
+            raise RepoError(redact(f"Pushing {repo} to the hub as {repo_id!r} failed ({type(error).__name__}: {error}). "
+                                   f"{_login_hint(repo)}")) from error
+    return str(url)
 
 
 def push_repo(obj: Any, repo: Path, *, repo_id: Optional[str], private: Optional[bool], token: Optional[str], commit_message: Optional[str]) -> str:
@@ -184,6 +298,4 @@ def push_repo(obj: Any, repo: Path, *, repo_id: Optional[str], private: Optional
     Returns:
         The URL of the hub repo.
     """
-    from ..publish import card_data_from_repo, upload_repo
-
     return upload_repo(repo, repo_id, card_data_from_repo(repo, obj), private=private, token=token, commit_message=commit_message)

@@ -28,9 +28,11 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, TypeVar, Union
 from typing_extensions import Self
 
 from ..errors import ConfigError
+from ..version import check_version
 from .annotations import Ignore, SubFolder, parameter_markers
+from .base import ConfigBase, check_unknown_keys
 from .coders import decode_value, encode_arguments
-from .modules import class_path, register_wrapped_class, resolve_class
+from .modules import register_wrapped_class, resolve_class
 
 __all__ = ["ConfigMixin", "save_config", "wrap_config_mixin"]
 
@@ -114,7 +116,7 @@ def save_config(init: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-class ConfigMixin:
+class ConfigMixin(ConfigBase):
     """Base class of every object tinypipe can save and rebuild: model pipelines and config objects.
 
     A subclass decorates its `__init__` with `@save_config`. Class attributes:
@@ -188,10 +190,7 @@ class ConfigMixin:
     def _check_keys(cls, keys, what: str) -> None:
         if cls._init_spec().accepts_any_keyword:
             return
-        valid = cls._valid_argument_names()
-        unknown = sorted(key for key in keys if key not in valid)
-        if unknown:
-            raise ConfigError(f"{cls.__qualname__}: unknown {what} {unknown}; valid keys are {sorted(valid)}.")
+        check_unknown_keys(keys, cls._valid_argument_names(), cls.__qualname__, what)
 
     @classmethod
     def _from_arguments(cls, arguments: Mapping[str, Any], overrides: Mapping[str, Any]) -> Self:
@@ -229,8 +228,6 @@ class ConfigMixin:
         Raises:
             ConfigError: A key is not an argument of this class (the message lists the valid ones).
         """
-        from .repo import check_version  # repo imports this module
-
         config = dict(config)
         check_version(config.pop("__version__", None), f"{cls.__qualname__}.from_config")
         dotted = config.pop("__module__", None)
@@ -384,7 +381,3 @@ def wrap_config_mixin(cls: type[_T]) -> type[_T]:
     register_wrapped_class(cls, wrapped)
     return wrapped
 
-
-def subfolder_reference(value: "ConfigMixin") -> dict:
-    """How a parent `config.json` refers to an object saved in its own sub-folder."""
-    return {"__module__": class_path(type(value)), "__subfolder__": None}

@@ -2,9 +2,9 @@
 
 ```
 <repo>/
-  model/        config.json, filelist.txt, weights          (ConfigMixin.__prefix__ = "model")
+  model/        config.json, filelist.txt, weights          (ConfigBase.__prefix__ = "model")
   model_code/   *.py, filelist.txt                           (user code defining the classes above)
-  trainer/      config.json, filelist.txt, train_config/...  (TrainerConfigMixin.__prefix__)
+  trainer/      config.json, filelist.txt, train_config/...  (TrainerConfigBase.__prefix__)
 ```
 
 Saving writes everything into a temporary sibling folder first (`.<repo>.tmp-<pid>-*`), then moves it
@@ -24,34 +24,19 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .. import __version__
-from ..errors import ConfigError, RepoError, disk_full_as_error
+from ..errors import RepoError, disk_full_as_error
+from ..files import child_path, read_json
+from ..version import __version__, check_version
+from .base import ConfigBase
 from .coders import decode_value, encode_value
 from .filelist import FILELIST, verify_filelist, write_filelist
-from .mixin import ConfigMixin, subfolder_reference
 from .modules import class_path, module_source_file, resolve_class
-from ..files import child_path, read_json
 
-__all__ = ["save_repo", "load_repo", "check_version", "remove_interrupted_saves", "CONFIG_NAME", "CODE_FOLDER"]
+__all__ = ["save_repo", "load_repo", "component_folder", "remove_interrupted_saves", "CONFIG_NAME", "CODE_FOLDER"]
 
 CONFIG_NAME = "config.json"
 CODE_FOLDER = "model_code"
 _OLD_MARK = ".old-"
-
-
-def check_version(written_by: Optional[str], source: str) -> None:
-    """Refuse a config written by a newer major version of tinypipe than this one."""
-    if written_by is None:
-        return
-    try:
-        major = int(str(written_by).split(".")[0])
-    except ValueError:
-        raise ConfigError(f"{source}: '__version__' is {written_by!r}, not a version like '0.1.0'.") from None
-    if major > int(__version__.split(".")[0]):
-        raise ConfigError(
-            f"{source} was written by tinypipe {written_by}, a newer major version than this tinypipe {__version__}. "
-            "Upgrade tinypipe (pip install -U tinypipe) to load it."
-        )
 
 
 def _dump_json(data: dict) -> str:
@@ -61,14 +46,14 @@ def _dump_json(data: dict) -> str:
 # -- saving -------------------------------------------------------------------------------------------
 
 
-def _write_object(obj: ConfigMixin, folder: Path, code_files: dict[str, Path]) -> None:
+def _write_object(obj: ConfigBase, folder: Path, code_files: dict[str, Path]) -> None:
     """Write one object's config.json and weights into `folder`; sub-folder objects recursively."""
     folder.mkdir(parents=True, exist_ok=True)
     owner = type(obj).__qualname__
     config: dict[str, Any] = {"__module__": class_path(type(obj)), "__version__": __version__}
     subfolders = type(obj)._subfolder_names()
     for name, value in obj.config.items():
-        if name in subfolders and isinstance(value, ConfigMixin):
+        if name in subfolders and isinstance(value, ConfigBase):
             _write_object(value, child_path(folder, name, f"{owner} sub-folder argument"), code_files)
             config[name] = subfolder_reference(value)
         else:
@@ -77,6 +62,11 @@ def _write_object(obj: ConfigMixin, folder: Path, code_files: dict[str, Path]) -
     _collect_code(obj, code_files)
     (folder / CONFIG_NAME).write_text(_dump_json(config), encoding="utf-8")
     obj.save_weights(folder)
+
+
+def subfolder_reference(value: ConfigBase) -> dict:
+    """How a parent `config.json` refers to an object saved in its own sub-folder."""
+    return {"__module__": class_path(type(value)), "__subfolder__": None}
 
 
 def _collect_code(value: Any, code_files: dict[str, Path]) -> None:
@@ -93,7 +83,7 @@ def _collect_code(value: Any, code_files: dict[str, Path]) -> None:
         if source is not None:
             module_path = class_path(cls).rsplit(".", len(cls.__qualname__.split(".")))[0]
             code_files[module_path.replace(".", "/") + ".py"] = source
-        if isinstance(value, ConfigMixin):
+        if isinstance(value, ConfigBase):
             for item in value.config.values():
                 _collect_code(item, code_files)
 
@@ -190,7 +180,7 @@ def remove_interrupted_saves(repo: Path, restore: bool) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def save_repo(obj: ConfigMixin, repo: Path) -> Path:
+def save_repo(obj: ConfigBase, repo: Path) -> Path:
     """Save `obj` into `repo/<obj.__prefix__>/` (and `repo/model_code/` if it is user code), atomically.
 
     Args:
@@ -252,7 +242,7 @@ def _read_config(folder: Path) -> dict:
     return config
 
 
-def _read_object(folder: Path, expected: type, trust_remote_code: bool, code_folder: Optional[Path], overrides: Mapping[str, Any]) -> ConfigMixin:
+def _read_object(folder: Path, expected: type, trust_remote_code: bool, code_folder: Optional[Path], overrides: Mapping[str, Any]) -> ConfigBase:
     config = _read_config(folder)
     source = str(folder / CONFIG_NAME)
     cls = resolve_class(config.pop("__module__"), expected, trust_remote_code=trust_remote_code, code_folder=code_folder, source=source)
@@ -265,7 +255,7 @@ def _read_object(folder: Path, expected: type, trust_remote_code: bool, code_fol
     for name, value in config.items():
         if isinstance(value, dict) and "__subfolder__" in value:
             subfolder = child_path(folder, name, f"The sub-folder key in {source}")
-            arguments[name] = _read_object(subfolder, ConfigMixin, trust_remote_code, code_folder, {})
+            arguments[name] = _read_object(subfolder, ConfigBase, trust_remote_code, code_folder, {})
         else:
             arguments[name] = decode_value(value, resolve)
     return cls._build_from_folder(folder, arguments, overrides)

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
+from ..config.hub import register_builtin_repo
 from ..config import ConfigMixin, Ignore, save_config
 from ..errors import ConfigError, RepoError
 from ..builtin.tiny_llama import TINY_LLAMA, builtin_lm_folder, is_builtin_lm
@@ -502,3 +503,6 @@ def _same_model(first: str, second: str) -> bool:
 def write_builtin_repo(folder: Path) -> None:
     """Save the built-in tiny Llama as a tinypipe repo (what `from_pretrained(cache, "tinypipe/tiny-llama")` loads)."""
     CausalLMPipeline(TINY_LLAMA).save_pretrained(folder)
+
+
+register_builtin_repo(TINY_LLAMA, write_builtin_repo)

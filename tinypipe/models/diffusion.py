@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from ..config.hub import register_builtin_repo
 from ..config import ConfigMixin, Ignore, save_config
 from ..errors import ConfigError, RepoError, TinypipeError
 from ..builtin.tiny_sd import TINY_SD
@@ -589,3 +590,6 @@ def read_lora_metadata(path: Path) -> dict[str, Any]:
 def write_builtin_repo(folder: Path) -> None:
     """Save the built-in tiny model as a tinypipe repo (what `from_pretrained(cache, "tinypipe/tiny-sd")` loads)."""
     DiffusionPipeline(TINY_SD).save_pretrained(folder)
+
+
+register_builtin_repo(TINY_SD, write_builtin_repo)
