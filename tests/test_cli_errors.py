@@ -63,7 +63,7 @@ def test_the_job_commands_run_in_a_shell_without_a_store_yet(capsys):
         (["train-diffuser", "run", "tinypipe/tiny-sd", "no/such/folder", "a photo"], "no/such/folder does not exist"),
         ([*TRAIN, "--training-args", '{"learning_rate": 1e-4,}'], "--training-args is not valid JSON: .* line 1 column"),
         ([*TRAIN, "--training-args", '[1, 2]'], "must be a JSON object"),
-        ([*TRAIN, "--training-args", '{"learnin_rate": 1e-4}'], "unknown key 'learnin_rate'; the valid keys are: .*learning_rate"),
+        ([*TRAIN, "--training-args", '{"learnin_rate": 1e-4}'], r"--training-args: unknown keys \['learnin_rate'\]; valid keys are .*'learning_rate'"),
         ([*TRAIN, "--training-args", '{"output_dir": "x"}'], "may not set 'output_dir'; give it as --output"),
         ([*TRAIN, "--method", "textual-inversion"], "needs the new token"),
         (["train-diffuser", "run", "tinypipe/tiny-sd", "tinypipe/shapes", "a photo of <tok>", "--method", "textual-inversion"],
@@ -73,7 +73,7 @@ def test_the_job_commands_run_in_a_shell_without_a_store_yet(capsys):
         ([*TRAIN, "--prior-class-prompt", "a circle", "--prior-class-image-dir", "missing"], "is not a folder"),
         (["train-lm", "run", "tinypipe/tiny-llama", "missing.json"], "missing.json does not exist"),
         (["train-lm", "run", "tinypipe/tiny-llama", "tinypipe/tiny-instructions", "--training-args", '{"rank": 4}'],
-         "unknown key 'rank'; the valid keys are: .*\\br\\b"),
+         r"--training-args: unknown keys \['rank'\]; valid keys are .*'r'"),
         (["train-diffuser", "run", "tinypipe/tiny-sdd", "tinypipe/shapes", "a photo"],
          "MODEL 'tinypipe/tiny-sdd' is neither a local folder, a built-in model, nor in the local hub cache.*"
          "Did you mean 'tinypipe/tiny-sd'"),

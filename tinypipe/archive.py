@@ -5,15 +5,13 @@ would land outside the target folder (`../x`, `/etc/x`, `C:\\x`) or that is a li
 is written.
 """
 
-import os
-import shutil
 import stat
-import uuid
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from .errors import DataError, disk_full_as_error
+from .files import atomic_file, atomic_folder
 
 __all__ = ["write_zip", "safe_extract"]
 
@@ -26,15 +24,10 @@ def write_zip(members: Mapping[str, Path], target: Path) -> Path:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with disk_full_as_error(target, f"Writing {target}"):
-            with zipfile.ZipFile(staging, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                for name, path in sorted(members.items()):
-                    archive.write(path, name)
-            os.replace(staging, target)
-    finally:
-        staging.unlink(missing_ok=True)
+    with disk_full_as_error(target, f"Writing {target}"), atomic_file(target) as staging:
+        with zipfile.ZipFile(staging, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, path in sorted(members.items()):
+                archive.write(path, name)
     return target
 
 
@@ -63,15 +56,8 @@ def safe_extract(archive: Path, folder: Path) -> Path:
     except (zipfile.BadZipFile, OSError) as error:
         raise DataError(f"{archive} is not a readable zip file ({error}).") from error
     with zip_file:
-        members = zip_file.infolist()
-        staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
-        for info in members:
-            _check_member(info, archive, staging)
-        try:
-            with disk_full_as_error(folder, f"Extracting {archive}"):
-                zip_file.extractall(staging)
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(staging, folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        for info in zip_file.infolist():  # all checked before anything is written
+            _check_member(info, archive, folder)
+        with disk_full_as_error(folder, f"Extracting {archive}"), atomic_folder(folder) as staging:
+            zip_file.extractall(staging)
     return folder

@@ -17,9 +17,6 @@ provenance file points to the source and the replacement instead.
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -27,7 +24,7 @@ from .version import __version__
 from .config import ConfigMixin
 from .config.filelist import FILELIST, sha256_file, verify_filelist
 from .config.repo import CONFIG_NAME, component_folder, load_repo
-from .files import read_json
+from .files import atomic_folder, read_json
 from .errors import ConfigError, RepoError
 from .models.causal_lm import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CausalLMPipeline
 from .models.diffusion import LORA_WEIGHTS_NAME, DiffusionPipeline
@@ -129,21 +126,15 @@ def derive_pipeline(
 
     # 3. Write the new repo next to `output` and move it into place only once it is complete.
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
-        pipeline.save_pretrained(staging / "repo")
+    with atomic_folder(output) as staging:  # an empty `output` (checked above) is replaced
+        pipeline.save_pretrained(staging)
         provenance = {
             "source": {"path": str(source.resolve()), "model_filelist_sha256": sha256_file(component_folder(source, MODEL_FOLDER) / FILELIST)},
             "replaced": component,
             "replacements": [{"path": str(path.resolve()), "sha256": sha256_file(path)} for path in files],
             "tinypipe_version": __version__,
         }
-        (staging / "repo" / DERIVED_FROM_NAME).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if output.exists():
-            output.rmdir()  # checked empty above
-        os.rename(staging / "repo", output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        (staging / DERIVED_FROM_NAME).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     logger.info("Derived %s from %s with its %s replaced by %s.", output, source, component, ", ".join(map(str, files)))
     return output
 

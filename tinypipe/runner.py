@@ -88,6 +88,7 @@ def check_request(request: TrainRequest) -> None:
             here (a `mixed_precision` this machine cannot run, a count <= 0, ...), or options that do not fit.
         DataError: A missing, empty or unreadable data set.
     """
+    from .config.base import check_unknown_keys
     from .training.settings import check_training_settings
 
     if request.kind == "train-diffuser" and request.method not in DIFFUSER_METHODS:
@@ -95,11 +96,11 @@ def check_request(request: TrainRequest) -> None:
     module, _, config_name = request.trainer_path()
     config_class = _import(module, config_name)
     valid = [name for name in config_class._valid_argument_names() if name not in _RESERVED]
-    for key, value in request.train_arguments.items():
+    for key in request.train_arguments:
         if key in _RESERVED:
             raise ConfigError(f"--training-args may not set {key!r}; give it as {_RESERVED[key]} instead.")
-        if key not in valid:
-            raise ConfigError(f"--training-args has the unknown key {key!r}; the valid keys are: {', '.join(sorted(valid))}.")
+    check_unknown_keys(request.train_arguments, valid, "--training-args", "keys")
+    for key, value in request.train_arguments.items():
         _check_type(key, value, config_class._arguments_signature.parameters[key].default)
     defaults_to_none = tuple(name for name, parameter in config_class._arguments_signature.parameters.items()
                              if parameter.default is None)

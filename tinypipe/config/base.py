@@ -17,7 +17,7 @@ def check_unknown_keys(keys, valid, owner: str, what: str) -> None:
         keys: The keys given (a config's, a call's, a command line's).
         valid: The keys that are accepted.
         owner: Who takes them, for the message (`"LoRATrainer.train()"`, `"--training-args"`).
-        what: What the keys are, for the message (`"config keys"`, `"arguments"`).
+        what: What the keys are, for the message (`"config keys"`, `"keys"`, `"arguments"`).
 
     Raises:
         ConfigError: Naming the unknown keys and the valid ones.
@@ -26,7 +26,8 @@ def check_unknown_keys(keys, valid, owner: str, what: str) -> None:
 
     unknown = sorted(key for key in keys if key not in valid)
     if unknown:
-        raise ConfigError(f"{owner}: unknown {what} {unknown}; valid keys are {sorted(valid)}.")
+        ones = "ones" if what == "arguments" else "keys"
+        raise ConfigError(f"{owner}: unknown {what} {unknown}; valid {ones} are {sorted(valid)}.")
 
 
 class ConfigBase:

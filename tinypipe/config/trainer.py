@@ -29,6 +29,7 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, TypeVar, Union
 
 from ..errors import ConfigError
 from .annotations import FromConfig, parameter_markers
+from .base import check_unknown_keys
 from .coders import encode_arguments
 from .mixin import ConfigMixin, _copy_structure
 
@@ -88,10 +89,8 @@ def set_from_config(name_or_method: Union[str, Callable, None] = None, *, aliase
 
         @functools.wraps(method)
         def wrapper(self, *args, **kwargs):
-            unknown = sorted(key for key in kwargs if key not in signature.parameters)
-            if unknown and not accepts_any_keyword:
-                valid = sorted(name for name in list(signature.parameters)[1:])
-                raise ConfigError(f"{type(self).__qualname__}.{method.__name__}(): unknown arguments {unknown}; valid ones are {valid}.")
+            if not accepts_any_keyword:
+                check_unknown_keys(kwargs, list(signature.parameters)[1:], f"{type(self).__qualname__}.{method.__name__}()", "arguments")
             bound = signature.bind_partial(self, *args, **kwargs)
             saved = _as_mapping(getattr(self, config_name, None))
             given = set(bound.arguments)
@@ -184,10 +183,7 @@ class TrainerConfigMixin(ConfigMixin):
 def _check_arguments(signature: inspect.Signature, arguments: Mapping[str, Any], owner: str) -> None:
     if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
         return
-    valid = [name for name in signature.parameters]
-    unknown = sorted(key for key in arguments if key not in valid)
-    if unknown:
-        raise ConfigError(f"{owner}: unknown keys {unknown}; valid keys are {sorted(valid)}.")
+    check_unknown_keys(arguments, signature.parameters, owner, "keys")
 
 
 def copy_signature(source: Callable) -> Callable[[_F], _F]:
