@@ -103,7 +103,7 @@ def write_atomic(target: Union[str, Path], data: Union[str, bytes], *, durable: 
 def atomic_folder(target: Union[str, Path], *, staging: Optional[Path] = None, durable: bool = False) -> Iterator[Path]:
     """Build a folder beside `target` and move it into place once the `with` block ends without error.
 
-    A folder already at `target` is first moved aside under a hidden name and removed once the new one is in
+    A folder already at `target` is first moved aside (as `<staging>-replaced`) and removed once the new one is in
     place. On an error the staging folder is removed and `target` is left as it was. An interrupt (a kill, or
     Ctrl-C) leaves the staging folder, hidden, for its owner's next run to remove.
 
@@ -125,7 +125,7 @@ def atomic_folder(target: Union[str, Path], *, staging: Optional[Path] = None, d
             fsync_path(staging)
         replaced = None
         if target.exists():
-            replaced = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
+            replaced = staging.with_name(f"{staging.name}-replaced")
             os.replace(target, replaced)
         os.replace(staging, target)
     except Exception:
@@ -251,7 +251,7 @@ def _build_once(folder: Path, fingerprint: dict, build: Callable[[Path], None]) 
     with FileLock(folder.with_name(f".{folder.name}.lock")):
         if read_marker(folder, _COMPLETE_MARKER) == fingerprint:  # another process built it while we waited
             return folder
-        for leftover in folder.parent.glob(f".{glob.escape(folder.name)}.*.tmp"):  # an interrupted build's
+        for leftover in folder.parent.glob(f".{glob.escape(folder.name)}.*.tmp*"):  # an interrupted build's
             _remove(leftover)
         # Build the complete folder where no one else looks, the marker last; a stale folder is replaced.
         with disk_full_as_error(folder, f"Writing {folder}"), atomic_folder(folder) as staging:

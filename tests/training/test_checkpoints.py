@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers.optimization import get_scheduler
 
+from tinypipe import files
 from tinypipe.errors import RepoError
 from tinypipe.training import checkpoints
 from tinypipe.training.checkpoints import (
@@ -168,25 +169,25 @@ def _die_on_second_weights_file(monkeypatch):
 
 
 def _die_on_marker(monkeypatch):
-    real_write_json = checkpoints._write_json
+    real_write_marker = checkpoints.write_marker
 
-    def write_json(path, text):
-        if path.name == "complete.json":
+    def write_marker(folder, marker, record, **kwargs):
+        if marker == "complete.json":
             raise KeyboardInterrupt("killed")
-        real_write_json(path, text)
+        real_write_marker(folder, marker, record, **kwargs)
 
-    monkeypatch.setattr(checkpoints, "_write_json", write_json)
+    monkeypatch.setattr(checkpoints, "write_marker", write_marker)
 
 
 def _die_before_rename(monkeypatch):
-    real_fsync = checkpoints._fsync
+    real_fsync = files.fsync_path
 
     def fsync(path):
         if path.name.startswith(".tmp-checkpoint-"):  # the last thing done before the rename
             raise KeyboardInterrupt("killed")
         real_fsync(path)
 
-    monkeypatch.setattr(checkpoints, "_fsync", fsync)
+    monkeypatch.setattr(files, "fsync_path", fsync)
 
 
 @pytest.mark.parametrize("kill", [_die_on_second_weights_file, _die_on_marker, _die_before_rename])

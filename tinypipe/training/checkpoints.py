@@ -40,8 +40,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..config.filelist import sha256_file
-from ..files import read_json
-from ..errors import ConfigError, RepoError, StorageError, disk_full_as_error
+from ..files import atomic_folder, fsync_path, read_json, write_marker
+from ..errors import ConfigError, RepoError, disk_full_as_error
 
 logger = logging.getLogger(__name__)
 
@@ -121,20 +121,9 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return {k: _decode(v, tensors) for k, v in value.items()}
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file or folder to disk (Windows cannot open folders, and makes renames durable itself)."""
-    if os.name == "nt" and path.is_dir():
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     save_file(tensors, str(path), metadata={"format": "pt"})
-    _fsync(path)
+    fsync_path(path)
 
 
 def _write_json(path: Path, text: str) -> None:
@@ -239,19 +228,11 @@ def save_checkpoint(
         raise TypeError(f"save_checkpoint(state=...) must be JSON-serializable ({error}); keep tensors in "
                         "`trainable` and only numbers, strings, lists and dicts in `state`.") from error
 
-    # 3. Write every file into a temp folder, the completion marker last, then rename it into place.
+    # 3. Write every file into a temp folder, the completion marker last, then rename it into place (the same step
+    #    saved again replaces the old one, moved aside under the temp name first).
     temp = folder / f"{_TEMP_PREFIX}{step}-{secrets.token_hex(4)}"
-    temp.mkdir()
-    try:
-        with disk_full_as_error(temp, f"Saving checkpoint {step}"):
-            _write_checkpoint_files(temp, step, trainable, optimizer_tensors, rng_tensors, checkpoint_json, run)
-    except StorageError:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-    if target.exists():  # saving the same step again: move the old one aside (a temp name) first
-        target.rename(folder / f"{_TEMP_PREFIX}{step}-{secrets.token_hex(4)}-replaced")
-    temp.rename(target)
-    _fsync(folder)
+    with disk_full_as_error(temp, f"Saving checkpoint {step}"), atomic_folder(target, staging=temp, durable=True):
+        _write_checkpoint_files(temp, step, trainable, optimizer_tensors, rng_tensors, checkpoint_json, run)
     logger.info("Saved checkpoint %s", target)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("Checkpoint %s: %d trainable tensors; files %s.", target.name, len(trainable),
@@ -263,8 +244,6 @@ def save_checkpoint(
         for old in others[: max(len(others) - (total_limit - 1), 0)]:
             logger.info("Deleting checkpoint %s (total_limit=%d)", old, total_limit)
             _delete_checkpoint(old)
-    for replaced in folder.glob(f"{_TEMP_PREFIX}*-replaced"):
-        shutil.rmtree(replaced, ignore_errors=True)
     return target
 
 
@@ -304,8 +283,7 @@ def _write_checkpoint_files(temp: Path, step: int, trainable: dict[str, torch.Te
         _write_json(temp / RUN_FILE, json.dumps(run, indent=2, sort_keys=True) + "\n")
         names.append(RUN_FILE)
     files = {name: {"size": (temp / name).stat().st_size, "sha256": sha256_file(temp / name)} for name in names}
-    _write_json(temp / COMPLETE_FILE, json.dumps({"step": step, "files": files}, indent=2, sort_keys=True))
-    _fsync(temp)
+    write_marker(temp, COMPLETE_FILE, {"step": step, "files": files}, durable=True)
 
 
 def checkpoint_run(path: Path) -> dict | None:

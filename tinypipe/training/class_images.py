@@ -10,14 +10,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
-from ..files import cached_folder
+from ..files import atomic_file, cached_folder
 from ..builtin.tiny_sd import builtin_model_folder, is_builtin
 from ..models.diffusion import DiffusionPipeline
 from ..data.images import IMAGE_EXTENSIONS, ImageExample, load_image, load_image_examples
@@ -99,9 +98,8 @@ def _write_class_images(folder: Path, images: list, seed: int) -> list[Path]:
         index = len(paths)
         while (path := folder / f"class-seed{seed}-{index:05d}.png").exists():
             index += 1
-        partial = path.with_name(f".{path.name}.partial")
-        image.save(partial, format="PNG")
-        os.replace(partial, path)  # a reader never sees half an image
+        with atomic_file(path) as partial:  # a reader never sees half an image
+            image.save(partial, format="PNG")
         paths.append(path)
     return paths
 

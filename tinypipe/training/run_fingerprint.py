@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 from ..errors import ConfigError
+from ..files import read_json
 from .checkpoints import (
     CHECKPOINTS_FOLDER,
     COMPLETE_FILE,
@@ -110,7 +111,7 @@ def _differences(saved: dict[str, Any], run: dict[str, Any]) -> str:
 
 
 def _step(path: Path) -> int:
-    return int(json.loads((path / COMPLETE_FILE).read_text(encoding="utf-8"))["step"])
+    return int(read_json(path / COMPLETE_FILE)["step"])
 
 
 def _not_this_run(path: Path, run: dict[str, Any], total_steps: int) -> Optional[str]:
