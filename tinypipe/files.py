@@ -83,7 +83,7 @@ def atomic_file(target: Union[str, Path], *, durable: bool = False) -> Iterator[
         if durable:
             fsync_path(temporary)
         os.replace(temporary, target)
-    except Exception:
+    except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     if durable:
@@ -104,8 +104,8 @@ def atomic_folder(target: Union[str, Path], *, staging: Optional[Path] = None, d
     """Build a folder beside `target` and move it into place once the `with` block ends without error.
 
     A folder already at `target` is first moved aside (as `<staging>-replaced`) and removed once the new one is in
-    place. On an error the staging folder is removed and `target` is left as it was. An interrupt (a kill, or
-    Ctrl-C) leaves the staging folder, hidden, for its owner's next run to remove.
+    place. On an error (or Ctrl-C) the staging folder is removed and `target` is left as it was; a process killed
+    outright leaves it, hidden, for its owner's next run to remove.
 
     Args:
         target: The folder to create or replace.
@@ -128,7 +128,7 @@ def atomic_folder(target: Union[str, Path], *, staging: Optional[Path] = None, d
             replaced = staging.with_name(f"{staging.name}-replaced")
             os.replace(target, replaced)
         os.replace(staging, target)
-    except Exception:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if durable:

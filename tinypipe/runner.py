@@ -152,11 +152,13 @@ def _check_dataset(request: TrainRequest) -> None:
 
         load_instruction_examples(request.dataset)
         return
-    from .data.images import BUILTIN_DATASETS, load_image_examples
+    from .builtin import builtin_names
+    from .data.images import load_image_examples
 
-    if request.dataset not in BUILTIN_DATASETS and not Path(request.dataset).exists():
+    named = builtin_names("images")
+    if request.dataset not in named and not Path(request.dataset).exists():
         raise DataError(f"The data set {request.dataset} does not exist; give a folder of images, a JSON file listing "
-                        f"images (and captions), a .zip of images, or {', '.join(BUILTIN_DATASETS)}.")
+                        f"images (and captions), a .zip of images, or {', '.join(named)}.")
     caption = request.train_arguments.get("instance_prompt") or request.train_arguments.get("validation_prompt")
     if request.method == "textual-inversion":
         caption = caption or "a photo"  # textual inversion writes its own captions from templates

@@ -14,8 +14,9 @@ from transformers import CLIPTokenizer
 
 from tinypipe.errors import ConfigError, DataError
 from tinypipe.files import _COMPLETE_MARKER
+from tinypipe.builtin import builtin_names
+from tinypipe.builtin import tiny_sd
 from tinypipe.builtin.tiny_sd import (
-    BUILTIN_DIFFUSION_MODELS,
     CLIP_VOCAB_FOLDER,
     TINY_SD,
     TINY_SD_WEIGHTS,
@@ -230,7 +231,7 @@ def test_builtin_folder_crash_while_writing_leaves_nothing_used(monkeypatch):
             (folder / "model_index.json").write_text("{}")
             raise KeyboardInterrupt
 
-    monkeypatch.setitem(BUILTIN_DIFFUSION_MODELS, TINY_SD, CrashingPipeline)
+    monkeypatch.setattr(tiny_sd, "build_tiny_stable_diffusion", CrashingPipeline)
     with pytest.raises(KeyboardInterrupt):
         builtin_model_folder(TINY_SD)
     monkeypatch.undo()
@@ -262,8 +263,8 @@ def test_concurrent_processes_both_get_one_complete_folder(tmp_path):
 def test_unknown_builtin_name_raises_config_error_listing_names():
     with pytest.raises(ConfigError, match="tinypipe/tiny-sd"):
         builtin_model_folder("tinypipe/no-such-model")
-    assert is_builtin(TINY_SD) and not is_builtin("tinypipe/no-such-model")
-    assert set(BUILTIN_DIFFUSION_MODELS) == {TINY_SD}
+    assert is_builtin(TINY_SD) and not is_builtin("tinypipe/no-such-model") and not is_builtin("tinypipe/tiny-llama")
+    assert builtin_names("diffusion") == [TINY_SD]
 
 
 def test_shapes_dataset_is_deterministic_with_captions():

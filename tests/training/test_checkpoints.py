@@ -198,6 +198,7 @@ def test_save_killed_midway_keeps_previous_checkpoint(tmp_path, monkeypatch, kil
 
     with monkeypatch.context() as patch:
         kill(patch)
+        patch.setattr(files.shutil, "rmtree", lambda *args, **kwargs: None)  # a kill runs no clean-up
         with pytest.raises(KeyboardInterrupt):
             _save(tmp_path, 2, *run, total_limit=1)
     assert latest_checkpoint(tmp_path) == first

@@ -1,1 +1,74 @@
-"""The built-in offline models and data sets: tiny models built from configs and files shipped in the package."""
+"""The built-in names: tiny models and data sets that ship with tinypipe and need no download.
+
+The one table of them is `BUILTIN_NAMES` (name -> what it builds); every check of "is this a built-in name?"
+and every list of them in a message reads it. Building is in the module of each: `tiny_sd` (the diffusion model
+and the shapes images), `tiny_llama` (the causal LM and the instruction records). A built-in model name is
+accepted wherever a hub id is; `tinypipe.models` registers how to save each as a tinypipe repo.
+
+This module imports nothing heavy, so that names can be checked before torch is loaded.
+"""
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Optional
+
+from ..files import cached_folder
+
+__all__ = ["TINY_SD", "TINY_LLAMA", "SHAPES_DATA", "TINY_INSTRUCTIONS", "BUILTIN_NAMES", "builtin_names", "is_builtin",
+           "cached_builtin_folder"]
+
+TINY_SD = "tinypipe/tiny-sd"
+"""The name of the built-in tiny Stable Diffusion model."""
+
+TINY_LLAMA = "tinypipe/tiny-llama"
+"""The name of the built-in tiny Llama causal LM."""
+
+SHAPES_DATA = "tinypipe/shapes"
+"""The name of the built-in shapes image data set."""
+
+TINY_INSTRUCTIONS = "tinypipe/tiny-instructions"
+"""The name of the built-in tiny instruction data set (alpaca records)."""
+
+BUILTIN_NAMES: Mapping[str, str] = {
+    TINY_SD: "diffusion",  # a diffusers Stable Diffusion pipeline: tiny_sd.build_tiny_stable_diffusion
+    TINY_LLAMA: "causal-lm",  # a transformers Llama and its tokenizer: tiny_llama.build_tiny_llama
+    SHAPES_DATA: "images",  # captioned images of coloured shapes: tiny_sd.shapes_dataset
+    TINY_INSTRUCTIONS: "instructions",  # alpaca-style records: tiny_llama.tiny_instructions
+}
+"""Every built-in name, with the kind of thing it builds: `"diffusion"`, `"causal-lm"`, `"images"`, `"instructions"`."""
+
+
+def builtin_names(kind: str) -> list[str]:
+    """The built-in names of one kind (`"diffusion"`, `"causal-lm"`, `"images"` or `"instructions"`), sorted."""
+    return sorted(name for name, built in BUILTIN_NAMES.items() if built == kind)
+
+
+def is_builtin(name: object, kind: Optional[str] = None) -> bool:
+    """Whether `name` is a built-in name (of `kind`, when given) rather than a folder or a hub id."""
+    return isinstance(name, str) and name in BUILTIN_NAMES and (kind is None or BUILTIN_NAMES[name] == kind)
+
+
+def cached_builtin_folder(name: str, build: Callable[[Path], None], *, format_version: int, libraries: Sequence[str],
+                          shipped: Mapping[str, Path]) -> Path:
+    """Save a built-in model once as a regular folder of its library, rebuilt only when what it is made of changes.
+
+    Args:
+        name: The built-in name (the folder under `tinypipe_home() / "builtin"`).
+        build: Writes the folder's files into the (empty) folder it is given.
+        format_version: Bumped when the builder changes.
+        libraries: The libraries whose version changes the files written (`"torch"`, `"transformers"`, ...).
+        shipped: `{fingerprint key: shipped file}` whose sha256 changes the files (weights, a vocabulary).
+
+    Returns:
+        The folder (see `tinypipe.files.cached_folder`: atomic, built once across processes).
+    """
+    from ..config.filelist import sha256_file
+
+    fingerprint = {
+        "name": name,
+        "format_version": format_version,
+        **{library: importlib.import_module(library).__version__ for library in libraries},
+        **{key: sha256_file(path) for key, path in shipped.items()},
+    }
+    return cached_folder(name, fingerprint, build)

@@ -19,9 +19,8 @@ from pathlib import Path
 import torch
 import transformers
 
-from ..config.filelist import sha256_file
 from ..errors import ConfigError
-from ..files import cached_folder
+from . import TINY_INSTRUCTIONS, TINY_LLAMA, cached_builtin_folder, is_builtin
 
 __all__ = [
     "TINY_LLAMA",
@@ -33,12 +32,6 @@ __all__ = [
     "load_tiny_llama_tokenizer",
     "tiny_instructions",
 ]
-
-TINY_LLAMA = "tinypipe/tiny-llama"
-"""The name of the built-in tiny Llama causal LM."""
-
-TINY_INSTRUCTIONS = "tinypipe/tiny-instructions"
-"""The name of the built-in tiny instruction data set (alpaca records)."""
 
 TINY_LLAMA_VOCAB_FOLDER = Path(__file__).resolve().parent / "vocab" / "tiny-llama"
 """The shipped tokenizer files of `tinypipe/tiny-llama`: `tokenizer.json`, `tokenizer_config.json`."""
@@ -162,7 +155,7 @@ def build_tiny_llama(tokenizer: "transformers.PreTrainedTokenizerBase | None" = 
 
 def is_builtin_lm(name: str) -> bool:
     """Whether `name` names the built-in causal LM (`TINY_LLAMA`) rather than a folder or hub repo."""
-    return name == TINY_LLAMA
+    return is_builtin(name, "causal-lm")
 
 
 def builtin_lm_folder(name: str = TINY_LLAMA) -> Path:
@@ -185,13 +178,6 @@ def builtin_lm_folder(name: str = TINY_LLAMA) -> Path:
     """
     if not is_builtin_lm(name):
         raise ConfigError(f"{name!r} is not a built-in causal LM; the built-in one is {TINY_LLAMA!r}.")
-    fingerprint = {
-        "name": name,
-        "format_version": _BUILTIN_FORMAT_VERSION,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "tokenizer_sha256": sha256_file(TINY_LLAMA_VOCAB_FOLDER / "tokenizer.json"),
-    }
 
     def build(staging: Path) -> None:
         from transformers.utils import logging as transformers_logging
@@ -204,4 +190,5 @@ def builtin_lm_folder(name: str = TINY_LLAMA) -> Path:
             transformers_logging.enable_progress_bar()
         tokenizer.save_pretrained(staging)
 
-    return cached_folder(name, fingerprint, build)
+    return cached_builtin_folder(name, build, format_version=_BUILTIN_FORMAT_VERSION, libraries=("torch", "transformers"),
+                                 shipped={"tokenizer_sha256": TINY_LLAMA_VOCAB_FOLDER / "tokenizer.json"})

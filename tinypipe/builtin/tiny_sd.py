@@ -17,10 +17,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import diffusers
 import numpy as np
 import torch
-import transformers
 from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
@@ -31,12 +29,9 @@ from PIL import Image, ImageDraw
 from safetensors import SafetensorError, safe_open
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ..config.filelist import sha256_file
 from ..errors import ConfigError, DataError
-from ..files import cached_folder
-
-TINY_SD = "tinypipe/tiny-sd"
-"""The name of the built-in tiny Stable Diffusion model."""
+from . import TINY_SD, builtin_names, cached_builtin_folder  # noqa: F401  (TINY_SD: its public home is here too)
+from . import is_builtin as _is_builtin
 
 TINY_SD_RESOLUTION = 64
 """The default image size of `tinypipe/tiny-sd`, in pixels (its latents are 16x16)."""
@@ -216,15 +211,9 @@ def _read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dic
         ) from error
 
 
-BUILTIN_DIFFUSION_MODELS: dict[str, Callable[[], StableDiffusionPipeline]] = {
-    TINY_SD: build_tiny_stable_diffusion,
-}
-"""The built-in diffusion models, by name, each with the function that builds it."""
-
-
 def is_builtin(name: str) -> bool:
-    """Whether `name` names a built-in model (such as `TINY_SD`) rather than a folder or Hub repo."""
-    return name in BUILTIN_DIFFUSION_MODELS
+    """Whether `name` names a built-in diffusion model (such as `TINY_SD`) rather than a folder or Hub repo."""
+    return _is_builtin(name, "diffusion")
 
 
 def builtin_model_folder(name: str) -> Path:
@@ -238,7 +227,7 @@ def builtin_model_folder(name: str) -> Path:
 
     Args:
         name (`str`):
-            A built-in model name, a key of `BUILTIN_DIFFUSION_MODELS` (e.g. `TINY_SD`).
+            A built-in diffusion model name (`TINY_SD`).
 
     Returns:
         The folder.
@@ -253,26 +242,19 @@ def builtin_model_folder(name: str) -> Path:
         ```
     """
     if not is_builtin(name):
-        known = sorted(BUILTIN_DIFFUSION_MODELS)
+        known = builtin_names("diffusion")
         raise ConfigError(f"{name!r} is not a built-in model; the built-in models are {known}. Use one of those.")
-    fingerprint = {
-        "name": name,
-        "format_version": _BUILTIN_FORMAT_VERSION,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        # A rerun of `pretrain_tiny_sd` changes the shipped weights without changing any version.
-        "weights_sha256": sha256_file(TINY_SD_WEIGHTS),
-    }
 
     def build(staging: Path) -> None:
-        BUILTIN_DIFFUSION_MODELS[name]().save_pretrained(staging, safe_serialization=True)
+        build_tiny_stable_diffusion().save_pretrained(staging, safe_serialization=True)
         if (staging / "tokenizer").is_dir():
             # transformers 5 saves only `tokenizer.json`; older readers of CLIP tokenizers want these too.
             for file_name in ("vocab.json", "merges.txt"):
                 shutil.copyfile(CLIP_VOCAB_FOLDER / file_name, staging / "tokenizer" / file_name)
 
-    return cached_folder(name, fingerprint, build)
+    # A rerun of `pretrain_tiny_sd` changes the shipped weights without changing any version.
+    return cached_builtin_folder(name, build, format_version=_BUILTIN_FORMAT_VERSION,
+                                 libraries=("torch", "diffusers", "transformers"), shipped={"weights_sha256": TINY_SD_WEIGHTS})
 
 
 def shapes_dataset(

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..builtin import SHAPES_DATA
 from ..errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def _shapes() -> list:
 
 
 # Built-in data sets, addressable by name wherever `data` is accepted; nothing is downloaded.
-BUILTIN_DATASETS: dict[str, Callable[[], list]] = {"tinypipe/shapes": _shapes}
+BUILTIN_DATASETS: dict[str, Callable[[], list]] = {SHAPES_DATA: _shapes}
 ACCEPTED_FORMS = (
     "a folder of images, a .json/.jsonl file of records, a list of PIL images, paths, "
     "(image, caption) pairs or records, or a datasets.Dataset with an 'image' column"

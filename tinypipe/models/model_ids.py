@@ -15,22 +15,16 @@ import difflib
 from pathlib import Path
 from typing import Optional
 
+from ..builtin import builtin_names
 from ..errors import ConfigError
-from ..builtin.tiny_sd import BUILTIN_DIFFUSION_MODELS
-from ..builtin.tiny_llama import TINY_LLAMA
 
-__all__ = ["BASE_MODEL_KINDS", "builtin_names", "builtin_hint", "check_base_model", "load_error_reason"]
+__all__ = ["BASE_MODEL_KINDS", "builtin_hint", "check_base_model", "load_error_reason"]
 
 # kind -> (the file a local folder of that kind holds, what such a folder is called)
 BASE_MODEL_KINDS = {
     "diffusion": ("model_index.json", "diffusers pipeline folder"),
     "causal-lm": ("config.json", "transformers model folder"),
 }
-
-
-def builtin_names(kind: str) -> list[str]:
-    """The built-in model names of a kind (`"diffusion"` or `"causal-lm"`)."""
-    return sorted(BUILTIN_DIFFUSION_MODELS) if kind == "diffusion" else [TINY_LLAMA]
 
 
 def builtin_hint(name: str, kind: str) -> str:
