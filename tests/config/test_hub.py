@@ -155,3 +155,31 @@ def test_push_without_repo_id(tmp_path):
     with pytest.raises(RepoError, match="needs repo_id"):
         Card().save_pretrained(tmp_path / "out", push_to_hub=True)
     assert Card.from_pretrained(tmp_path / "out").prompt == "a photo of sks dog"
+
+
+def test_a_registered_builtin_name_is_written_once_never_downloaded(tmp_path, monkeypatch):
+    from tinypipe.config import hub
+
+    writes = []
+
+    def write(folder):
+        writes.append(folder)
+        Card(prompt="built in").save_pretrained(folder)
+
+    monkeypatch.setitem(hub._BUILTIN_REPOS, "tinypipe/tiny-card", write)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kwargs: pytest.fail("downloaded a built-in name"))
+
+    first = AutoModelPipeline.from_pretrained(tmp_path / "cache", "tinypipe/tiny-card")
+    again = Card.from_pretrained(tmp_path / "cache", "tinypipe/tiny-card")
+
+    assert first.prompt == again.prompt == "built in" and len(writes) == 1
+    assert sorted(path.name for path in (tmp_path / "cache" / "tinypipe").iterdir()) == ["tiny-card"]
+
+
+def test_register_builtin_repo_makes_a_name_resolve(tmp_path, monkeypatch):
+    from tinypipe.config import hub
+
+    monkeypatch.setattr(hub, "_BUILTIN_REPOS", {})
+    hub.register_builtin_repo("tinypipe/tiny-card", lambda folder: Card().save_pretrained(folder))
+
+    assert (hub.resolve_repo(tmp_path, "tinypipe/tiny-card") / "model" / "config.json").is_file()

@@ -1,0 +1,29 @@
+"""tinypipe.builtin: one table of built-in names, read by every check and message; each model name loads as a repo."""
+
+import pytest
+
+from tinypipe.builtin import BUILTIN_NAMES, SHAPES_DATA, TINY_INSTRUCTIONS, TINY_LLAMA, TINY_SD, builtin_names, is_builtin
+
+
+def test_each_kind_lists_its_names():
+    assert builtin_names("diffusion") == [TINY_SD]
+    assert builtin_names("causal-lm") == [TINY_LLAMA]
+    assert builtin_names("images") == [SHAPES_DATA]
+    assert builtin_names("instructions") == [TINY_INSTRUCTIONS]
+    assert sorted(BUILTIN_NAMES) == sorted(builtin_names("diffusion") + builtin_names("causal-lm") + builtin_names("images")
+                                           + builtin_names("instructions"))
+
+
+@pytest.mark.parametrize("name, kind, expected", [
+    (TINY_SD, None, True), (TINY_SD, "diffusion", True), (TINY_SD, "causal-lm", False),
+    ("tinypipe/tiny-sdd", None, False), ("me/model", "diffusion", False), (None, None, False),
+])
+def test_is_builtin_checks_the_table(name, kind, expected):
+    assert is_builtin(name, kind) is expected
+
+
+def test_every_builtin_model_name_can_be_loaded_as_a_repo():
+    import tinypipe.models  # noqa: F401  (registers how each built-in model is saved as a repo)
+    from tinypipe.config import hub
+
+    assert set(builtin_names("diffusion") + builtin_names("causal-lm")) <= set(hub._BUILTIN_REPOS)
