@@ -25,9 +25,10 @@ from .config import ConfigMixin
 from .config.filelist import FILELIST, sha256_file, verify_filelist
 from .config.repo import CONFIG_NAME, component_folder, load_repo
 from .files import atomic_folder, read_json
-from .errors import ConfigError, RepoError
+from .errors import ConfigError
 from .models.causal_lm import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CausalLMPipeline
 from .models.diffusion import LORA_WEIGHTS_NAME, DiffusionPipeline
+from .models.model_ids import refuse_other_base_model
 from .models.embedding_files import TEXTUAL_INVERSION_NAME, read_textual_inversion
 
 logger = logging.getLogger(__name__)
@@ -200,12 +201,8 @@ def _check_base_model(pipeline: ConfigMixin, replacement: Path, component: str, 
     base = pipeline.config.get("base_model")
     if recorded is None or base is None or recorded == base:
         return
-    message = (f"The {component} {replacement} was made for the base model {recorded!r}, and {type(pipeline).__name__}'s base "
-               f"model is {base!r}")
-    if not allow_other_base:
-        raise RepoError(f"{message}. Derive from a repo on {recorded!r}, or pass allow_other_base=True (tinypipe derive "
-                        "--allow-other-base) if the two models share their layer layout.")
-    logger.warning("%s; using it anyway (allow_other_base=True): it loads only if the shapes match.", message)
+    refuse_other_base_model(f"The {component} {replacement} was made for the base model {recorded!r}, and "
+                            f"{type(pipeline).__name__}'s base model is {base!r}", recorded, allow_other_base)
 
 
 def _check_embedding_token(pipeline: DiffusionPipeline, path: Path, placeholder_token: Optional[str]) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 
 from ..config.hub import register_builtin_repo
+from ..files import read_json
 from ..config import ConfigMixin, Ignore, save_config
 from ..errors import ConfigError, RepoError
 from ..builtin.tiny_llama import TINY_LLAMA, builtin_lm_folder, is_builtin_lm
@@ -251,7 +252,7 @@ class CausalLMPipeline(ConfigMixin):
                 raise RepoError(f"{path} is {'empty' if path.is_file() else 'missing'}; a PEFT adapter folder holds "
                                 f"{ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME}. Save the adapter again.")
         try:
-            settings = json.loads(config_path.read_text(encoding="utf-8"))
+            settings = read_json(config_path)
             lora = LoraConfig(**{key: value for key, value in settings.items() if key in LoraConfig.__dataclass_fields__})
         except (ValueError, TypeError) as error:
             raise RepoError(f"{config_path} is not a valid LoRA adapter config: {error}") from error
@@ -288,12 +289,10 @@ class CausalLMPipeline(ConfigMixin):
         """Refuse (or, with `allow_other_base`, warn about) an adapter whose config names another base model."""
         if not recorded or _same_model(recorded, self.base_model):
             return
-        message = (f"{config_path} was trained on the base model {recorded!r} (its base_model_name_or_path), but this "
-                   f"pipeline's base model is {self.base_model!r}")
-        if not allow_other_base:
-            raise RepoError(f"{message}. Load it on {recorded!r}, or pass allow_other_base=True (tinypipe derive "
-                            "--allow-other-base) if you know the two models share their weights' layout.")
-        logger.warning("%s; loading it anyway (allow_other_base=True).", message)
+        from .model_ids import refuse_other_base_model
+
+        refuse_other_base_model(f"{config_path} was trained on the base model {recorded!r} (its base_model_name_or_path), "
+                                f"but this pipeline's base model is {self.base_model!r}", recorded, allow_other_base)
 
     def replace_adapter(self, folder: Union[str, Path], allow_other_base: bool = False) -> None:
         """Replace this pipeline's LoRA adapter (or add one) with a PEFT adapter folder, as `load_adapter` reads it.

@@ -30,6 +30,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from ..config.hub import register_builtin_repo
+from ..files import read_json
 from ..config import ConfigMixin, Ignore, save_config
 from ..errors import ConfigError, RepoError, TinypipeError
 from ..builtin.tiny_sd import TINY_SD
@@ -570,7 +571,7 @@ def write_vocabulary_files(tokenizer_folder: Path) -> None:
     tokenizer_json = tokenizer_folder / "tokenizer.json"
     if not tokenizer_json.is_file() or ((tokenizer_folder / "vocab.json").is_file() and (tokenizer_folder / "merges.txt").is_file()):
         return
-    model = json.loads(tokenizer_json.read_text(encoding="utf-8")).get("model", {})
+    model = read_json(tokenizer_json).get("model", {})
     if model.get("type") != "BPE":
         return
     merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model.get("merges", [])]

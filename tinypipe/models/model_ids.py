@@ -12,13 +12,16 @@ a moment rather than when a job has already started loading weights.
 """
 
 import difflib
+import logging
 from pathlib import Path
 from typing import Optional
 
 from ..builtin import builtin_names
-from ..errors import ConfigError
+from ..errors import ConfigError, RepoError
 
-__all__ = ["BASE_MODEL_KINDS", "builtin_hint", "check_base_model", "load_error_reason"]
+__all__ = ["BASE_MODEL_KINDS", "builtin_hint", "refuse_other_base_model", "check_base_model", "load_error_reason"]
+
+logger = logging.getLogger(__name__)
 
 # kind -> (the file a local folder of that kind holds, what such a folder is called)
 BASE_MODEL_KINDS = {
@@ -88,3 +91,20 @@ def check_base_model(name: str, *, kind: str, revision: Optional[str] = None, to
     if problem is not None:
         raise ConfigError(f"MODEL {name!r} is neither a local folder, a built-in model, {problem}. {builtin_hint(name, kind)} "
                           "Check the spelling, give a local folder, or download the model once while online.")
+
+
+def refuse_other_base_model(message: str, recorded: str, allow_other_base: bool) -> None:
+    """Refuse weights made for another base model, or with `allow_other_base` warn and go on.
+
+    Args:
+        message: Which file was made for which base model, and which base model it would go on.
+        recorded: The base model the file names.
+        allow_other_base: The caller's (or `--allow-other-base`'s) consent to use it anyway.
+
+    Raises:
+        RepoError: Without consent: naming both models and the two ways on.
+    """
+    if not allow_other_base:
+        raise RepoError(f"{message}. Use it on {recorded!r}, or pass allow_other_base=True (tinypipe derive "
+                        "--allow-other-base) if the two models share their layer layout.")
+    logger.warning("%s; using it anyway (allow_other_base=True): it loads only if the shapes match.", message)
