@@ -151,3 +151,23 @@ def test_read_json_refuses_a_fifo_without_blocking(tmp_path):
 def test_read_json_reads_json_written_by_anyone(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"a": [1, 2.5, None]}))
     assert read_json(tmp_path / "config.json") == {"a": [1, 2.5, None]}
+
+
+def test_a_failed_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
+    target = tmp_path / "repo"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    real_replace = os.replace
+
+    def replace(source, destination):
+        if str(source).endswith(".tmp"):  # the new folder's move into place fails
+            raise OSError("Input/output error")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(files.os, "replace", replace)
+    with pytest.raises(OSError):
+        with atomic_folder(target) as staging:
+            (staging / "new.txt").write_text("new")
+
+    assert sorted(path.name for path in target.iterdir()) == ["old.txt"]
+    assert _hidden(tmp_path) == []

@@ -119,16 +119,18 @@ def atomic_folder(target: Union[str, Path], *, staging: Optional[Path] = None, d
     target = Path(target)
     staging = Path(staging) if staging is not None else _staging_name(target)
     staging.mkdir()
+    replaced = None
     try:
         yield staging
         if durable:
             fsync_path(staging)
-        replaced = None
         if target.exists():
             replaced = staging.with_name(f"{staging.name}-replaced")
             os.replace(target, replaced)
         os.replace(staging, target)
     except BaseException:
+        if replaced is not None and replaced.exists() and not target.exists():
+            os.replace(replaced, target)  # the new one could not be moved in: the old one goes back
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if durable:
