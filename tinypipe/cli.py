@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .builtin import TINY_INSTRUCTIONS, TINY_LLAMA, builtin_names
+from .runner import DIFFUSER_METHODS
 from .version import __version__
 from .cli_arguments import (
     OneLineParser,
@@ -338,13 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     diffuser.add_argument("name", metavar="NAME", help="A name for this run (shown in get-most-recent-jobs).")
     diffuser.add_argument("model", metavar="MODEL",
                           help="Base model: a Hub id (runwayml/stable-diffusion-v1-5), a local diffusers folder, or the "
-                               "built-in offline tinypipe/tiny-sd.")
+                               f"built-in offline {' or '.join(builtin_names('diffusion'))}.")
     diffuser.add_argument("dataset", metavar="DATASET",
-                          help="Training images: a folder, a JSON file listing images (and captions), a .zip, or tinypipe/shapes.")
+                          help="Training images: a folder, a JSON file listing images (and captions), a .zip, or "
+                               f"{' or '.join(builtin_names('images'))}.")
     diffuser.add_argument("prompt", metavar="PROMPT",
                           help="The training prompt with the rare token (\"a photo of sks dog\"); also the validation prompt. "
                                "For textual inversion, write the new token as <name>.")
-    diffuser.add_argument("--method", choices=("lora", "dreambooth", "textual-inversion"), default="lora",
+    diffuser.add_argument("--method", choices=tuple(DIFFUSER_METHODS), default="lora",
                           help="lora: LoRA on the attention processors (default). dreambooth: full fine-tune (or LoRA with "
                                """'{"use_lora": true}'). textual-inversion: learn a new token's embedding.""")
     diffuser.add_argument("--prior-class-image-dir", metavar="DIR",
@@ -366,11 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a causal LM (Llama-style) on instruction records with a PEFT LoRA.\n"
                     "The run is recorded as a job.",
         epilog="DATASET is a .json list or .jsonl file of alpaca records {\"instruction\", \"input\", \"output\"}, or the\n"
-               "built-in tinypipe/tiny-instructions. Example:\n"
-               "  tinypipe train-lm my-lm tinypipe/tiny-llama tinypipe/tiny-instructions --training-args '{\"num_train_epochs\": 3}'")
+               f"built-in {TINY_INSTRUCTIONS}. Example:\n"
+               f"  tinypipe train-lm my-lm {TINY_LLAMA} {TINY_INSTRUCTIONS} --training-args '{{\"num_train_epochs\": 3}}'")
     lm.add_argument("name", metavar="NAME", help="A name for this run.")
-    lm.add_argument("model", metavar="MODEL", help="Base model: a Hub id, a local transformers folder, or the built-in tinypipe/tiny-llama.")
-    lm.add_argument("dataset", metavar="DATASET", help="Instruction records: .json / .jsonl, or tinypipe/tiny-instructions.")
+    lm.add_argument("model", metavar="MODEL", help="Base model: a Hub id, a local transformers folder, or the built-in "
+                                                   f"{' or '.join(builtin_names('causal-lm'))}.")
+    lm.add_argument("dataset", metavar="DATASET", help=f"Instruction records: .json / .jsonl, or {' or '.join(builtin_names('instructions'))}.")
     lm.add_argument("--lora-rank", type=positive_int, metavar="R", help="LoRA rank (default 8).")
     lm.add_argument("--lora-alpha", type=positive_float, metavar="ALPHA", help="LoRA alpha (default 16).")
     lm.add_argument("--lora-dropout", type=probability, metavar="P", help="LoRA dropout (default 0.05).")
