@@ -5,6 +5,8 @@ The names below are imported on first use (PEP 562), so `import tinypipe` - and 
 """
 
 import importlib
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .version import __version__  # noqa: F401  (public)
@@ -33,10 +35,29 @@ def __getattr__(name: str) -> Any:
     if name not in _MODULE_OF:
         raise AttributeError(f"module 'tinypipe' has no attribute {name!r}")
     if name in ("AutoModelPipeline", "AutoTrainerPipeline"):
-        importlib.import_module(".models", __name__)  # registers the built-in names (tinypipe/tiny-sd, ...) they load
+        _register_builtin_models()
     value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
     globals()[name] = value
     return value
+
+
+def _register_builtin_models() -> None:
+    """Let `AutoModelPipeline.from_pretrained(cache, "tinypipe/tiny-sd")` load a built-in model before the model
+    pipelines are imported: each built-in model name gets a writer that imports them on first use (their import
+    registers each name's own writer, which then saves the repo)."""
+    from .builtin import builtin_names
+    from .config.hub import builtin_repo_writer, register_builtin_repo
+
+    def import_then_write(name: str) -> Callable[[Path], None]:
+        def write(folder: Path) -> None:
+            importlib.import_module(".models", __name__)
+            builtin_repo_writer(name)(folder)
+
+        return write
+
+    for name in builtin_names("diffusion") + builtin_names("causal-lm"):
+        if builtin_repo_writer(name) is None:
+            register_builtin_repo(name, import_then_write(name))
 
 
 def __dir__() -> list[str]:

@@ -27,3 +27,17 @@ def test_every_builtin_model_name_can_be_loaded_as_a_repo():
     from tinypipe.config import hub
 
     assert set(builtin_names("diffusion") + builtin_names("causal-lm")) <= set(hub._BUILTIN_REPOS)
+
+
+def test_auto_model_pipeline_loads_a_builtin_name_before_the_pipelines_are_imported(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom tinypipe import AutoModelPipeline\nassert 'tinypipe.models' not in sys.modules\n"
+              f"print(type(AutoModelPipeline.from_pretrained({str(tmp_path / 'cache')!r}, {TINY_LLAMA!r})).__name__)")
+    environment = {**os.environ, "TINYPIPE_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=300)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "CausalLMPipeline"

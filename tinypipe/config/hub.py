@@ -30,7 +30,7 @@ from ..files import atomic_folder, child_path, read_json, read_marker, write_mar
 from .card import card_data_from_repo, render_model_card
 from .filelist import FILELIST, verify_filelist, write_filelist
 
-__all__ = ["resolve_repo", "cache_folder", "register_builtin_repo", "is_offline", "upload_repo", "push_repo",
+__all__ = ["resolve_repo", "cache_folder", "register_builtin_repo", "builtin_repo_writer", "is_offline", "upload_repo", "push_repo",
            "public_value", "UPLOAD_IGNORE_PATTERNS", "DOWNLOAD_MARKER"]
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,11 @@ def register_builtin_repo(name: str, writer: Callable[[Path], None]) -> None:
         writer: Saves the repo into the (empty) folder it is given, e.g. `lambda folder: model.save_pretrained(folder)`.
     """
     _BUILTIN_REPOS[name] = writer
+
+
+def builtin_repo_writer(name: str) -> Optional[Callable[[Path], None]]:
+    """The writer registered for the built-in name `name`, or None when `name` is not one (so far)."""
+    return _BUILTIN_REPOS.get(name)
 
 
 def is_offline() -> bool:
@@ -102,7 +107,7 @@ def cache_folder(cache: Path, repo: str) -> Path:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
-    if repo not in _BUILTIN_REPOS:
+    if builtin_repo_writer(repo) is None:
         try:
             validate_repo_id(repo)
         except HFValidationError as error:
@@ -137,10 +142,11 @@ def resolve_repo(path: Union[str, Path], repo: Optional[str] = None, *, revision
     local = cache_folder(Path(path), repo)
     if _complete_copy(local, revision) or (not (local / DOWNLOAD_MARKER).exists() and _placed_copy(local)):
         return local
-    if repo in _BUILTIN_REPOS:
+    write_builtin = builtin_repo_writer(repo)
+    if write_builtin is not None:
         local.parent.mkdir(parents=True, exist_ok=True)
         with atomic_folder(local) as staging:
-            _BUILTIN_REPOS[repo](staging)
+            write_builtin(staging)
             write_marker(staging, DOWNLOAD_MARKER, {"repo": repo, "revision": revision, "builtin": True})
         return local
     if is_offline():
