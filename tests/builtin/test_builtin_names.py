@@ -22,11 +22,12 @@ def test_is_builtin_checks_the_table(name, kind, expected):
     assert is_builtin(name, kind) is expected
 
 
-def test_every_builtin_model_name_can_be_loaded_as_a_repo():
+def test_the_model_pipelines_register_a_repo_writer_for_every_builtin_model_name():
     import tinypipe.models  # noqa: F401  (registers how each built-in model is saved as a repo)
-    from tinypipe.config import hub
+    from tinypipe.config.hub import builtin_repo_writer
 
-    assert set(builtin_names("diffusion") + builtin_names("causal-lm")) <= set(hub._BUILTIN_REPOS)
+    for name in builtin_names("diffusion") + builtin_names("causal-lm"):
+        assert builtin_repo_writer(name).__module__.startswith("tinypipe.models."), name
 
 
 def test_auto_model_pipeline_loads_a_builtin_name_before_the_pipelines_are_imported(tmp_path):

@@ -48,8 +48,9 @@ _BUILTIN_REPOS: dict[str, Callable[[Path], None]] = {}
 def register_builtin_repo(name: str, writer: Callable[[Path], None]) -> None:
     """Make the built-in name `name` usable wherever a hub id is: `writer(folder)` saves its repo into `folder`.
 
-    Called by the package that can build the repo (`tinypipe.models` registers `tinypipe/tiny-sd` and
-    `tinypipe/tiny-llama` when it is imported).
+    Called by the package that can build the repo: `tinypipe.models` registers `tinypipe/tiny-sd` and
+    `tinypipe/tiny-llama` when it is imported (and `tinypipe.AutoModelPipeline` registers writers that import it
+    on first use, so the names load before any pipeline is imported).
 
     Args:
         name: The built-in name, e.g. `"tinypipe/tiny-sd"`.
