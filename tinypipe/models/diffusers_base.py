@@ -1,11 +1,13 @@
-"""Loading a diffusers base pipeline (a built-in name, a local diffusers folder or a hub id), quietly and safely.
+"""A diffusers pipeline folder: loading a base one (a built-in name, a local folder or a hub id), saving a fine-tuned one.
 
 `load_base_pipeline` is what `DiffusionPipeline` builds on: it refuses a local folder whose `model_index.json`
 names components from libraries other than diffusers and transformers (diffusers would import them, running
-their code, and a base model folder gives no consent to that).
+their code, and a base model folder gives no consent to that). `save_pipeline_folder` writes a folder that
+diffusers' `StableDiffusionPipeline.from_pretrained` reads, with transformers 4.x as well as 5.
 """
 
 import contextlib
+import json
 import warnings
 from pathlib import Path
 from typing import Optional, Union
@@ -16,7 +18,7 @@ from ..files import read_json
 from ..errors import ConfigError
 from ..builtin.tiny_sd import builtin_model_folder, is_builtin
 
-__all__ = ["default_device", "load_base_pipeline", "quiet_loading"]
+__all__ = ["default_device", "load_base_pipeline", "quiet_loading", "save_pipeline_folder", "write_vocabulary_files"]
 
 
 def default_device() -> str:
@@ -90,3 +92,32 @@ def load_base_pipeline(base_model: str, revision: Optional[str] = None, torch_dt
             f"Check the hub id and revision, log in for private models, or unset HF_HUB_OFFLINE to download it. "
             f"{builtin_hint(base_model, 'diffusion')}"
         ) from error
+
+
+def save_pipeline_folder(pipe, folder: Path) -> None:
+    """Save a diffusers pipeline (safetensors) as a folder `StableDiffusionPipeline.from_pretrained` loads.
+
+    Each tokenizer folder also gets the vocabulary files the slow tokenizer reads (`write_vocabulary_files`).
+    """
+    with quiet_loading():
+        pipe.save_pretrained(folder, safe_serialization=True)
+    for tokenizer_folder in sorted(folder.glob("tokenizer*/")):
+        write_vocabulary_files(tokenizer_folder)
+
+
+def write_vocabulary_files(tokenizer_folder: Path) -> None:
+    """Write `vocab.json` and `merges.txt` beside a BPE `tokenizer.json` that lacks them.
+
+    transformers 5 saves a CLIP tokenizer as `tokenizer.json` only; the slow `CLIPTokenizer` that
+    `model_index.json` names (and transformers 4.x) reads these two files, so a saved pipeline folder
+    carries them, as diffusers' own folders do.
+    """
+    tokenizer_json = tokenizer_folder / "tokenizer.json"
+    if not tokenizer_json.is_file() or ((tokenizer_folder / "vocab.json").is_file() and (tokenizer_folder / "merges.txt").is_file()):
+        return
+    model = read_json(tokenizer_json).get("model", {})
+    if model.get("type") != "BPE":
+        return
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model.get("merges", [])]
+    (tokenizer_folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False) + "\n", encoding="utf-8")
+    (tokenizer_folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{merge}\n" for merge in merges), encoding="utf-8")

@@ -19,7 +19,6 @@ Two more kinds of fine-tuned weights, each in the format diffusers reads:
   in `learned_embeds-2.safetensors`, ...), read by `pipe.load_textual_inversion("out/model")`.
 """
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -30,11 +29,22 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from ..config.hub import register_builtin_repo
-from ..files import read_json
 from ..config import ConfigMixin, Ignore, save_config
 from ..errors import ConfigError, RepoError, TinypipeError
 from ..builtin.tiny_sd import TINY_SD
-from .diffusers_base import default_device, load_base_pipeline, quiet_loading
+from .diffusers_base import default_device, load_base_pipeline, save_pipeline_folder
+from .diffusers_lora import (
+    ADAPTER_NAME,
+    LORA_SETTINGS,
+    LORA_WEIGHTS_NAME,
+    TEXT_ENCODER_LORA_TARGETS,
+    UNET_LORA_TARGETS,
+    load_lora_file,
+    loaded_lora_settings,
+    lora_configs,
+    lora_state_dicts,
+    save_lora_file,
+)
 from .embedding_files import (
     check_new_token,
     read_textual_inversion,
@@ -47,14 +57,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DiffusionPipeline", "LORA_WEIGHTS_NAME", "UNET_LORA_TARGETS"]
 
-LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 FINE_TUNABLE_COMPONENTS = ("unet", "text_encoder")
-ADAPTER_NAME = "default"
-UNET_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
-TEXT_ENCODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-LORA_SETTINGS = ("lora_rank", "lora_alpha", "lora_target_modules", "text_encoder_lora", "text_encoder_lora_target_modules")
-# LoraConfig settings a tinypipe config does not record: a LoRA that uses one cannot be saved faithfully.
-UNRECORDED_LORA_SETTINGS = ("use_dora", "use_rslora", "lora_bias", "layers_to_transform", "modules_to_save", "rank_pattern", "alpha_pattern")
 
 
 class DiffusionPipeline(ConfigMixin):
@@ -147,17 +150,7 @@ class DiffusionPipeline(ConfigMixin):
 
     def lora_configs(self) -> dict[str, Any]:
         """The peft `LoraConfig` of each model that has a LoRA: `{"unet": ..., "text_encoder": ...}`."""
-        from peft import LoraConfig
-
-        if not self.has_lora:
-            return {}
-        rank, alpha = self.config["lora_rank"], self.config["lora_alpha"] or self.config["lora_rank"]
-        configs = {"unet": LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                      target_modules=list(self.config["lora_target_modules"]))}
-        if self.config["text_encoder_lora"]:
-            configs["text_encoder"] = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                                 target_modules=list(self.config["text_encoder_lora_target_modules"]))
-        return configs
+        return lora_configs(self.config)
 
     def _add_lora(self, rank: int, alpha: Optional[float], targets: Sequence[str], text_encoder_lora: bool,
                   text_encoder_targets: Sequence[str] = TEXT_ENCODER_LORA_TARGETS) -> None:
@@ -215,90 +208,22 @@ class DiffusionPipeline(ConfigMixin):
         with tempfile.TemporaryDirectory() as backup:
             previous = dict(self.config) if self.has_lora else None
             if previous is not None:
-                self._save_lora(Path(backup))
+                save_lora_file(self.pipe, Path(backup), self.lora_configs())
                 self.pipe.delete_adapters(ADAPTER_NAME)
                 self._record(lora_rank=None)
             try:
-                self._load_lora_file(weights)
-                self._record_loaded_lora(weights)
+                load_lora_file(self.pipe, weights, self.config["base_model"])
+                self._record(**loaded_lora_settings(self.pipe, weights))
             except TinypipeError:
                 self.pipe.delete_adapters(ADAPTER_NAME)  # what a half-done load left (a no-op when nothing)
                 if previous is not None:
-                    self._load_lora_file(Path(backup) / LORA_WEIGHTS_NAME)
+                    load_lora_file(self.pipe, Path(backup) / LORA_WEIGHTS_NAME, self.config["base_model"])
                     self._record(**{key: previous[key] for key in LORA_SETTINGS})
                 raise
 
-    def _record_loaded_lora(self, weights: Path) -> None:
-        """Record the settings of the LoRA diffusers just loaded; refuse one the config cannot describe.
-
-        Whatever is recorded is what a reload builds (`lora_configs`), so a LoRA whose layers the config
-        could not name (per-layer ranks, DoRA, a target pattern, ...) is refused rather than saved partly.
-        """
-        loaded = {name: getattr(self.pipe, name).peft_config[ADAPTER_NAME] for name in ("unet", "text_encoder")
-                  if ADAPTER_NAME in (getattr(getattr(self.pipe, name), "peft_config", None) or {})}
-        unet = loaded.get("unet")
-        problem = None
-        if unet is None:
-            problem = "it holds no UNet LoRA"
-        elif any(isinstance(config.target_modules, str) for config in loaded.values()):
-            problem = "its target modules are a pattern, not a list of module names"
-        elif "text_encoder" in loaded and (loaded["text_encoder"].r, loaded["text_encoder"].lora_alpha) != (unet.r, unet.lora_alpha):
-            problem = "its text-encoder LoRA has another rank or alpha than its UNet LoRA"
-        else:
-            unrecorded = sorted({f"{name}.{setting}" for name, config in loaded.items() for setting in UNRECORDED_LORA_SETTINGS
-                                 if getattr(config, setting, None) not in (None, False, {}, [], "none")})
-            if unrecorded:
-                problem = f"it uses settings a tinypipe config does not record ({', '.join(unrecorded)}; e.g. per-layer ranks or alphas)"
-        if problem is not None:
-            raise ConfigError(f"{weights} cannot be used as this pipeline's LoRA: {problem}. Use a LoRA saved by tinypipe "
-                              "or by diffusers' training scripts.")
-        targets = self._wrapped_targets("unet", unet.target_modules, weights)
-        text_encoder = loaded.get("text_encoder")
-        text_encoder_targets = (self._wrapped_targets("text_encoder", text_encoder.target_modules, weights) if text_encoder is not None
-                                else set(TEXT_ENCODER_LORA_TARGETS))
-        if not targets:
-            raise ConfigError(f"{weights} cannot be used as this pipeline's LoRA: none of its UNet entries matches a layer of "
-                              "the UNet. Use a LoRA saved by tinypipe or by diffusers' training scripts.")
-        if text_encoder is not None and not text_encoder_targets:  # nothing of it was applied: no text-encoder LoRA
-            self.pipe.text_encoder.delete_adapter(ADAPTER_NAME)
-            text_encoder, text_encoder_targets = None, set(TEXT_ENCODER_LORA_TARGETS)
-        self._record(lora_rank=unet.r, lora_alpha=unet.lora_alpha, text_encoder_lora=text_encoder is not None,
-                     lora_target_modules=UNET_LORA_TARGETS if targets == set(UNET_LORA_TARGETS) else tuple(sorted(targets)),
-                     text_encoder_lora_target_modules=(TEXT_ENCODER_LORA_TARGETS if text_encoder_targets == set(TEXT_ENCODER_LORA_TARGETS)
-                                                       else tuple(sorted(text_encoder_targets))))
-
-    def _wrapped_targets(self, component: str, targets: Sequence[str], weights: Path) -> set[str]:
-        """The target names of a loaded LoRA that wrap a layer of `component`; the others are logged as not loaded.
-
-        diffusers' conversion of some non-diffusers files (kohya) yields names that match no layer, so those
-        weights are not applied; recording only the layers that carry the LoRA keeps the saved repo what ran.
-        """
-        wrapped = [name for name, module in getattr(self.pipe, component).named_modules()
-                   if ADAPTER_NAME in (getattr(module, "lora_A", None) or {})]
-        kept = {target for target in targets if any(name == target or name.endswith(f".{target}") for name in wrapped)}
-        dropped = sorted(set(targets) - kept)
-        if dropped:
-            logger.warning("diffusers did not apply the %s LoRA entries %s of %s (they match no layer); the pipeline and its "
-                           "saved repo hold the LoRA without them, as plain diffusers' load_lora_weights does.",
-                           component, dropped, weights)
-        return kept
-
     def lora_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
-        """The LoRA weights in diffusers' key format: `{"unet": {...}, "text_encoder": {...}}`.
-
-        Every text-encoder layer gets diffusers' `lora_linear_layer.down/up` keys, the MLP (`fc1`, `fc2`) too:
-        diffusers converts only the attention projections, and reads a text-encoder part back only when
-        it finds that form.
-        """
-        from diffusers.utils import convert_state_dict_to_diffusers
-        from peft.utils import get_peft_model_state_dict
-
-        layers = {name: convert_state_dict_to_diffusers(get_peft_model_state_dict(getattr(self.pipe, name), adapter_name=ADAPTER_NAME))
-                  for name in self.lora_configs()}
-        if "text_encoder" in layers:
-            layers["text_encoder"] = {key.replace(".lora_A.", ".lora_linear_layer.down.").replace(".lora_B.", ".lora_linear_layer.up."): value
-                                      for key, value in layers["text_encoder"].items()}
-        return layers
+        """The LoRA weights in diffusers' key format: `{"unet": {...}, "text_encoder": {...}}` (see `diffusers_lora`)."""
+        return lora_state_dicts(self.pipe, list(self.lora_configs()))
 
     def mark_fine_tuned(self, components: Sequence[str]) -> None:
         """Record that `components` (`"unet"`, `"text_encoder"`) were fully fine-tuned, so saving writes their weights.
@@ -489,26 +414,11 @@ class DiffusionPipeline(ConfigMixin):
         `learned_embeds.safetensors` (then `learned_embeds-2.safetensors`, ...).
         """
         if self.config["fine_tuned_components"]:
-            with quiet_loading():
-                self.pipe.save_pretrained(folder, safe_serialization=True)
-            for tokenizer_folder in sorted(folder.glob("tokenizer*/")):
-                write_vocabulary_files(tokenizer_folder)
+            save_pipeline_folder(self.pipe, folder)
         for index, (token, vectors) in enumerate(self.textual_inversion_embeddings().items()):
             save_file({token: vectors.contiguous()}, str(folder / textual_inversion_file_name(index)))
         if self.has_lora:
-            self._save_lora(folder)
-
-    def _save_lora(self, folder: Path) -> None:
-        from diffusers import StableDiffusionPipeline
-
-        configs = self.lora_configs()
-        layers = self.lora_state_dicts()
-        StableDiffusionPipeline.save_lora_weights(
-            folder, unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers.get("text_encoder"),
-            weight_name=LORA_WEIGHTS_NAME, safe_serialization=True,
-            unet_lora_adapter_metadata=configs["unet"].to_dict(),
-            text_encoder_lora_adapter_metadata=configs["text_encoder"].to_dict() if "text_encoder" in configs else None,
-        )
+            save_lora_file(self.pipe, folder, self.lora_configs())
 
     @classmethod
     def _build_from_folder(cls, folder: Path, arguments: Mapping[str, Any], overrides: Mapping[str, Any]) -> "DiffusionPipeline":
@@ -535,18 +445,9 @@ class DiffusionPipeline(ConfigMixin):
         weights = folder / LORA_WEIGHTS_NAME
         if not weights.is_file():
             raise RepoError(f"{weights} is missing: the config records a LoRA of rank {lora['lora_rank']}.")
-        pipeline._load_lora_file(weights)
+        load_lora_file(pipeline.pipe, weights, pipeline.config["base_model"])
         pipeline._record(**lora)
         return pipeline
-
-    def _load_lora_file(self, weights: Path) -> None:
-        """Load a diffusers LoRA file as the adapter with diffusers' own `load_lora_weights` (it reads the metadata)."""
-        try:
-            with quiet_loading():
-                self.pipe.load_lora_weights(weights.parent, weight_name=weights.name, adapter_name=ADAPTER_NAME)
-        except (ValueError, RuntimeError, KeyError) as error:
-            reason = " ".join(line.strip() for line in str(error).splitlines()[:2])  # torch's first line only says "Error(s) in ..."
-            raise RepoError(f"{weights} does not fit the base model {self.config['base_model']!r}: {reason}") from error
 
     @classmethod
     def card_data_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -559,33 +460,6 @@ class DiffusionPipeline(ConfigMixin):
         if config.get("textual_inversion_tokens"):
             tags, method = tags + ["textual_inversion"], "textual inversion" if method == "diffusion pipeline" else method
         return {"base_model": config.get("base_model"), "method": method, "tags": tags}
-
-
-def write_vocabulary_files(tokenizer_folder: Path) -> None:
-    """Write `vocab.json` and `merges.txt` beside a BPE `tokenizer.json` that lacks them.
-
-    transformers 5 saves a CLIP tokenizer as `tokenizer.json` only; the slow `CLIPTokenizer` that
-    `model_index.json` names (and transformers 4.x) reads these two files, so a saved pipeline folder
-    carries them, as diffusers' own folders do.
-    """
-    tokenizer_json = tokenizer_folder / "tokenizer.json"
-    if not tokenizer_json.is_file() or ((tokenizer_folder / "vocab.json").is_file() and (tokenizer_folder / "merges.txt").is_file()):
-        return
-    model = read_json(tokenizer_json).get("model", {})
-    if model.get("type") != "BPE":
-        return
-    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model.get("merges", [])]
-    (tokenizer_folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False) + "\n", encoding="utf-8")
-    (tokenizer_folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{merge}\n" for merge in merges), encoding="utf-8")
-
-
-def read_lora_metadata(path: Path) -> dict[str, Any]:
-    """The adapter settings diffusers stored in a LoRA file's safetensors metadata."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as file:
-        metadata = file.metadata() or {}
-    return json.loads(metadata.get("lora_adapter_metadata", "{}"))
 
 
 def write_builtin_repo(folder: Path) -> None:

@@ -1,0 +1,182 @@
+"""The LoRA of a Stable-Diffusion pipeline in diffusers' file format: `pytorch_lora_weights.safetensors`.
+
+The file is the one diffusers' training scripts write and `load_lora_weights` reads: the UNet's (and the text
+encoder's) LoRA layers under diffusers' keys, with each adapter's `LoraConfig` in the safetensors metadata, so
+plain diffusers loads it unchanged. tinypipe records one rank, one alpha and a list of target modules per LoRA;
+`loaded_lora_settings` refuses a loaded file those cannot describe rather than save it partly.
+
+```python
+configs = lora_configs(pipeline.config)                  # {"unet": LoraConfig, "text_encoder": LoraConfig}
+save_lora_file(pipeline.pipe, folder, configs)           # folder/pytorch_lora_weights.safetensors
+load_lora_file(pipeline.pipe, folder / LORA_WEIGHTS_NAME, "tinypipe/tiny-sd")
+```
+"""
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..errors import ConfigError, RepoError
+from .diffusers_base import quiet_loading
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ADAPTER_NAME",
+    "LORA_SETTINGS",
+    "LORA_WEIGHTS_NAME",
+    "TEXT_ENCODER_LORA_TARGETS",
+    "UNET_LORA_TARGETS",
+    "load_lora_file",
+    "loaded_lora_settings",
+    "lora_configs",
+    "lora_state_dicts",
+    "save_lora_file",
+]
+
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+ADAPTER_NAME = "default"
+UNET_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+"""The default UNet LoRA targets: the attention projections."""
+TEXT_ENCODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+"""The default text-encoder LoRA targets: the attention projections of CLIP's text model."""
+LORA_SETTINGS = ("lora_rank", "lora_alpha", "lora_target_modules", "text_encoder_lora", "text_encoder_lora_target_modules")
+"""The config keys of a `DiffusionPipeline` that describe its LoRA."""
+# LoraConfig settings a tinypipe config does not record: a LoRA that uses one cannot be saved faithfully.
+UNRECORDED_LORA_SETTINGS = ("use_dora", "use_rslora", "lora_bias", "layers_to_transform", "modules_to_save", "rank_pattern", "alpha_pattern")
+
+
+def lora_configs(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The peft `LoraConfig` of each model a pipeline config gives a LoRA: `{"unet": ..., "text_encoder": ...}`.
+
+    Args:
+        config: A `DiffusionPipeline` config (its `LORA_SETTINGS` keys are read).
+
+    Returns:
+        `{}` when `lora_rank` is None, else a config for the UNet and, with `text_encoder_lora`, the text encoder.
+    """
+    from peft import LoraConfig
+
+    if config["lora_rank"] is None:
+        return {}
+    rank, alpha = config["lora_rank"], config["lora_alpha"] or config["lora_rank"]
+    configs = {"unet": LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                  target_modules=list(config["lora_target_modules"]))}
+    if config["text_encoder_lora"]:
+        configs["text_encoder"] = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                             target_modules=list(config["text_encoder_lora_target_modules"]))
+    return configs
+
+
+def lora_state_dicts(pipe: Any, components: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """The LoRA weights of `components` of a diffusers pipeline in diffusers' key format: `{"unet": {...}, ...}`.
+
+    Every text-encoder layer gets diffusers' `lora_linear_layer.down/up` keys, the MLP (`fc1`, `fc2`) too:
+    diffusers converts only the attention projections, and reads a text-encoder part back only when it
+    finds that form.
+    """
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = {name: convert_state_dict_to_diffusers(get_peft_model_state_dict(getattr(pipe, name), adapter_name=ADAPTER_NAME))
+              for name in components}
+    if "text_encoder" in layers:
+        layers["text_encoder"] = {key.replace(".lora_A.", ".lora_linear_layer.down.").replace(".lora_B.", ".lora_linear_layer.up."): value
+                                  for key, value in layers["text_encoder"].items()}
+    return layers
+
+
+def save_lora_file(pipe: Any, folder: Path, configs: Mapping[str, Any]) -> None:
+    """Write `folder/pytorch_lora_weights.safetensors` with diffusers' `save_lora_weights` (the configs in its metadata).
+
+    Args:
+        pipe: The diffusers pipeline whose components carry the adapter.
+        folder: Where the file goes.
+        configs: The `LoraConfig` of each component with a LoRA, as `lora_configs` gives them.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    layers = lora_state_dicts(pipe, list(configs))
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers.get("text_encoder"),
+        weight_name=LORA_WEIGHTS_NAME, safe_serialization=True,
+        unet_lora_adapter_metadata=configs["unet"].to_dict(),
+        text_encoder_lora_adapter_metadata=configs["text_encoder"].to_dict() if "text_encoder" in configs else None,
+    )
+
+
+def load_lora_file(pipe: Any, weights: Path, base_model: str) -> None:
+    """Load a diffusers LoRA file as the adapter with diffusers' own `load_lora_weights` (it reads the metadata).
+
+    Raises:
+        RepoError: The file does not fit the base model (the message names the file and the reason).
+    """
+    try:
+        with quiet_loading():
+            pipe.load_lora_weights(weights.parent, weight_name=weights.name, adapter_name=ADAPTER_NAME)
+    except (ValueError, RuntimeError, KeyError) as error:
+        reason = " ".join(line.strip() for line in str(error).splitlines()[:2])  # torch's first line only says "Error(s) in ..."
+        raise RepoError(f"{weights} does not fit the base model {base_model!r}: {reason}") from error
+
+
+def loaded_lora_settings(pipe: Any, weights: Path) -> dict[str, Any]:
+    """The `LORA_SETTINGS` of the LoRA diffusers just loaded from `weights`; refuse one a config cannot describe.
+
+    Whatever a config records is what a reload builds (`lora_configs`), so a LoRA whose layers the config
+    could not name (per-layer ranks, DoRA, a target pattern, ...) is refused rather than saved partly. A
+    text-encoder part none of whose entries matched a layer is taken off again.
+
+    Raises:
+        ConfigError: The LoRA has no UNet part, or uses settings a tinypipe config does not record.
+    """
+    loaded = {name: getattr(pipe, name).peft_config[ADAPTER_NAME] for name in ("unet", "text_encoder")
+              if ADAPTER_NAME in (getattr(getattr(pipe, name), "peft_config", None) or {})}
+    unet = loaded.get("unet")
+    problem = None
+    if unet is None:
+        problem = "it holds no UNet LoRA"
+    elif any(isinstance(config.target_modules, str) for config in loaded.values()):
+        problem = "its target modules are a pattern, not a list of module names"
+    elif "text_encoder" in loaded and (loaded["text_encoder"].r, loaded["text_encoder"].lora_alpha) != (unet.r, unet.lora_alpha):
+        problem = "its text-encoder LoRA has another rank or alpha than its UNet LoRA"
+    else:
+        unrecorded = sorted({f"{name}.{setting}" for name, config in loaded.items() for setting in UNRECORDED_LORA_SETTINGS
+                             if getattr(config, setting, None) not in (None, False, {}, [], "none")})
+        if unrecorded:
+            problem = f"it uses settings a tinypipe config does not record ({', '.join(unrecorded)}; e.g. per-layer ranks or alphas)"
+    if problem is not None:
+        raise ConfigError(f"{weights} cannot be used as this pipeline's LoRA: {problem}. Use a LoRA saved by tinypipe "
+                          "or by diffusers' training scripts.")
+    targets = _wrapped_targets(pipe, "unet", unet.target_modules, weights)
+    text_encoder = loaded.get("text_encoder")
+    text_encoder_targets = (_wrapped_targets(pipe, "text_encoder", text_encoder.target_modules, weights) if text_encoder is not None
+                            else set(TEXT_ENCODER_LORA_TARGETS))
+    if not targets:
+        raise ConfigError(f"{weights} cannot be used as this pipeline's LoRA: none of its UNet entries matches a layer of "
+                          "the UNet. Use a LoRA saved by tinypipe or by diffusers' training scripts.")
+    if text_encoder is not None and not text_encoder_targets:  # nothing of it was applied: no text-encoder LoRA
+        pipe.text_encoder.delete_adapter(ADAPTER_NAME)
+        text_encoder, text_encoder_targets = None, set(TEXT_ENCODER_LORA_TARGETS)
+    return dict(lora_rank=unet.r, lora_alpha=unet.lora_alpha, text_encoder_lora=text_encoder is not None,
+                lora_target_modules=UNET_LORA_TARGETS if targets == set(UNET_LORA_TARGETS) else tuple(sorted(targets)),
+                text_encoder_lora_target_modules=(TEXT_ENCODER_LORA_TARGETS if text_encoder_targets == set(TEXT_ENCODER_LORA_TARGETS)
+                                                  else tuple(sorted(text_encoder_targets))))
+
+
+def _wrapped_targets(pipe: Any, component: str, targets: Sequence[str], weights: Path) -> set[str]:
+    """The target names of a loaded LoRA that wrap a layer of `component`; the others are logged as not loaded.
+
+    diffusers' conversion of some non-diffusers files (kohya) yields names that match no layer, so those
+    weights are not applied; recording only the layers that carry the LoRA keeps the saved repo what ran.
+    """
+    wrapped = [name for name, module in getattr(pipe, component).named_modules()
+               if ADAPTER_NAME in (getattr(module, "lora_A", None) or {})]
+    kept = {target for target in targets if any(name == target or name.endswith(f".{target}") for name in wrapped)}
+    dropped = sorted(set(targets) - kept)
+    if dropped:
+        logger.warning("diffusers did not apply the %s LoRA entries %s of %s (they match no layer); the pipeline and its "
+                       "saved repo hold the LoRA without them, as plain diffusers' load_lora_weights does.",
+                       component, dropped, weights)
+    return kept
