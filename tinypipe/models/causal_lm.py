@@ -13,7 +13,6 @@ The adapter files are PEFT's own format, so plain peft reads them unchanged:
 """
 
 import copy
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -22,101 +21,29 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 
 from ..config.hub import register_builtin_repo
-from ..files import read_json
 from ..config import ConfigMixin, Ignore, save_config
 from ..errors import ConfigError, RepoError
-from ..builtin.tiny_llama import TINY_LLAMA, builtin_lm_folder, is_builtin_lm
+from ..builtin.tiny_llama import TINY_LLAMA
+from .base_models import same_base_model
 from .lora_targets import check_target_modules
+from .model_ids import refuse_other_base_model
+from .peft_adapter import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    adapter_mismatch,
+    read_adapter_config,
+    read_adapter_weights,
+    write_adapter_files,
+)
+from .transformers_base import load_base_model
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CausalLMPipeline", "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME", "ATTENTION_PROJECTIONS", "load_base_model"]
 
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 LORA_SETTINGS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules")  # the config keys that describe the adapter
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 """The default LoRA targets: the attention projections of Llama-style models."""
-QUANTIZATIONS = (None, "8bit", "4bit")
-
-
-def _quantization_config(quantization: Optional[str], torch_dtype: torch.dtype):
-    """transformers' `BitsAndBytesConfig` for `"8bit"`/`"4bit"`, or None; a clear error where bitsandbytes cannot run."""
-    if quantization not in QUANTIZATIONS:
-        raise ConfigError(f"quantization={quantization!r} is not supported; use None, '8bit' or '4bit'.")
-    if quantization is None:
-        return None
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise ConfigError(f"quantization={quantization!r} loads the base model through bitsandbytes, which is not installed. "
-                          "Run `pip install bitsandbytes` on a machine with a CUDA GPU, or set quantization=None.") from None
-    if not torch.cuda.is_available():
-        raise ConfigError(f"quantization={quantization!r} needs a CUDA GPU (bitsandbytes' 8/4-bit layers run on CUDA only) "
-                          "and none is visible. Set quantization=None to train in full precision.")
-    from transformers import BitsAndBytesConfig
-
-    if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype)
-
-
-def load_base_model(base_model: str, revision: Optional[str] = None, torch_dtype: torch.dtype = torch.float32,
-                    quantization: Optional[str] = None, token: Optional[str] = None):
-    """Load a transformers causal LM and its tokenizer: a built-in name, a local transformers folder, or a hub id.
-
-    A tokenizer without a pad token gets its end-of-sequence token as pad token (tinypipe finds
-    padding from the sequence lengths, so `<eos>` is still learned).
-
-    Returns:
-        `(model, tokenizer)`.
-
-    Raises:
-        ConfigError: A local folder that is not a transformers model, a hub id that cannot be had, or a
-            quantization bitsandbytes cannot do here.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as transformers_logging
-
-    quantization_config = _quantization_config(quantization, torch_dtype)
-    if is_builtin_lm(base_model):
-        source: Union[str, Path] = builtin_lm_folder(base_model)
-    elif Path(base_model).exists():
-        source = Path(base_model)
-        if not (source / "config.json").is_file():
-            raise ConfigError(f"{source} is not a transformers model folder (no config.json); give a folder written by "
-                              f"transformers' save_pretrained, a hub id, or the built-in {TINY_LLAMA!r}.")
-    else:
-        source = base_model
-    hub_revision = revision if not isinstance(source, Path) else None
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=hub_revision, token=token)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, revision=hub_revision, token=token, dtype=torch_dtype, quantization_config=quantization_config,
-            **({"device_map": {"": 0}} if quantization_config is not None else {}),
-        )
-    except OSError as error:
-        from .model_ids import builtin_hint, load_error_reason
-
-        raise ConfigError(
-            f"Could not load the base model {base_model!r} (revision {revision or 'main'}): {load_error_reason(error)} "
-            "Check the hub id and revision, log in for private models, or unset HF_HUB_OFFLINE to download it. "
-            f"{builtin_hint(base_model, 'causal-lm')}"
-        ) from error
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-        transformers_logging.enable_progress_bar()
-    if is_builtin_lm(base_model):
-        model.name_or_path = base_model  # what peft records as the adapter's base model
-    if tokenizer.eos_token_id is None:
-        raise ConfigError(f"The tokenizer of {base_model!r} has no end-of-sequence token, so the model could never learn "
-                          "where a response ends. Use a tokenizer with an eos_token.")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
 
 
 class CausalLMPipeline(ConfigMixin):
@@ -239,30 +166,15 @@ class CausalLMPipeline(ConfigMixin):
                 `allow_other_base` is False), or it does not fit the base model (the message names the file and
                 the mismatched weights).
         """
-        from peft import LoraConfig
         from peft.utils import set_peft_model_state_dict
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
 
         # 1. Read and check both files before changing the model.
-        folder = Path(folder)
-        config_path, weights_path = folder / ADAPTER_CONFIG_NAME, folder / ADAPTER_WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file() or path.stat().st_size == 0:
-                raise RepoError(f"{path} is {'empty' if path.is_file() else 'missing'}; a PEFT adapter folder holds "
-                                f"{ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME}. Save the adapter again.")
-        try:
-            settings = read_json(config_path)
-            lora = LoraConfig(**{key: value for key, value in settings.items() if key in LoraConfig.__dataclass_fields__})
-        except (ValueError, TypeError) as error:
-            raise RepoError(f"{config_path} is not a valid LoRA adapter config: {error}") from error
-        if settings.get("peft_type", "LORA") != "LORA":
-            raise RepoError(f"{config_path} describes a {settings['peft_type']} adapter; tinypipe loads LoRA adapters only.")
-        self._check_adapter_base(config_path, settings.get("base_model_name_or_path"), allow_other_base)
-        try:
-            state = load_file(str(weights_path))
-        except (SafetensorError, OSError) as error:
-            raise RepoError(f"{weights_path} is not a valid safetensors file (truncated or corrupt: {error}). Save it again.") from error
+        config_path, settings, lora = read_adapter_config(Path(folder))
+        recorded = settings.get("base_model_name_or_path")
+        if recorded and not same_base_model(recorded, self.base_model):
+            refuse_other_base_model(f"{config_path} was trained on the base model {recorded!r} (its base_model_name_or_path), "
+                                    f"but this pipeline's base model is {self.base_model!r}", recorded, allow_other_base)
+        state = read_adapter_weights(Path(folder))
 
         # 2. Add an adapter of the same shape and check the file fills it exactly.
         if self.has_lora:
@@ -272,27 +184,13 @@ class CausalLMPipeline(ConfigMixin):
             self._add_lora(lora.r, lora.lora_alpha, lora.lora_dropout, targets)
         except ConfigError as error:
             raise RepoError(f"{config_path} does not fit the base model {self.base_model!r}: {error}") from error
-        expected = {key: tensor.shape for key, tensor in self.adapter_state_dict().items()}
-        missing = sorted(expected.keys() - state.keys())
-        unexpected = sorted(state.keys() - expected.keys())
-        mismatched = sorted(key for key in expected.keys() & state.keys() if tuple(state[key].shape) != tuple(expected[key]))
-        if missing or unexpected or mismatched:
+        mismatch = adapter_mismatch({key: tensor.shape for key, tensor in self.adapter_state_dict().items()}, state)
+        if mismatch is not None:
             self._remove_lora()
-            details = "; ".join(f"{label}: {keys[:2]}{' ...' if len(keys) > 2 else ''} ({len(keys)})"
-                                for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)) if keys)
-            raise RepoError(f"{weights_path} does not match the base model {self.base_model!r} ({details}). "
+            raise RepoError(f"{Path(folder) / ADAPTER_WEIGHTS_NAME} does not match the base model {self.base_model!r} ({mismatch}). "
                             "It was trained on another base model or with other settings; load it on the model it was trained on.")
         set_peft_model_state_dict(self.model, state)
         self.model.eval()
-
-    def _check_adapter_base(self, config_path: Path, recorded: Optional[str], allow_other_base: bool) -> None:
-        """Refuse (or, with `allow_other_base`, warn about) an adapter whose config names another base model."""
-        if not recorded or _same_model(recorded, self.base_model):
-            return
-        from .model_ids import refuse_other_base_model
-
-        refuse_other_base_model(f"{config_path} was trained on the base model {recorded!r} (its base_model_name_or_path), "
-                                f"but this pipeline's base model is {self.base_model!r}", recorded, allow_other_base)
 
     def replace_adapter(self, folder: Union[str, Path], allow_other_base: bool = False) -> None:
         """Replace this pipeline's LoRA adapter (or add one) with a PEFT adapter folder, as `load_adapter` reads it.
@@ -461,16 +359,11 @@ class CausalLMPipeline(ConfigMixin):
 
     def save_weights(self, folder: Path) -> None:
         """Write the adapter as PEFT does: `adapter_config.json` and `adapter_model.safetensors` (no adapter, no files)."""
-        from safetensors.torch import save_file
-
         if not self.has_lora:
             return
         settings = self.model.peft_config["default"].to_dict()
         settings.update(base_model_name_or_path=self.base_model, revision=self.revision)
-        settings = {key: sorted(value) if isinstance(value, set) else value for key, value in settings.items()}
-        (folder / ADAPTER_CONFIG_NAME).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        state = {key: tensor.detach().to("cpu").contiguous() for key, tensor in self.adapter_state_dict().items()}
-        save_file(state, str(folder / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+        write_adapter_files(folder, settings, self.adapter_state_dict())
 
     @classmethod
     def _build_from_folder(cls, folder: Path, arguments: Mapping[str, Any], overrides: Mapping[str, Any]) -> "CausalLMPipeline":
@@ -489,14 +382,6 @@ class CausalLMPipeline(ConfigMixin):
         has_lora = config.get("lora_rank") is not None
         tags = ["transformers", "text-generation"] + (["peft", "lora"] if has_lora else [])
         return {"base_model": config.get("base_model"), "method": "LoRA (PEFT)" if has_lora else "causal LM", "tags": tags}
-
-
-def _same_model(first: str, second: str) -> bool:
-    """Whether two base-model names mean the same model: equal ids, or (built-in names read as their folders) the same folder."""
-    if first == second:
-        return True
-    first_path, second_path = (Path(builtin_lm_folder(name)) if is_builtin_lm(name) else Path(name) for name in (first, second))
-    return first_path.exists() and second_path.exists() and first_path.resolve() == second_path.resolve()
 
 
 def write_builtin_repo(folder: Path) -> None:

@@ -10,13 +10,14 @@ import contextlib
 import json
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 
 from ..files import read_json
 from ..errors import ConfigError
-from ..builtin.tiny_sd import builtin_model_folder, is_builtin
+from ..builtin.tiny_sd import is_builtin
+from .base_models import base_model_load_error, base_model_source
 
 __all__ = ["default_device", "load_base_pipeline", "quiet_loading", "save_pipeline_folder", "write_vocabulary_files"]
 
@@ -68,16 +69,9 @@ def load_base_pipeline(base_model: str, revision: Optional[str] = None, torch_dt
     """
     from diffusers import StableDiffusionPipeline
 
-    if is_builtin(base_model):
-        source: Union[str, Path] = builtin_model_folder(base_model)
-    elif Path(base_model).exists():
-        source = Path(base_model)
-        if not (source / "model_index.json").is_file():
-            raise ConfigError(f"{source} is not a diffusers pipeline folder (no model_index.json); give a folder "
-                              "written by diffusers' save_pretrained, a hub id, or the built-in 'tinypipe/tiny-sd'.")
+    source = base_model_source(base_model, "diffusion")
+    if isinstance(source, Path) and not is_builtin(base_model):
         _check_component_libraries(source / "model_index.json")
-    else:
-        source = base_model
     try:
         with quiet_loading():
             return StableDiffusionPipeline.from_pretrained(
@@ -85,13 +79,7 @@ def load_base_pipeline(base_model: str, revision: Optional[str] = None, torch_dt
                 safety_checker=None, requires_safety_checker=False,
             )
     except OSError as error:
-        from .model_ids import builtin_hint, load_error_reason
-
-        raise ConfigError(
-            f"Could not load the base model {base_model!r} (revision {revision or 'main'}): {load_error_reason(error)} "
-            f"Check the hub id and revision, log in for private models, or unset HF_HUB_OFFLINE to download it. "
-            f"{builtin_hint(base_model, 'diffusion')}"
-        ) from error
+        raise base_model_load_error(base_model, revision, error, "diffusion") from error
 
 
 def save_pipeline_folder(pipe, folder: Path) -> None:
