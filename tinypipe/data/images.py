@@ -2,17 +2,15 @@
 
 `data` may be a folder of images, a JSON / JSON Lines file of records, a Python list (of PIL images,
 paths, `(image, caption)` pairs or records) or a `datasets.Dataset`. `load_image_examples` reads
-every form into a list of `ImageExample`s and checks all of them before training starts, so a bad
-file fails in the first second rather than hours in. `image_to_tensor` is the per-step transform
-(resize, crop, flip, scale to [-1, 1]).
+every form (read by `data.image_sources`) into a list of `ImageExample`s: it decodes each image to upright
+RGB and checks all of them before training starts, so a bad file fails in the first second rather than
+hours in. `image_to_tensor` is the per-step transform (resize, crop, flip, scale to [-1, 1]).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,32 +20,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..builtin import SHAPES_DATA
 from ..errors import DataError
+from .image_sources import BUILTIN_DATASETS, IMAGE_EXTENSIONS, METADATA_FILE, collect_records, list_some
+
+__all__ = ["BUILTIN_DATASETS", "IMAGE_EXTENSIONS", "ImageExample", "check_caption_lengths", "image_to_tensor", "load_image",
+           "load_image_examples"]
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = frozenset(
-    {".apng", ".avif", ".bmp", ".gif", ".jfif", ".jpe", ".jpeg", ".jpg", ".pbm", ".pgm", ".png",
-     ".pnm", ".ppm", ".qoi", ".tga", ".tif", ".tiff", ".webp"}
-)
-IMAGE_KEYS = ("image", "file_name", "path")
-CAPTION_KEYS = ("text", "caption", "prompt")
-METADATA_FILE = "metadata.jsonl"
-
-
-def _shapes() -> list:
-    from ..builtin.tiny_sd import shapes_dataset
-
-    return shapes_dataset()
-
-
-# Built-in data sets, addressable by name wherever `data` is accepted; nothing is downloaded.
-BUILTIN_DATASETS: dict[str, Callable[[], list]] = {SHAPES_DATA: _shapes}
-ACCEPTED_FORMS = (
-    "a folder of images, a .json/.jsonl file of records, a list of PIL images, paths, "
-    "(image, caption) pairs or records, or a datasets.Dataset with an 'image' column"
-)
 
 
 @dataclass
@@ -63,15 +42,6 @@ class ImageExample:
     """
 
     image: Image.Image
-    caption: str | None
-    source: str
-
-
-@dataclass
-class _Record:
-    """An item before its image is read: `caption` is `None` when none was given, `""` when empty."""
-
-    image: Image.Image | Path
     caption: str | None
     source: str
 
@@ -166,7 +136,7 @@ def load_image_examples(
     # 1. Gather the images (or their paths) and the captions given with them.
     if isinstance(data, str) and data in BUILTIN_DATASETS:
         data = BUILTIN_DATASETS[data]()
-    records, description = _collect_records(data)
+    records, description = collect_records(data)
 
     # 2. Read every image and fall back to `default_caption`.
     examples, animated_sources, empty_caption_ids = [], [], set()
@@ -183,7 +153,7 @@ def load_image_examples(
             empty_caption_ids.add(id(example))
     if animated_sources:
         logger.warning("Using the first frame of %d animated image(s): %s.", len(animated_sources),
-                       _some(animated_sources))
+                       list_some(animated_sources))
 
     # 3. The user's filter.
     if filter_fn is not None:
@@ -200,7 +170,7 @@ def load_image_examples(
         sources = [example.source for example in uncaptioned if (id(example) in empty_caption_ids) == empty]
         if sources:
             problems.append(
-                f"{_some(sources)} {'has' if len(sources) == 1 else 'have'} {state}: write one in a `<stem>.txt` file "
+                f"{list_some(sources)} {'has' if len(sources) == 1 else 'have'} {state}: write one in a `<stem>.txt` file "
                 f"next to the image or in {METADATA_FILE}, or pass an instance prompt (default_caption=...)."
             )
     if problems:
@@ -208,7 +178,7 @@ def load_image_examples(
         raise DataError(f"{len(problems)} problem(s) in {description}:\n  " + "\n  ".join(problems[:10]) + more)
     empty = [example.source for example in examples if id(example) in empty_caption_ids]
     if empty:
-        logger.warning("%d caption(s) are empty (%s); using default_caption %r instead.", len(empty), _some(empty),
+        logger.warning("%d caption(s) are empty (%s); using default_caption %r instead.", len(empty), list_some(empty),
                        default_caption)
     return examples
 
@@ -299,173 +269,6 @@ def image_to_tensor(
     return pixels / 127.5 - 1.0
 
 
-def _collect_records(data: Any) -> tuple[list[_Record], str]:
-    """Dispatch on the form of `data`; returns its records and a description of it for messages."""
-    if isinstance(data, (str, os.PathLike)):
-        path = Path(data)
-        if path.is_dir():
-            return _records_from_folder(path), f"folder {path}"
-        if path.is_file() and path.suffix.lower() in (".json", ".jsonl"):
-            return _records_from_json_file(path), str(path)
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-            raise DataError(f"Training data {path} is a single image; pass its folder, or [{str(path)!r}].")
-        if path.is_file():
-            raise DataError(f"Training data {path} is a file but not a .json/.jsonl file; pass {ACCEPTED_FORMS}.")
-        raise DataError(
-            f"Training data {path} does not exist. Pass {ACCEPTED_FORMS}; to use a Hub data set, load it with "
-            "datasets.load_dataset(...) and pass the Dataset."
-        )
-    if _is_dataset(data):
-        return _records_from_dataset(data), f"the datasets.Dataset of {len(data)} rows"
-    if isinstance(data, dict):
-        raise DataError(f"Training data is a dict with keys {sorted(map(str, data))}; pass one split: data['train'].")
-    if isinstance(data, (list, tuple)):
-        if not data:
-            raise DataError(f"Training data is an empty {type(data).__name__}; pass {ACCEPTED_FORMS}.")
-        records = [_record_from_item(item, f"data[{index}]", Path.cwd()) for index, item in enumerate(data)]
-        return records, f"the list of {len(data)} items"
-    raise DataError(f"Training data of type {type(data).__name__} is not supported; pass {ACCEPTED_FORMS}.")
-
-
-def _records_from_folder(folder: Path) -> list[_Record]:
-    """The images directly in `folder`, sorted, with captions from `metadata.jsonl` or `<stem>.txt`."""
-    entries = sorted(entry for entry in folder.iterdir() if not entry.name.startswith("."))
-    images = [entry for entry in entries if entry.is_file() and entry.suffix.lower() in IMAGE_EXTENSIONS]
-    if not images:
-        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
-        holding = [entry for entry in entries if entry.is_dir() and any(
-            child.is_file() and child.suffix.lower() in IMAGE_EXTENSIONS for child in entry.iterdir())]
-        if holding:
-            names = ", ".join(repr(entry.name) for entry in holding[:5]) + (" ..." if len(holding) > 5 else "")
-            raise DataError(f"Folder {folder} holds no images itself; they are in its sub-folder(s) {names} (kohya's "
-                            "<repeats>_<name> layout?), and sub-folders are not searched. Pass the sub-folder as the data, "
-                            f"e.g. {str(holding[0])!r}.")
-        raise DataError(f"Folder {folder} contains no images; add image files ({extensions}) to it.")
-    metadata_path = folder / METADATA_FILE
-    captions = _read_metadata(metadata_path, {image.name for image in images}) if metadata_path.is_file() else {}
-    used = set(images) | {metadata_path} | {image.with_suffix(".txt") for image in images}
-    skipped = [entry.name + ("/" if entry.is_dir() else "") for entry in entries if entry not in used]
-    if skipped:
-        logger.warning(
-            "Skipped %d entries of %s that are not images or their captions: %s. Subfolders are not searched; "
-            "image extensions are %s.", len(skipped), folder, _some(skipped), ", ".join(sorted(IMAGE_EXTENSIONS)),
-        )
-    records = []
-    for image_path in images:
-        caption = captions.get(image_path.name)
-        caption_path = image_path.with_suffix(".txt")
-        if caption is None and caption_path.is_file():
-            caption = _read_text(caption_path).strip()
-        records.append(_Record(image_path, caption, str(image_path)))
-    return records
-
-
-def _read_metadata(path: Path, image_names: set[str]) -> dict[str, str | None]:
-    """Read `metadata.jsonl` into `{file name: caption}`, checking each line."""
-    captions, line_of = {}, {}
-    for line_number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {line_number}"
-        entry = _parse_json(line, path, line_number)
-        if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str):
-            raise DataError(f'{where} must be an object with a "file_name" string, like {{"file_name": "dog.png", '
-                            '"text": "a dog"}.')
-        name = entry["file_name"].removeprefix("./")
-        if name not in image_names:
-            raise DataError(f"{where} names {name!r}, which is not an image directly in {path.parent}; "
-                            "fix the name or remove the line.")
-        if name in line_of:
-            raise DataError(f"{where} repeats {name!r} from line {line_of[name]}; keep one line per image.")
-        line_of[name] = line_number
-        captions[name] = _caption_from_mapping(entry, where)
-    return captions
-
-
-def _records_from_json_file(path: Path) -> list[_Record]:
-    if path.suffix.lower() == ".jsonl":
-        lines = enumerate(_read_text(path).splitlines(), start=1)
-        items = [(f"{path} line {number}", _parse_json(line, path, number)) for number, line in lines if line.strip()]
-    else:
-        content = _parse_json(_read_text(path), path)
-        if not isinstance(content, list):
-            raise DataError(f"{path} must hold a JSON list of image paths or records, not a {type(content).__name__}.")
-        items = [(f"{path} item {index}", item) for index, item in enumerate(content)]
-    if not items:
-        raise DataError(f'{path} lists no images; add records like {{"image": "dog.png", "caption": "a dog"}}.')
-    return [_record_from_item(item, where, path.parent) for where, item in items]
-
-
-def _record_from_item(item: Any, where: str, base_dir: Path) -> _Record:
-    """One list or JSON item (at `where`): an image, a path, an `(image, caption)` pair or a record."""
-    if isinstance(item, dict):
-        image_key = next((key for key in IMAGE_KEYS if key in item), None)
-        if image_key is None:
-            raise DataError(f"{where} has no image: give it one of the keys {', '.join(IMAGE_KEYS)}.")
-        image, caption = item[image_key], _caption_from_mapping(item, where)
-    elif isinstance(item, (tuple, list)) and len(item) == 2:
-        image, caption = item[0], _check_caption(item[1], f"{where} caption")
-    else:
-        image, caption = item, None
-    if isinstance(image, Image.Image):
-        return _Record(image, caption, where)
-    if isinstance(image, (str, os.PathLike)):
-        path = base_dir / image  # An absolute `image` replaces `base_dir`.
-        if not path.is_file():
-            raise DataError(f"{where} names {path}, which is not a file; fix the path (relative paths start at "
-                            f"{base_dir}).")
-        return _Record(path, caption, str(path))
-    raise DataError(f"{where} has type {type(image).__name__}; expected a PIL image, a path, an (image, caption) pair "
-                    "or a record.")
-
-
-def _records_from_dataset(dataset: Any) -> list[_Record]:
-    """The rows of a `datasets.Dataset`: its `image` column and its first caption column, if any."""
-    import datasets  # Only reached with a `datasets.Dataset`, so the package is installed.
-
-    if len(dataset) == 0:
-        raise DataError("The datasets.Dataset has no rows; pass one with at least one image.")
-    image_column = "image" if "image" in dataset.column_names else next(
-        (name for name, feature in dataset.features.items() if isinstance(feature, datasets.Image)), None
-    )
-    if image_column is None:
-        raise DataError(f"The datasets.Dataset has no image column (columns: {dataset.column_names}); name it 'image'.")
-    caption_column = next((name for name in CAPTION_KEYS if name in dataset.column_names), None)
-    records = []
-    for index in range(len(dataset)):
-        where = f"data[{index}]"
-        try:
-            row = dataset[index]  # Decodes the image.
-        except Exception as error:
-            raise DataError(f"{where} of the datasets.Dataset cannot be decoded ({error}); fix or drop it.") from error
-        image = row[image_column]
-        if isinstance(image, str):
-            image = Path(image)
-        elif not isinstance(image, Image.Image):
-            raise DataError(
-                f"{where} column {image_column!r} holds a {type(image).__name__}, not an image; cast the column "
-                f"with dataset.cast_column({image_column!r}, datasets.Image())."
-            )
-        caption = _check_caption(row[caption_column], f"{where} column {caption_column!r}") if caption_column else None
-        records.append(_Record(image, caption, str(image) if isinstance(image, Path) else where))
-    return records
-
-
-def _caption_from_mapping(mapping: dict, where: str) -> str | None:
-    """The caption of a JSON record under its first caption key; `None` if it has none."""
-    key = next((key for key in CAPTION_KEYS if key in mapping), None)
-    return None if key is None else _check_caption(mapping[key], f"{where} key {key!r}")
-
-
-def _check_caption(value: Any, where: str) -> str | None:
-    """A caption stripped of surrounding space; `None` stays `None`, anything but a string is an error."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise DataError(f'{where} has type {type(value).__name__} ({value!r}); captions must be strings, like "a dog".')
-    return value.strip()
-
-
 def _read_image(path: Path) -> tuple[Image.Image, int]:
     """Open, verify and fully decode an image file; returns it in RGB and its frame count."""
     if not path.is_file():
@@ -551,28 +354,3 @@ def _size_problem(example: ImageExample, min_size: int, max_aspect_ratio: float)
     return f"{example.source} is {width}x{height} pixels, {reasons}: crop or remove it, or drop it with filter_fn."
 
 
-def _is_dataset(data: Any) -> bool:
-    datasets = sys.modules.get("datasets")  # Whoever built a `datasets.Dataset` has imported `datasets`.
-    return datasets is not None and isinstance(data, datasets.Dataset)
-
-
-def _parse_json(text: str, path: Path, line_number: int | None = None) -> Any:
-    """Parse a JSON document, or line `line_number` of a JSON Lines file; errors name the line."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        line = error.lineno if line_number is None else line_number
-        raise DataError(f"{path} line {line} is not valid JSON ({error.msg}, column {error.colno}); fix it.") from error
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is not UTF-8 text ({error}); save it as UTF-8.") from error
-
-
-def _some(names: Sequence[str], limit: int = 5) -> str:
-    """`"a, b, c"` or `"a, b, c and 7 more"`, for messages about many files."""
-    shown = ", ".join(names[:limit])
-    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"

@@ -13,7 +13,6 @@ token. Prompt and response are tokenized separately, so the loss mask falls exac
 generation from the rendered prompt sees the same tokens as training did.
 """
 
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 
 from ..errors import DataError
+from .json_files import read_json_document, read_json_lines
 
 logger = logging.getLogger(__name__)
 
@@ -138,26 +138,9 @@ def _check_record(record: Any, source: str) -> InstructionExample:
 
 def _read_json_file(path: Path) -> list[tuple[Any, str]]:
     """The records of a `.json` file (a list of objects) or a `.jsonl` file (one object per line)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is not UTF-8 text ({error}); save it as UTF-8.") from error
     if path.suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append((json.loads(line), f"{path.name} line {number}"))
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path} line {number} is not valid JSON ({error.msg} at column {error.colno}): {line[:80]!r}") from None
-        return records
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        bad_line = text.splitlines()[error.lineno - 1] if text.splitlines() else ""
-        raise DataError(f"{path} line {error.lineno} is not valid JSON ({error.msg} at column {error.colno}): {bad_line[:80]!r}. "
-                        "A .json file must hold one list of records; use .jsonl for one record per line.") from None
+        return [(record, f"{path.name} line {number}") for number, record in read_json_lines(path)]
+    data = read_json_document(path, hint="A .json file must hold one list of records; use .jsonl for one record per line.")
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
