@@ -137,21 +137,6 @@ def test_an_adapter_saved_by_peft_loads_into_a_pipeline(adapted, tmp_path):
     assert torch.equal(logits(fresh.model, fresh.tokenizer), logits(pipeline.model, pipeline.tokenizer))
 
 
-def test_empty_or_corrupt_adapter_file_is_a_clear_error(adapted, tmp_path):
-    _, repo = adapted
-    folder = tmp_path / "adapter"
-    folder.mkdir()
-    (folder / "adapter_config.json").write_text((repo / "model" / "adapter_config.json").read_text())
-    (folder / "adapter_model.safetensors").write_bytes(b"")
-    pipeline = CausalLMPipeline(TINY_LLAMA)
-    with pytest.raises(RepoError, match="adapter_model.safetensors is empty"):
-        pipeline.load_adapter(folder)
-    (folder / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
-    with pytest.raises(RepoError, match="not a valid safetensors file"):
-        pipeline.load_adapter(folder)
-    assert not pipeline.has_lora
-
-
 def test_adapter_for_another_base_model_is_refused_and_leaves_no_adapter(tmp_path):
     from peft import LoraConfig, get_peft_model
 
@@ -199,7 +184,7 @@ def test_repo_whose_adapter_does_not_fit_is_refused(adapted, tmp_path):
         AutoModelPipeline.from_pretrained(tmp_path / "repo")
 
 
-def test_target_modules_that_match_nothing_and_quantization_without_gpu_are_clear_errors():
+def test_target_modules_that_match_nothing_are_a_clear_error_and_all_linear_works():
     pipeline = CausalLMPipeline(TINY_LLAMA)
     with pytest.raises(ConfigError, match=r"match no module .*'down_proj'.*'all-linear'"):
         pipeline.add_lora(target_modules=("c_attn",))
@@ -208,7 +193,3 @@ def test_target_modules_that_match_nothing_and_quantization_without_gpu_are_clea
     assert pipeline.config["lora_target_modules"] == "all-linear"
     with pytest.raises(ConfigError, match="already has a LoRA"):
         pipeline.add_lora()
-    with pytest.raises(ConfigError, match="bitsandbytes|CUDA GPU"):
-        CausalLMPipeline(TINY_LLAMA, quantization="4bit")
-    with pytest.raises(ConfigError, match="use None, '8bit' or '4bit'"):
-        CausalLMPipeline(TINY_LLAMA, quantization="2bit")
