@@ -8,12 +8,12 @@ pipeline.generate(instruction="What is the capital of France?")
 pipeline.save_pretrained("out")   # out/model/config.json (+ adapter_config.json, adapter_model.safetensors with a LoRA)
 ```
 
-The adapter files are PEFT's own format, so plain peft reads them unchanged:
-`peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), "out/model")`.
+The adapter files are PEFT's own format (written and read by `models.peft_adapter`), so plain peft reads them
+unchanged: `peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), "out/model")`. The base
+model loads through `models.transformers_base`.
 """
 
 import copy
-import logging
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -36,8 +36,6 @@ from .peft_adapter import (
     write_adapter_files,
 )
 from .transformers_base import load_base_model
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["CausalLMPipeline", "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME", "ATTENTION_PROJECTIONS", "load_base_model"]
 

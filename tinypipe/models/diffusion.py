@@ -8,8 +8,8 @@ images = pipeline.generate(["a photo of sks circle"], seed=0)    # PIL images
 pipeline.save_pretrained("out")   # out/model/config.json (+ pytorch_lora_weights.safetensors with a LoRA)
 ```
 
-The LoRA file is diffusers' own format, so plain diffusers reads it unchanged:
-`StableDiffusionPipeline.from_pretrained(base).load_lora_weights("out/model")`.
+The LoRA file is diffusers' own format (written and read by `models.diffusers_lora`), so plain diffusers reads
+it unchanged: `StableDiffusionPipeline.from_pretrained(base).load_lora_weights("out/model")`.
 
 Two more kinds of fine-tuned weights, each in the format diffusers reads:
 - fully fine-tuned components (DreamBooth): `model/` is then also a complete diffusers pipeline folder
@@ -19,7 +19,6 @@ Two more kinds of fine-tuned weights, each in the format diffusers reads:
   in `learned_embeds-2.safetensors`, ...), read by `pipe.load_textual_inversion("out/model")`.
 """
 
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -52,8 +51,6 @@ from .embedding_files import (
     vector_token_names,
 )
 from .lora_targets import check_target_modules
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["DiffusionPipeline", "LORA_WEIGHTS_NAME", "UNET_LORA_TARGETS"]
 
