@@ -65,6 +65,8 @@ def collect_records(data: Any) -> tuple[list[ImageRecord], str]:
     Raises:
         DataError: `data` is missing, empty, of an unsupported type, or malformed (naming the file, line or item).
     """
+    if isinstance(data, str) and data in BUILTIN_DATASETS:
+        data = BUILTIN_DATASETS[data]()
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         if path.is_dir():

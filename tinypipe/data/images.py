@@ -134,8 +134,6 @@ def load_image_examples(
     if min_size < 1 or max_aspect_ratio < 1:
         raise ValueError(f"min_size must be >= 1 and max_aspect_ratio >= 1, got {min_size} and {max_aspect_ratio}.")
     # 1. Gather the images (or their paths) and the captions given with them.
-    if isinstance(data, str) and data in BUILTIN_DATASETS:
-        data = BUILTIN_DATASETS[data]()
     records, description = collect_records(data)
 
     # 2. Read every image and fall back to `default_caption`.
