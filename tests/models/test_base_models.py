@@ -1,33 +1,18 @@
-"""Tests for `tinypipe.models.base_models`: what a base-model name points to, and weights made for another base model."""
+"""Tests for `tinypipe.models.base_models`: what a base-model name points to, and when two names mean one model."""
 
-import logging
 from pathlib import Path
 
 import pytest
 
-from tinypipe import ConfigError, RepoError
+from tinypipe import ConfigError
 from tinypipe.builtin.tiny_llama import TINY_LLAMA, builtin_lm_folder
-from tinypipe.builtin.tiny_sd import TINY_SD
-from tinypipe.models.base_models import base_model_source, check_recorded_base_model, same_base_model
+from tinypipe.models.base_models import base_model_source, same_base_model
 
 
 def test_a_built_in_name_and_its_folder_are_the_same_base_model():
     assert same_base_model(TINY_LLAMA, TINY_LLAMA)
     assert same_base_model(TINY_LLAMA, str(builtin_lm_folder(TINY_LLAMA)))
     assert not same_base_model(TINY_LLAMA, "someone/other-llama")
-
-
-def test_weights_for_another_base_model_are_refused_naming_both_and_the_fix():
-    with pytest.raises(RepoError, match=r"The LoRA x was trained on the base model 'someone/other', but this pipeline's base "
-                                        r"model is 'tinypipe/tiny-sd'\. .*allow_other_base=True \(tinypipe derive --allow-other-base\)"):
-        check_recorded_base_model("The LoRA x", "someone/other", TINY_SD, allow_other_base=False)
-
-
-def test_allow_other_base_warns_instead_and_unrecorded_bases_are_not_checked(caplog):
-    with caplog.at_level(logging.WARNING, logger="tinypipe.models.base_models"):
-        check_recorded_base_model("The LoRA x", "someone/other", TINY_SD, allow_other_base=True)
-        check_recorded_base_model("The LoRA y", None, TINY_SD, allow_other_base=False)
-    assert len(caplog.records) == 1 and "'someone/other'" in caplog.text and "loading it anyway" in caplog.text
 
 
 def test_a_name_resolves_to_a_built_in_folder_a_local_folder_or_the_hub_id(tmp_path):
