@@ -28,41 +28,14 @@ import numpy as np
 import torch
 
 from ..builtin.tiny_llama import TINY_LLAMA
-from ..config import (
-    BaseArgsFromConfig,
-    FromConfig,
-    Ignore,
-    TrainerConfigMixin,
-    copy_signature,
-    save_config,
-    set_from_config,
-)
+from ..config import BaseArgsFromConfig, FromConfig, Ignore, TrainerConfigMixin, copy_signature, save_config, set_from_config
 from ..data.instructions import collate, length_grouped_batches, load_instruction_examples, pack, tokenize_examples
 from ..errors import ConfigError
 from ..models.causal_lm import CausalLMPipeline
-from ..training import causal_lm_steps as lm_steps
-from ..training.arguments import (
-    AdamBeta1, AdamBeta2, AdamEpsilon, AdamWeightDecay, BaseModel, CheckpointingSteps, CheckpointsTotalLimit, Epoch,
-    GradientAccumulationSteps, GradientCheckpointing, LearningRate, LrNumCycles, LrPower, LrSchedule, MaxGradNorm,
-    MaxTrainSteps, MixedPrecision, NumTrainEpochs, OutputDir, ResumeFromCheckpoint, ScaleLr, Seed, TrainBatchSize,
-    Use8bitAdam, WarmupSteps, document_shared_arguments,
-)
+from ..training import arguments as shared, causal_lm_steps as lm_steps, loop
 from ..training.causal_lm_steps import evaluation_loss
-from ..training.loop import (
-    EpochEnd,
-    end_of_epoch_due,
-    make_optimization,
-    plan_steps,
-    record_effective_arguments,
-    run_epochs,
-    save_run,
-    scaled_learning_rate,
-    shard_batches,
-)
-from ..training.optim import make_accelerator, prepare_for_training, seed_everything
 from ..training.resume import RunCheckpoints, resume_run
 from ..training.run_fingerprint import content_digest, run_fingerprint
-from ..training.settings import check_training_settings, log_resolved_steps
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +45,9 @@ __all__ = ["CausalLMTrainer", "CausalLMTrainConfig", "finetune", "evaluation_los
 class CausalLMTrainer(TrainerConfigMixin):
     """Fine-tunes a `CausalLMPipeline` with a PEFT LoRA adapter on instruction data.
 
-    Every hyperparameter is a `FromConfig` argument of `train`: give it at call time, or in the
-    `train_config` given to the constructor (`CausalLMTrainer(train_config=CausalLMTrainConfig(...))`).
+    The records are rendered with the alpaca template, packed into rows, and only the adapter's weights train. A
+    `train` argument not given at call time comes from the constructor's `train_config`
+    (`CausalLMTrainer(train_config=CausalLMTrainConfig(...))`).
 
     Example:
     ```python
@@ -94,12 +68,12 @@ class CausalLMTrainer(TrainerConfigMixin):
         return self
 
     @set_from_config(aliases={"epoch": "num_train_epochs", "batch_size": "train_batch_size"})
-    @document_shared_arguments
+    @shared.document_shared_arguments
     def train(
         self,
         data: FromConfig = None,
         filter_fn: Ignore = None,
-        base_model: BaseModel = TINY_LLAMA,
+        base_model: shared.BaseModel = TINY_LLAMA,
         revision: FromConfig = None,
         validation_data: FromConfig = None,
         validation_split: FromConfig = 0.0,
@@ -108,36 +82,36 @@ class CausalLMTrainer(TrainerConfigMixin):
         train_on_inputs: FromConfig = False,
         packing: FromConfig = True,
         group_by_length: FromConfig = False,
-        num_train_epochs: NumTrainEpochs = 3,
-        epoch: Epoch = None,
-        max_train_steps: MaxTrainSteps = None,
-        train_batch_size: TrainBatchSize = 4,
+        num_train_epochs: shared.NumTrainEpochs = 3,
+        epoch: shared.Epoch = None,
+        max_train_steps: shared.MaxTrainSteps = None,
+        train_batch_size: shared.TrainBatchSize = 4,
         batch_size: FromConfig = None,
-        gradient_accumulation_steps: GradientAccumulationSteps = 1,
-        learning_rate: LearningRate = 3e-4,
-        scale_lr: ScaleLr = False,
-        lr_schedule: LrSchedule = "linear",
-        warmup_steps: WarmupSteps = 0,
-        lr_num_cycles: LrNumCycles = 1,
-        lr_power: LrPower = 1.0,
-        use_8bit_adam: Use8bitAdam = False,
-        adam_beta1: AdamBeta1 = 0.9,
-        adam_beta2: AdamBeta2 = 0.999,
-        adam_weight_decay: AdamWeightDecay = 0.0,
-        adam_epsilon: AdamEpsilon = 1e-8,
-        max_grad_norm: MaxGradNorm = 1.0,
+        gradient_accumulation_steps: shared.GradientAccumulationSteps = 1,
+        learning_rate: shared.LearningRate = 3e-4,
+        scale_lr: shared.ScaleLr = False,
+        lr_schedule: shared.LrSchedule = "linear",
+        warmup_steps: shared.WarmupSteps = 0,
+        lr_num_cycles: shared.LrNumCycles = 1,
+        lr_power: shared.LrPower = 1.0,
+        use_8bit_adam: shared.Use8bitAdam = False,
+        adam_beta1: shared.AdamBeta1 = 0.9,
+        adam_beta2: shared.AdamBeta2 = 0.999,
+        adam_weight_decay: shared.AdamWeightDecay = 0.0,
+        adam_epsilon: shared.AdamEpsilon = 1e-8,
+        max_grad_norm: shared.MaxGradNorm = 1.0,
         r: FromConfig = None,
         lora_alpha: FromConfig = None,
         lora_dropout: FromConfig = None,
         target_modules: FromConfig = None,
         quantization: FromConfig = None,
-        mixed_precision: MixedPrecision = "no",
-        gradient_checkpointing: GradientCheckpointing = False,
-        seed: Seed = 0,
-        checkpointing_steps: CheckpointingSteps = 500,
-        checkpoints_total_limit: CheckpointsTotalLimit = None,
-        resume_from_checkpoint: ResumeFromCheckpoint = None,
-        output_dir: OutputDir = None,
+        mixed_precision: shared.MixedPrecision = "no",
+        gradient_checkpointing: shared.GradientCheckpointing = False,
+        seed: shared.Seed = 0,
+        checkpointing_steps: shared.CheckpointingSteps = 500,
+        checkpoints_total_limit: shared.CheckpointsTotalLimit = None,
+        resume_from_checkpoint: shared.ResumeFromCheckpoint = None,
+        output_dir: shared.OutputDir = None,
     ) -> CausalLMPipeline:
         """Fine-tune the pipeline on `data` and return it (with its LoRA adapter trained).
 
@@ -157,7 +131,9 @@ class CausalLMTrainer(TrainerConfigMixin):
             group_by_length: Batch examples of similar length together (less padding, less mixing per step).
             batch_size: The same as `train_batch_size` (alpaca-lora's name), with the same rule as `epoch`; the run records
                 `train_batch_size`.
-            r: LoRA rank (8 for a new adapter). `lora_alpha`: LoRA alpha (16). `lora_dropout`: dropout on the LoRA input (0.05).
+            r: LoRA rank (8 for a new adapter).
+            lora_alpha: LoRA alpha (16 for a new adapter).
+            lora_dropout: Dropout on the LoRA input (0.05 for a new adapter).
             target_modules: Modules the LoRA wraps: names (the attention projections by default) or "all-linear";
                 each name must match a module of the model. A pipeline that already has an adapter trains it as it
                 is: these four then default to its own settings, and other values are refused.
@@ -172,16 +148,12 @@ class CausalLMTrainer(TrainerConfigMixin):
                 would be learned, or the loss became NaN/inf.
         """
         arguments = {name: value for name, value in locals().items() if name in CausalLMTrainConfig._valid_argument_names()}
-        # 1. Check the settings before any heavy work.
-        check_training_settings(arguments, "CausalLMTrainer.train()")
+        # 1. Check every setting before any heavy work.
+        accelerator = loop.start_run(arguments, "CausalLMTrainer.train()", data_forms="a .json/.jsonl file of alpaca "
+                                     "records, a list of dicts, a datasets.Dataset, or 'tinypipe/tiny-instructions'")
         train_batch_size = batch_size if batch_size is not None else train_batch_size
-        if data is None:
-            raise ConfigError("CausalLMTrainer.train() needs data: a .json/.jsonl file of alpaca records, a list of dicts, "
-                              "a datasets.Dataset, or 'tinypipe/tiny-instructions'.")
         if validation_data is not None and validation_split:
             raise ConfigError("Give either validation_data or validation_split, not both.")
-        accelerator = make_accelerator(mixed_precision)
-        seed_everything(seed)
         if self.model is None:
             self.init_model(CausalLMPipeline(base_model, revision=revision, quantization=quantization))
         pipeline = self.model
@@ -192,10 +164,10 @@ class CausalLMTrainer(TrainerConfigMixin):
         r, lora_alpha, lora_dropout, target_modules = lm_steps.resolve_adapter_settings(pipeline, r, lora_alpha, lora_dropout,
                                                                                         target_modules)
         # What is recorded is what runs: one name per setting, the adapter's settings.
-        record_effective_arguments(arguments, "Causal-LM LoRA", base_model=pipeline.config["base_model"],
-                                   revision=pipeline.config["revision"], train_batch_size=train_batch_size, batch_size=None,
-                                   validation_data=validation_data if isinstance(validation_data, (str, Path)) else None,
-                                   r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules)
+        loop.record_effective_arguments(arguments, "Causal-LM LoRA", base_model=pipeline.config["base_model"],
+                                        revision=pipeline.config["revision"], train_batch_size=train_batch_size, batch_size=None,
+                                        validation_data=validation_data if isinstance(validation_data, (str, Path)) else None,
+                                        r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules)
         output = Path(output_dir) if output_dir is not None else None
 
         # 2. Data: read and check every record, hold out the validation examples, tokenize.
@@ -229,22 +201,15 @@ class CausalLMTrainer(TrainerConfigMixin):
                     pipeline.config["lora_rank"], sum(p.numel() for p in model.parameters()))
 
         # 4. Steps, optimizer and schedule; resume from a checkpoint of this run (never another run's).
-        plan = plan_steps(len(train_set), train_batch_size=train_batch_size, num_processes=accelerator.num_processes,
-                          gradient_accumulation_steps=gradient_accumulation_steps,
-                          num_train_epochs=arguments["num_train_epochs"], max_train_steps=max_train_steps)
-        learning_rate = scaled_learning_rate(arguments, accelerator.num_processes)
-        parameters = list(trainable.values())
-        log_resolved_steps(accelerator, plan=plan, learning_rate=learning_rate, trainable_parameters=parameters)
-        optimizer, lr_scheduler = make_optimization(parameters, arguments, learning_rate=learning_rate,
-                                                    use_8bit_adam=use_8bit_adam, total_steps=plan.total_steps)
-        (model,), optimizer = prepare_for_training(accelerator, [model], optimizer)
-        run = run_fingerprint(arguments, total_steps=plan.total_steps, train_batch_size=train_batch_size,
+        setup = loop.set_up_training(accelerator, arguments, example_count=len(train_set), models=[model],
+                                     parameters=trainable.values(), use_8bit_adam=use_8bit_adam)
+        model = setup.models[0]
+        run = run_fingerprint(arguments, total_steps=setup.plan.total_steps, train_batch_size=train_batch_size,
                               num_processes=accelerator.num_processes,
                               data_sha256=content_digest(json.dumps([example.input_ids, example.labels]) for example in train_set))
         checkpoints = RunCheckpoints(output, checkpointing_steps, checkpoints_total_limit, run, trainable,
                                      "r, target_modules and the adapter of the pipeline given")
-        resumed = resume_run(checkpoints, resume_from_checkpoint, total_steps=plan.total_steps, optimizer=optimizer,
-                             lr_scheduler=lr_scheduler)
+        resumed = resume_run(checkpoints, resume_from_checkpoint, setup)
         self.metrics = list(resumed.state["metrics"]) if resumed is not None else []
 
         # 5. The loop: batches of similar length (with group_by_length), packed or padded; an eval loss per epoch.
@@ -256,7 +221,7 @@ class CausalLMTrainer(TrainerConfigMixin):
         make_batch = pack if packing else collate
 
         def epoch_batches(epoch_index: int) -> list[list[int]]:
-            return shard_batches(length_grouped_batches(lengths, train_batch_size, seed + epoch_index, group_by_length), accelerator)
+            return loop.shard_batches(length_grouped_batches(lengths, train_batch_size, seed + epoch_index, group_by_length), accelerator)
 
         def batch_loss(batch_indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             batch = {key: value.to(accelerator.device) for key, value in
@@ -264,19 +229,18 @@ class CausalLMTrainer(TrainerConfigMixin):
             loss_sum, tokens = lm_steps.summed_loss(model, batch)
             return loss_sum / max(tokens, 1), loss_sum / tokens_per_batch
 
-        def end_of_epoch(epoch: EpochEnd) -> None:
+        def end_of_epoch(epoch: loop.EpochEnd) -> None:
             record: dict[str, Any] = {"epoch": epoch.index + 1, "step": epoch.global_step,
                                       "train_loss": float(np.mean(epoch.losses)) if epoch.losses else None}
-            if validation_set and end_of_epoch_due(epoch.index, validation_epochs, epoch.is_last):
+            if validation_set and loop.end_of_epoch_due(epoch.index, validation_epochs, epoch.is_last):
                 record["eval_loss"] = evaluation_loss(model, validation_set, tokenizer.pad_token_id, train_batch_size,
                                                       accelerator.device)
                 logger.info("Epoch %d, step %d: eval loss %.4f", epoch.index + 1, epoch.global_step, record["eval_loss"])
             self.metrics.append(record)
 
-        run_epochs(accelerator, plan, models=[model], optimizer=optimizer, lr_scheduler=lr_scheduler, parameters=parameters,
-                   gradient_accumulation_steps=gradient_accumulation_steps, max_grad_norm=max_grad_norm,
-                   checkpoints=checkpoints, resumed=resumed, epoch_batches=epoch_batches, batch_loss=batch_loss,
-                   end_of_epoch=end_of_epoch, extra_state=lambda: {"metrics": self.metrics}, description="LoRA (causal LM)")
+        loop.run_epochs(accelerator, setup, arguments, checkpoints=checkpoints, resumed=resumed, epoch_batches=epoch_batches,
+                        batch_loss=batch_loss, end_of_epoch=end_of_epoch, extra_state=lambda: {"metrics": self.metrics},
+                        description="LoRA (causal LM)")
         accelerator.wait_for_everyone()
 
         # 6. The result: the trained pipeline, and the repo with the effective configuration and the metrics.
@@ -284,10 +248,10 @@ class CausalLMTrainer(TrainerConfigMixin):
         if gradient_checkpointing:
             pipeline.model.gradient_checkpointing_disable()
             pipeline.model.config.use_cache = use_cache  # checkpointing turned the KV cache off; generation wants it
-        for parameter in parameters:
+        for parameter in trainable.values():
             parameter.requires_grad_(False)
         self.set_method_config("train_config", CausalLMTrainConfig(**arguments))
-        save_run(self, pipeline, accelerator, output, also_write=lambda output: (output / "metrics.json").write_text(
+        loop.save_run(self, pipeline, accelerator, output, also_write=lambda output: (output / "metrics.json").write_text(
             json.dumps(self.metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
         return pipeline
 

@@ -28,33 +28,13 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..builtin.tiny_sd import TINY_SD
-from ..config import (
-    BaseArgsFromConfig,
-    FromConfig,
-    Ignore,
-    TrainerConfigMixin,
-    copy_signature,
-    save_config,
-    set_from_config,
-)
+from ..config import BaseArgsFromConfig, FromConfig, Ignore, TrainerConfigMixin, copy_signature, save_config, set_from_config
 from ..errors import ConfigError
 from ..models.diffusion import DiffusionPipeline
-from ..training import diffusion_steps as steps
-from ..training.arguments import (
-    AdamBeta1, AdamBeta2, AdamEpsilon, AdamWeightDecay, BaseModel, CenterCrop, CheckpointingSteps, CheckpointsTotalLimit,
-    ClassDataDir, ClassGuidanceScale, ClassInferenceSteps, ClassPrompt, Epoch, GradientAccumulationSteps,
-    GradientCheckpointing, InstancePrompt, LearningRate, LoraAlpha, LrNumCycles, LrPower, LrSchedule, MaxGradNorm,
-    MaxTrainSteps, MixedPrecision, NoiseOffset, NumClassImages, NumTrainEpochs, NumValidationImages, OutputDir,
-    PriorLossWeight, RandomFlip, Rank, Resolution, ResumeFromCheckpoint, SampleBatchSize, ScaleLr, Seed, SnrGamma,
-    TrainBatchSize, TrainTextEncoder, Use8bitAdam, ValidationEpochs, ValidationGuidanceScale, ValidationInferenceSteps,
-    ValidationPrompt, WarmupSteps, WithPriorPreservation, document_shared_arguments,
-)
+from ..training import arguments as shared, diffusion_steps as steps, loop
 from ..training.checkpoints import save_checkpoint
 from ..training.class_images import class_images_cache_key, prepare_class_examples
 from ..training.denoising_loop import check_prior_preservation, train_denoiser
-from ..training.loop import record_effective_arguments, save_run
-from ..training.optim import make_accelerator, seed_everything
-from ..training.settings import check_training_settings
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +48,9 @@ __all__ = ["DreamBoothTrainer", "DreamBoothTrainConfig", "class_images_cache_key
 class DreamBoothTrainer(TrainerConfigMixin):
     """Fine-tunes a `DiffusionPipeline` on a subject (DreamBooth): the full UNet, or a LoRA with `use_lora=True`.
 
-    Every hyperparameter is a `FromConfig` argument of `train`: give it at call time, or in the
-    `train_config` given to the constructor (`DreamBoothTrainer(train_config=DreamBoothTrainConfig(...))`).
+    Instance images and, with prior preservation, class images train in the same batches; what trains is every
+    weight of the UNet (and text encoder), or their LoRA. Arguments come from the call, else from the `train_config`
+    given to the constructor (`DreamBoothTrainer(train_config=DreamBoothTrainConfig(...))`).
 
     Example:
     ```python
@@ -95,59 +76,59 @@ class DreamBoothTrainer(TrainerConfigMixin):
         return self
 
     @set_from_config(aliases={"epoch": "num_train_epochs"})
-    @document_shared_arguments
+    @shared.document_shared_arguments
     def train(
         self,
         data: FromConfig = None,
         filter_fn: Ignore = None,
-        base_model: BaseModel = TINY_SD,
-        instance_prompt: InstancePrompt = None,
+        base_model: shared.BaseModel = TINY_SD,
+        instance_prompt: shared.InstancePrompt = None,
         use_lora: FromConfig = False,
-        with_prior_preservation: WithPriorPreservation = False,
-        class_prompt: ClassPrompt = None,
-        class_data_dir: ClassDataDir = None,
-        num_class_images: NumClassImages = 100,
-        prior_loss_weight: PriorLossWeight = 1.0,
-        sample_batch_size: SampleBatchSize = 4,
-        class_inference_steps: ClassInferenceSteps = 50,
-        class_guidance_scale: ClassGuidanceScale = 7.5,
-        validation_prompt: ValidationPrompt = None,
-        num_validation_images: NumValidationImages = 4,
-        validation_epochs: ValidationEpochs = 10,
-        num_train_epochs: NumTrainEpochs = 30,
-        epoch: Epoch = None,
-        max_train_steps: MaxTrainSteps = None,
-        train_batch_size: TrainBatchSize = 2,
-        gradient_accumulation_steps: GradientAccumulationSteps = 1,
-        learning_rate: Optional[LearningRate] = None,
-        scale_lr: ScaleLr = False,
-        lr_schedule: LrSchedule = "constant",
-        warmup_steps: WarmupSteps = 0,
-        lr_num_cycles: LrNumCycles = 1,
-        lr_power: LrPower = 1.0,
-        use_8bit_adam: Use8bitAdam = False,
-        adam_beta1: AdamBeta1 = 0.9,
-        adam_beta2: AdamBeta2 = 0.999,
-        adam_weight_decay: AdamWeightDecay = 1e-2,
-        adam_epsilon: AdamEpsilon = 1e-8,
-        max_grad_norm: MaxGradNorm = 1.0,
-        rank: Rank = None,
-        lora_alpha: LoraAlpha = None,
-        train_text_encoder: TrainTextEncoder = False,
-        mixed_precision: MixedPrecision = "no",
-        gradient_checkpointing: GradientCheckpointing = False,
-        snr_gamma: SnrGamma = None,
-        noise_offset: NoiseOffset = 0.0,
-        resolution: Resolution = None,
-        center_crop: CenterCrop = True,
-        random_flip: RandomFlip = False,
-        seed: Seed = 0,
-        checkpointing_steps: CheckpointingSteps = 500,
-        checkpoints_total_limit: CheckpointsTotalLimit = None,
-        resume_from_checkpoint: ResumeFromCheckpoint = None,
-        output_dir: OutputDir = None,
-        validation_inference_steps: ValidationInferenceSteps = 25,
-        validation_guidance_scale: ValidationGuidanceScale = 7.5,
+        with_prior_preservation: shared.WithPriorPreservation = False,
+        class_prompt: shared.ClassPrompt = None,
+        class_data_dir: shared.ClassDataDir = None,
+        num_class_images: shared.NumClassImages = 100,
+        prior_loss_weight: shared.PriorLossWeight = 1.0,
+        sample_batch_size: shared.SampleBatchSize = 4,
+        class_inference_steps: shared.ClassInferenceSteps = 50,
+        class_guidance_scale: shared.ClassGuidanceScale = 7.5,
+        validation_prompt: shared.ValidationPrompt = None,
+        num_validation_images: shared.NumValidationImages = 4,
+        validation_epochs: shared.ValidationEpochs = 10,
+        num_train_epochs: shared.NumTrainEpochs = 30,
+        epoch: shared.Epoch = None,
+        max_train_steps: shared.MaxTrainSteps = None,
+        train_batch_size: shared.TrainBatchSize = 2,
+        gradient_accumulation_steps: shared.GradientAccumulationSteps = 1,
+        learning_rate: Optional[shared.LearningRate] = None,
+        scale_lr: shared.ScaleLr = False,
+        lr_schedule: shared.LrSchedule = "constant",
+        warmup_steps: shared.WarmupSteps = 0,
+        lr_num_cycles: shared.LrNumCycles = 1,
+        lr_power: shared.LrPower = 1.0,
+        use_8bit_adam: shared.Use8bitAdam = False,
+        adam_beta1: shared.AdamBeta1 = 0.9,
+        adam_beta2: shared.AdamBeta2 = 0.999,
+        adam_weight_decay: shared.AdamWeightDecay = 1e-2,
+        adam_epsilon: shared.AdamEpsilon = 1e-8,
+        max_grad_norm: shared.MaxGradNorm = 1.0,
+        rank: shared.Rank = None,
+        lora_alpha: shared.LoraAlpha = None,
+        train_text_encoder: shared.TrainTextEncoder = False,
+        mixed_precision: shared.MixedPrecision = "no",
+        gradient_checkpointing: shared.GradientCheckpointing = False,
+        snr_gamma: shared.SnrGamma = None,
+        noise_offset: shared.NoiseOffset = 0.0,
+        resolution: shared.Resolution = None,
+        center_crop: shared.CenterCrop = True,
+        random_flip: shared.RandomFlip = False,
+        seed: shared.Seed = 0,
+        checkpointing_steps: shared.CheckpointingSteps = 500,
+        checkpoints_total_limit: shared.CheckpointsTotalLimit = None,
+        resume_from_checkpoint: shared.ResumeFromCheckpoint = None,
+        output_dir: shared.OutputDir = None,
+        validation_inference_steps: shared.ValidationInferenceSteps = 25,
+        validation_guidance_scale: shared.ValidationGuidanceScale = 7.5,
     ) -> DiffusionPipeline:
         """Fine-tune the pipeline on the instance images in `data` and return it.
 
@@ -166,17 +147,14 @@ class DreamBoothTrainer(TrainerConfigMixin):
             ConfigError: Settings that cannot work. DataError: Unusable data. TrainingError: The loss became NaN/inf.
         """
         arguments = {name: value for name, value in locals().items() if name in DreamBoothTrainConfig._valid_argument_names()}
-        # 1. Check the settings before any heavy work.
-        check_training_settings(arguments, "DreamBoothTrainer.train()", none_means_default=("learning_rate",))
-        if data is None:
-            raise ConfigError("DreamBoothTrainer.train() needs data: the instance images, as a folder, a JSON file, a list "
-                              "of images, a datasets.Dataset, or 'tinypipe/shapes'.")
+        # 1. Check every setting before any heavy work.
+        accelerator = loop.start_run(arguments, "DreamBoothTrainer.train()", none_means_default=("learning_rate",),
+                                     data_forms="the instance images, as a folder, a JSON file, a list of images, a "
+                                     "datasets.Dataset, or 'tinypipe/shapes'")
         check_prior_preservation(arguments)
         if not use_lora and (rank is not None or lora_alpha is not None):
             raise ConfigError(f"rank={rank!r} / lora_alpha={lora_alpha!r} are LoRA settings, and use_lora is False (a full "
                               "fine-tune); set use_lora=True to train a LoRA, or leave them out.")
-        accelerator = make_accelerator(mixed_precision)
-        seed_everything(seed)
         if self.model is None:
             self.init_model(base_model)
         pipeline = self.model
@@ -189,23 +167,23 @@ class DreamBoothTrainer(TrainerConfigMixin):
         if learning_rate is None:
             learning_rate = LORA_LEARNING_RATE if use_lora else FULL_FINE_TUNE_LEARNING_RATE
         # What is recorded is what runs: the LoRA's settings, the learning rate.
-        record_effective_arguments(arguments, "DreamBooth", base_model=pipeline.config["base_model"], rank=rank,
-                                   lora_alpha=lora_alpha, learning_rate=learning_rate,
-                                   class_data_dir=str(class_data_dir) if class_data_dir is not None else None)
+        loop.record_effective_arguments(arguments, "DreamBooth", base_model=pipeline.config["base_model"], rank=rank,
+                                        lora_alpha=lora_alpha, learning_rate=learning_rate,
+                                        class_data_dir=str(class_data_dir) if class_data_dir is not None else None)
 
-        # 2. The denoising fine-tune (training/denoising_loop.py), the same as LoRATrainer's but for what trains: the
-        #    full UNet (and text encoder), or with `use_lora` their LoRA; a checkpoint holds their weights.
+        # 2. The denoising fine-tune (training/denoising_loop.py), LoRATrainer's but for what trains: every weight of
+        #    the UNet (and text encoder), or with `use_lora` their LoRA; each checkpoint holds those weights.
         validation, before = train_denoiser(pipeline, arguments, data=data, filter_fn=filter_fn, accelerator=accelerator,
-                                            use_lora=use_lora, use_8bit_adam=use_8bit_adam,
-                                            resume_settings="use_lora, rank, train_text_encoder", description="DreamBooth",
-                                            save_checkpoint=save_checkpoint)
+                                            use_lora=use_lora, use_8bit_adam=use_8bit_adam, description="DreamBooth",
+                                            resume_settings="use_lora, rank, train_text_encoder", save_checkpoint=save_checkpoint)
 
         # 3. The result: the trained pipeline (a full fine-tune saves its models whole), and the repo.
         if not use_lora:
             pipeline.mark_fine_tuned([name for name, on in (("unet", True), ("text_encoder", train_text_encoder)) if on])
         self.set_method_config("train_config", DreamBoothTrainConfig(**arguments))
-        save_run(self, pipeline, accelerator, Path(output_dir) if output_dir is not None else None,
-                 also_write=lambda output: validation.save_before_after(pipeline, before, output))
+        output = Path(output_dir) if output_dir is not None else None
+        loop.save_run(self, pipeline, accelerator, output,
+                      also_write=lambda output: validation.save_before_after(pipeline, before, output))
         return pipeline
 
 

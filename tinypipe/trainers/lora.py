@@ -26,32 +26,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..builtin.tiny_sd import TINY_SD
-from ..config import (
-    BaseArgsFromConfig,
-    FromConfig,
-    Ignore,
-    TrainerConfigMixin,
-    copy_signature,
-    save_config,
-    set_from_config,
-)
-from ..errors import ConfigError
+from ..config import BaseArgsFromConfig, FromConfig, Ignore, TrainerConfigMixin, copy_signature, save_config, set_from_config
 from ..models.diffusion import DiffusionPipeline
-from ..training import diffusion_steps as steps
-from ..training.arguments import (
-    AdamBeta1, AdamBeta2, AdamEpsilon, AdamWeightDecay, BaseModel, CenterCrop, CheckpointingSteps, CheckpointsTotalLimit,
-    ClassDataDir, ClassGuidanceScale, ClassInferenceSteps, ClassPrompt, Epoch, GradientAccumulationSteps,
-    GradientCheckpointing, InstancePrompt, LearningRate, LoraAlpha, LrNumCycles, LrPower, LrSchedule, MaxGradNorm,
-    MaxTrainSteps, MixedPrecision, NoiseOffset, NumClassImages, NumTrainEpochs, NumValidationImages, OutputDir,
-    PriorLossWeight, RandomFlip, Rank, Resolution, ResumeFromCheckpoint, SampleBatchSize, ScaleLr, Seed, SnrGamma,
-    TrainBatchSize, TrainTextEncoder, Use8bitAdam, ValidationEpochs, ValidationGuidanceScale, ValidationInferenceSteps,
-    ValidationPrompt, WarmupSteps, WithPriorPreservation, document_shared_arguments,
-)
+from ..training import arguments as shared, diffusion_steps as steps, loop
 from ..training.checkpoints import save_checkpoint
 from ..training.denoising_loop import check_prior_preservation, train_denoiser
-from ..training.loop import record_effective_arguments, save_run
-from ..training.optim import make_accelerator, seed_everything
-from ..training.settings import check_training_settings
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +40,9 @@ __all__ = ["LoRATrainer", "LoRATrainConfig"]
 class LoRATrainer(TrainerConfigMixin):
     """Fine-tunes a `DiffusionPipeline` with a LoRA adapter (peft) on the UNet, optionally the text encoder.
 
-    Every hyperparameter is a `FromConfig` argument of `train`: give it at call time, or in the
-    `train_config` given to the constructor (`LoRATrainer(train_config=LoRATrainConfig(...))`).
+    Its `train` is the denoising fine-tune of `training/denoising_loop.py` with a LoRA as what trains: the same as
+    `DreamBoothTrainer(use_lora=True)`, recorded under its own name. Give each argument at call time, or in the
+    `train_config` given to the constructor (`LoRATrainer(train_config=LoRATrainConfig(...))`); the call wins.
 
     Example:
     ```python
@@ -82,58 +62,58 @@ class LoRATrainer(TrainerConfigMixin):
         return self
 
     @set_from_config(aliases={"epoch": "num_train_epochs"})
-    @document_shared_arguments
+    @shared.document_shared_arguments
     def train(
         self,
         data: FromConfig = None,
         filter_fn: Ignore = None,
-        base_model: BaseModel = TINY_SD,
-        instance_prompt: InstancePrompt = None,
-        with_prior_preservation: WithPriorPreservation = False,
-        class_prompt: ClassPrompt = None,
-        class_data_dir: ClassDataDir = None,
-        num_class_images: NumClassImages = 100,
-        prior_loss_weight: PriorLossWeight = 1.0,
-        sample_batch_size: SampleBatchSize = 4,
-        class_inference_steps: ClassInferenceSteps = 50,
-        class_guidance_scale: ClassGuidanceScale = 7.5,
-        validation_prompt: ValidationPrompt = None,
-        num_validation_images: NumValidationImages = 4,
-        validation_epochs: ValidationEpochs = 10,
-        num_train_epochs: NumTrainEpochs = 30,
-        epoch: Epoch = None,
-        max_train_steps: MaxTrainSteps = None,
-        train_batch_size: TrainBatchSize = 2,
-        gradient_accumulation_steps: GradientAccumulationSteps = 1,
-        learning_rate: LearningRate = 5e-4,
-        scale_lr: ScaleLr = False,
-        lr_schedule: LrSchedule = "constant",
-        warmup_steps: WarmupSteps = 0,
-        lr_num_cycles: LrNumCycles = 1,
-        lr_power: LrPower = 1.0,
-        use_8bit_adam: Use8bitAdam = False,
-        adam_beta1: AdamBeta1 = 0.9,
-        adam_beta2: AdamBeta2 = 0.999,
-        adam_weight_decay: AdamWeightDecay = 1e-2,
-        adam_epsilon: AdamEpsilon = 1e-8,
-        max_grad_norm: MaxGradNorm = 1.0,
-        rank: Rank = None,
-        lora_alpha: LoraAlpha = None,
-        train_text_encoder: TrainTextEncoder = False,
-        mixed_precision: MixedPrecision = "no",
-        gradient_checkpointing: GradientCheckpointing = False,
-        snr_gamma: SnrGamma = None,
-        noise_offset: NoiseOffset = 0.0,
-        resolution: Resolution = None,
-        center_crop: CenterCrop = True,
-        random_flip: RandomFlip = False,
-        seed: Seed = 0,
-        checkpointing_steps: CheckpointingSteps = 500,
-        checkpoints_total_limit: CheckpointsTotalLimit = None,
-        resume_from_checkpoint: ResumeFromCheckpoint = None,
-        output_dir: OutputDir = None,
-        validation_inference_steps: ValidationInferenceSteps = 25,
-        validation_guidance_scale: ValidationGuidanceScale = 7.5,
+        base_model: shared.BaseModel = TINY_SD,
+        instance_prompt: shared.InstancePrompt = None,
+        with_prior_preservation: shared.WithPriorPreservation = False,
+        class_prompt: shared.ClassPrompt = None,
+        class_data_dir: shared.ClassDataDir = None,
+        num_class_images: shared.NumClassImages = 100,
+        prior_loss_weight: shared.PriorLossWeight = 1.0,
+        sample_batch_size: shared.SampleBatchSize = 4,
+        class_inference_steps: shared.ClassInferenceSteps = 50,
+        class_guidance_scale: shared.ClassGuidanceScale = 7.5,
+        validation_prompt: shared.ValidationPrompt = None,
+        num_validation_images: shared.NumValidationImages = 4,
+        validation_epochs: shared.ValidationEpochs = 10,
+        num_train_epochs: shared.NumTrainEpochs = 30,
+        epoch: shared.Epoch = None,
+        max_train_steps: shared.MaxTrainSteps = None,
+        train_batch_size: shared.TrainBatchSize = 2,
+        gradient_accumulation_steps: shared.GradientAccumulationSteps = 1,
+        learning_rate: shared.LearningRate = 5e-4,
+        scale_lr: shared.ScaleLr = False,
+        lr_schedule: shared.LrSchedule = "constant",
+        warmup_steps: shared.WarmupSteps = 0,
+        lr_num_cycles: shared.LrNumCycles = 1,
+        lr_power: shared.LrPower = 1.0,
+        use_8bit_adam: shared.Use8bitAdam = False,
+        adam_beta1: shared.AdamBeta1 = 0.9,
+        adam_beta2: shared.AdamBeta2 = 0.999,
+        adam_weight_decay: shared.AdamWeightDecay = 1e-2,
+        adam_epsilon: shared.AdamEpsilon = 1e-8,
+        max_grad_norm: shared.MaxGradNorm = 1.0,
+        rank: shared.Rank = None,
+        lora_alpha: shared.LoraAlpha = None,
+        train_text_encoder: shared.TrainTextEncoder = False,
+        mixed_precision: shared.MixedPrecision = "no",
+        gradient_checkpointing: shared.GradientCheckpointing = False,
+        snr_gamma: shared.SnrGamma = None,
+        noise_offset: shared.NoiseOffset = 0.0,
+        resolution: shared.Resolution = None,
+        center_crop: shared.CenterCrop = True,
+        random_flip: shared.RandomFlip = False,
+        seed: shared.Seed = 0,
+        checkpointing_steps: shared.CheckpointingSteps = 500,
+        checkpoints_total_limit: shared.CheckpointsTotalLimit = None,
+        resume_from_checkpoint: shared.ResumeFromCheckpoint = None,
+        output_dir: shared.OutputDir = None,
+        validation_inference_steps: shared.ValidationInferenceSteps = 25,
+        validation_guidance_scale: shared.ValidationGuidanceScale = 7.5,
     ) -> DiffusionPipeline:
         """Fine-tune the pipeline on `data` and return it (with its LoRA trained).
 
@@ -150,32 +130,27 @@ class LoRATrainer(TrainerConfigMixin):
             ConfigError: Settings that cannot work. DataError: Unusable data. TrainingError: The loss became NaN/inf.
         """
         arguments = {name: value for name, value in locals().items() if name in LoRATrainConfig._valid_argument_names()}
-        # 1. Check the settings before any heavy work.
-        check_training_settings(arguments, "LoRATrainer.train()")
-        if data is None:
-            raise ConfigError("LoRATrainer.train() needs data: a folder of images, a JSON file, a list of images, "
-                              "a datasets.Dataset, or 'tinypipe/shapes'.")
+        # 1. Check every setting before any heavy work; what is recorded is what runs (the LoRA's rank and alpha).
+        accelerator = loop.start_run(arguments, "LoRATrainer.train()", data_forms="a folder of images, a JSON file, a list "
+                                     "of images, a datasets.Dataset, or 'tinypipe/shapes'")
         check_prior_preservation(arguments)
-        accelerator = make_accelerator(mixed_precision)
-        seed_everything(seed)
-        if self.model is None:
-            self.init_model(base_model)
-        pipeline = self.model
-        rank, lora_alpha = steps.resolve_lora_settings(pipeline, rank=rank, lora_alpha=lora_alpha, train_text_encoder=train_text_encoder)
-        # What is recorded is what runs: the LoRA's settings (a new one's, or the pipeline's own).
-        record_effective_arguments(arguments, "LoRA", base_model=pipeline.config["base_model"], rank=rank, lora_alpha=lora_alpha,
-                                   class_data_dir=str(class_data_dir) if class_data_dir is not None else None)
+        pipeline = self.model if self.model is not None else self.init_model(base_model).model
+        rank, lora_alpha = steps.resolve_lora_settings(pipeline, rank=rank, lora_alpha=lora_alpha,
+                                                       train_text_encoder=train_text_encoder)
+        loop.record_effective_arguments(arguments, "LoRA", base_model=pipeline.config["base_model"], rank=rank,
+                                        lora_alpha=lora_alpha, class_data_dir=None if class_data_dir is None else str(class_data_dir))
 
-        # 2. The denoising fine-tune of a LoRA (training/denoising_loop.py): what trains is the LoRA of the UNet
-        #    (and of the text encoder), added when the pipeline has none; a checkpoint holds its weights.
-        validation, before = train_denoiser(pipeline, arguments, data=data, filter_fn=filter_fn, accelerator=accelerator, use_lora=True,
-                                use_8bit_adam=use_8bit_adam, resume_settings="rank, train_text_encoder and the LoRA of the "
-                                "pipeline given", description="LoRA", save_checkpoint=save_checkpoint)
+        # 2. The denoising fine-tune (training/denoising_loop.py) of a LoRA on the UNet (and the text encoder), added
+        #    when the pipeline has none; each checkpoint holds the LoRA's weights.
+        validation, before = train_denoiser(pipeline, arguments, data=data, filter_fn=filter_fn, accelerator=accelerator,
+                                            use_lora=True, use_8bit_adam=use_8bit_adam, description="LoRA",
+                                            resume_settings="rank, train_text_encoder and the LoRA of the pipeline given",
+                                            save_checkpoint=save_checkpoint)
 
         # 3. The result: the trained pipeline, and the repo (the LoRA, this trainer with the effective configuration).
         self.set_method_config("train_config", LoRATrainConfig(**arguments))
-        save_run(self, pipeline, accelerator, Path(output_dir) if output_dir is not None else None,
-                 also_write=lambda output: validation.save_before_after(pipeline, before, output))
+        loop.save_run(self, pipeline, accelerator, None if output_dir is None else Path(output_dir),
+                      also_write=lambda output: validation.save_before_after(pipeline, before, output))
         return pipeline
 
 

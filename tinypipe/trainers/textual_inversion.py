@@ -27,40 +27,14 @@ from typing import Any, Optional
 import torch
 
 from ..builtin.tiny_sd import TINY_SD
-from ..config import (
-    BaseArgsFromConfig,
-    FromConfig,
-    Ignore,
-    TrainerConfigMixin,
-    copy_signature,
-    save_config,
-    set_from_config,
-)
+from ..config import BaseArgsFromConfig, FromConfig, Ignore, TrainerConfigMixin, copy_signature, save_config, set_from_config
 from ..data.images import load_image_examples
 from ..errors import ConfigError
 from ..models.diffusion import DiffusionPipeline
 from ..models.embedding_files import check_new_token, vector_token_names
-from ..training import diffusion_steps as steps
-from ..training.arguments import (
-    AdamBeta1, AdamBeta2, AdamEpsilon, AdamWeightDecay, BaseModel, CenterCrop, CheckpointingSteps, CheckpointsTotalLimit,
-    Epoch, GradientAccumulationSteps, GradientCheckpointing, LearningRate, LrNumCycles, LrPower, LrSchedule, MaxGradNorm,
-    MaxTrainSteps, MixedPrecision, NoiseOffset, NumTrainEpochs, NumValidationImages, OutputDir, RandomFlip, Resolution,
-    ResumeFromCheckpoint, ScaleLr, Seed, SnrGamma, TrainBatchSize, Use8bitAdam, ValidationEpochs, ValidationGuidanceScale,
-    ValidationInferenceSteps, ValidationPrompt, WarmupSteps, document_shared_arguments,
-)
-from ..training.loop import (
-    make_optimization,
-    plan_steps,
-    record_effective_arguments,
-    run_epochs,
-    save_run,
-    scaled_learning_rate,
-    shard_batches,
-)
-from ..training.optim import make_accelerator, prepare_for_training, seed_everything
+from ..training import arguments as shared, diffusion_steps as steps, loop
 from ..training.resume import RunCheckpoints, resume_run
 from ..training.run_fingerprint import run_fingerprint
-from ..training.settings import check_training_settings, log_resolved_steps
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +85,8 @@ class TrainableTokenRows(torch.nn.Module):
 class TextualInversionTrainer(TrainerConfigMixin):
     """Learns the embedding of a new token (textual inversion) for the concept shown in the training images.
 
-    Every hyperparameter is a `FromConfig` argument of `train`: give it at call time, or in the
-    `train_config` given to the constructor.
+    Only the new token's embedding rows train, with prompts from the templates of `learnable_property`. A `train`
+    argument not given at call time is taken from the `train_config` given to the constructor.
 
     Example:
     ```python
@@ -132,51 +106,51 @@ class TextualInversionTrainer(TrainerConfigMixin):
         return self
 
     @set_from_config(aliases={"epoch": "num_train_epochs"})
-    @document_shared_arguments
+    @shared.document_shared_arguments
     def train(
         self,
         data: FromConfig = None,
         filter_fn: Ignore = None,
-        base_model: BaseModel = TINY_SD,
+        base_model: shared.BaseModel = TINY_SD,
         placeholder_token: FromConfig = None,
         initializer_token: FromConfig = None,
         num_vectors: FromConfig = 1,
         learnable_property: FromConfig = "object",
         repeats: FromConfig = 100,
-        validation_prompt: ValidationPrompt = None,
-        num_validation_images: NumValidationImages = 4,
-        validation_epochs: ValidationEpochs = 10,
-        num_train_epochs: NumTrainEpochs = 1,
-        epoch: Epoch = None,
-        max_train_steps: MaxTrainSteps = None,
-        train_batch_size: TrainBatchSize = 2,
-        gradient_accumulation_steps: GradientAccumulationSteps = 1,
-        learning_rate: LearningRate = 5e-4,
-        scale_lr: ScaleLr = False,
-        lr_schedule: LrSchedule = "constant",
-        warmup_steps: WarmupSteps = 0,
-        lr_num_cycles: LrNumCycles = 1,
-        lr_power: LrPower = 1.0,
-        use_8bit_adam: Use8bitAdam = False,
-        adam_beta1: AdamBeta1 = 0.9,
-        adam_beta2: AdamBeta2 = 0.999,
-        adam_weight_decay: AdamWeightDecay = 1e-2,
-        adam_epsilon: AdamEpsilon = 1e-8,
-        max_grad_norm: MaxGradNorm = None,
-        mixed_precision: MixedPrecision = "no",
-        gradient_checkpointing: GradientCheckpointing = False,
-        snr_gamma: SnrGamma = None,
-        noise_offset: NoiseOffset = 0.0,
-        resolution: Resolution = None,
-        center_crop: CenterCrop = True,
-        random_flip: RandomFlip = False,
-        seed: Seed = 0,
-        checkpointing_steps: CheckpointingSteps = 500,
-        checkpoints_total_limit: CheckpointsTotalLimit = None,
-        resume_from_checkpoint: ResumeFromCheckpoint = None,
-        output_dir: OutputDir = None,
-        validation_inference_steps: ValidationInferenceSteps = 25,
-        validation_guidance_scale: ValidationGuidanceScale = 7.5,
+        validation_prompt: shared.ValidationPrompt = None,
+        num_validation_images: shared.NumValidationImages = 4,
+        validation_epochs: shared.ValidationEpochs = 10,
+        num_train_epochs: shared.NumTrainEpochs = 1,
+        epoch: shared.Epoch = None,
+        max_train_steps: shared.MaxTrainSteps = None,
+        train_batch_size: shared.TrainBatchSize = 2,
+        gradient_accumulation_steps: shared.GradientAccumulationSteps = 1,
+        learning_rate: shared.LearningRate = 5e-4,
+        scale_lr: shared.ScaleLr = False,
+        lr_schedule: shared.LrSchedule = "constant",
+        warmup_steps: shared.WarmupSteps = 0,
+        lr_num_cycles: shared.LrNumCycles = 1,
+        lr_power: shared.LrPower = 1.0,
+        use_8bit_adam: shared.Use8bitAdam = False,
+        adam_beta1: shared.AdamBeta1 = 0.9,
+        adam_beta2: shared.AdamBeta2 = 0.999,
+        adam_weight_decay: shared.AdamWeightDecay = 1e-2,
+        adam_epsilon: shared.AdamEpsilon = 1e-8,
+        max_grad_norm: shared.MaxGradNorm = None,
+        mixed_precision: shared.MixedPrecision = "no",
+        gradient_checkpointing: shared.GradientCheckpointing = False,
+        snr_gamma: shared.SnrGamma = None,
+        noise_offset: shared.NoiseOffset = 0.0,
+        resolution: shared.Resolution = None,
+        center_crop: shared.CenterCrop = True,
+        random_flip: shared.RandomFlip = False,
+        seed: shared.Seed = 0,
+        checkpointing_steps: shared.CheckpointingSteps = 500,
+        checkpoints_total_limit: shared.CheckpointsTotalLimit = None,
+        resume_from_checkpoint: shared.ResumeFromCheckpoint = None,
+        output_dir: shared.OutputDir = None,
+        validation_inference_steps: shared.ValidationInferenceSteps = 25,
+        validation_guidance_scale: shared.ValidationGuidanceScale = 7.5,
     ) -> DiffusionPipeline:
         """Learn `placeholder_token` from the images in `data` and return the pipeline that knows it.
 
@@ -202,16 +176,12 @@ class TextualInversionTrainer(TrainerConfigMixin):
                 token, ...). DataError: Unusable data. TrainingError: The loss became NaN/inf.
         """
         arguments = {name: value for name, value in locals().items() if name in TextualInversionTrainConfig._valid_argument_names()}
-        # 1. Check the settings before any heavy work.
-        check_training_settings(arguments, "TextualInversionTrainer.train()")
-        if data is None:
-            raise ConfigError("TextualInversionTrainer.train() needs data: images of the concept, as a folder, a JSON file, "
-                              "a list of images, a datasets.Dataset, or 'tinypipe/shapes'.")
+        # 1. Check every setting before any heavy work.
+        accelerator = loop.start_run(arguments, "TextualInversionTrainer.train()", data_forms="images of the concept, as a "
+                                     "folder, a JSON file, a list of images, a datasets.Dataset, or 'tinypipe/shapes'")
         if not isinstance(placeholder_token, str) or not isinstance(initializer_token, str):
             raise ConfigError("TextualInversionTrainer.train() needs placeholder_token (the new token, e.g. '<cat-toy>') "
                               "and initializer_token (one existing word that starts it, e.g. 'toy').")
-        accelerator = make_accelerator(mixed_precision)
-        seed_everything(seed)
         if self.model is None:
             self.init_model(base_model)
         pipeline = self.model
@@ -224,7 +194,7 @@ class TextualInversionTrainer(TrainerConfigMixin):
         token_names = vector_token_names(placeholder_token, num_vectors)
         for name in token_names:
             check_new_token(tokenizer, name)
-        record_effective_arguments(arguments, "Textual inversion", base_model=pipeline.config["base_model"])
+        loop.record_effective_arguments(arguments, "Textual inversion", base_model=pipeline.config["base_model"])
         output = Path(output_dir) if output_dir is not None else None
 
         # 2. Data: read and check the images, cache their VAE latents; tokenize every template once.
@@ -246,49 +216,39 @@ class TextualInversionTrainer(TrainerConfigMixin):
         original_embedding = text_encoder.get_input_embeddings()
         token_rows = TrainableTokenRows(original_embedding, new_ids[0], num_vectors)
         text_encoder.set_input_embeddings(token_rows)
-        parameters = [token_rows.new_rows]
         if gradient_checkpointing:
             pipeline.unet.enable_gradient_checkpointing()
 
         # 4. Steps, optimizer and schedule; resume from a checkpoint of this run (never another run's).
         epoch_length = len(examples) * repeats
-        plan = plan_steps(epoch_length, train_batch_size=train_batch_size, num_processes=accelerator.num_processes,
-                          gradient_accumulation_steps=gradient_accumulation_steps,
-                          num_train_epochs=arguments["num_train_epochs"], max_train_steps=max_train_steps)
-        learning_rate = scaled_learning_rate(arguments, accelerator.num_processes)
-        log_resolved_steps(accelerator, plan=plan, learning_rate=learning_rate, trainable_parameters=parameters)
-        optimizer, lr_scheduler = make_optimization(parameters, arguments, learning_rate=learning_rate,
-                                                    use_8bit_adam=use_8bit_adam, total_steps=plan.total_steps)
-        (prepared_encoder,), optimizer = prepare_for_training(accelerator, [text_encoder], optimizer)
+        setup = loop.set_up_training(accelerator, arguments, example_count=epoch_length, models=[text_encoder],
+                                     parameters=[token_rows.new_rows], use_8bit_adam=use_8bit_adam)
         noise_scheduler = steps.training_noise_scheduler(pipeline)
         generator = torch.Generator("cpu").manual_seed(seed + 1_000_003 * accelerator.process_index)
-        run = run_fingerprint(arguments, total_steps=plan.total_steps, num_processes=accelerator.num_processes,
+        run = run_fingerprint(arguments, total_steps=setup.plan.total_steps, num_processes=accelerator.num_processes,
                               data_sha256=steps.examples_digest(examples))
         checkpoints = RunCheckpoints(output, checkpointing_steps, checkpoints_total_limit, run,
                                      steps.trainable_parameters(pipeline, [text_encoder]), "placeholder_token, num_vectors",
                                      {"noise": generator})
-        resumed = resume_run(checkpoints, resume_from_checkpoint, total_steps=plan.total_steps, optimizer=optimizer,
-                             lr_scheduler=lr_scheduler)
+        resumed = resume_run(checkpoints, resume_from_checkpoint, setup)
 
         # 5. The loop: a random template per example, the text encoder run with the learned rows, the denoising loss.
         def epoch_batches(epoch_index: int) -> list[list[int]]:
             order = [index % len(examples) for index in steps.epoch_order(epoch_length, seed, epoch_index)]
-            return shard_batches(steps.full_batches(order, train_batch_size, accelerator.num_processes), accelerator)
+            return loop.shard_batches(steps.full_batches(order, train_batch_size, accelerator.num_processes), accelerator)
 
         def batch_loss(batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             chosen = torch.randint(0, len(templates), (len(batch),), generator=generator)
-            text_embeddings = prepared_encoder(template_ids[chosen].to(accelerator.device))[0]
+            text_embeddings = setup.models[0](template_ids[chosen].to(accelerator.device))[0]
             loss = steps.denoising_losses(pipeline.unet, None, noise_scheduler, cache, batch, generator, snr_gamma=snr_gamma,
                                           noise_offset=noise_offset, device=accelerator.device,
                                           text_embeddings=text_embeddings).mean()
             return loss, loss
 
         try:
-            run_epochs(accelerator, plan, models=[prepared_encoder], optimizer=optimizer, lr_scheduler=lr_scheduler,
-                       parameters=parameters, gradient_accumulation_steps=gradient_accumulation_steps,
-                       max_grad_norm=max_grad_norm, checkpoints=checkpoints, resumed=resumed, epoch_batches=epoch_batches,
-                       batch_loss=batch_loss, end_of_epoch=validation.at_epoch_end(pipeline, accelerator, output),
-                       description="Textual inversion")
+            loop.run_epochs(accelerator, setup, arguments, checkpoints=checkpoints, resumed=resumed, epoch_batches=epoch_batches,
+                            batch_loss=batch_loss, end_of_epoch=validation.at_epoch_end(pipeline, accelerator, output),
+                            description="Textual inversion")
         finally:
             # 6. Put the learned rows into the embedding matrix and the original embedding module back.
             with torch.no_grad():
@@ -301,7 +261,8 @@ class TextualInversionTrainer(TrainerConfigMixin):
 
         # 7. The result: the pipeline with the token, and the repo with the effective configuration.
         self.set_method_config("train_config", TextualInversionTrainConfig(**arguments))
-        save_run(self, pipeline, accelerator, output, also_write=lambda output: validation.save_before_after(pipeline, before, output))
+        loop.save_run(self, pipeline, accelerator, output,
+                      also_write=lambda output: validation.save_before_after(pipeline, before, output))
         return pipeline
 
 

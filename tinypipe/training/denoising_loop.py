@@ -20,11 +20,9 @@ from ..models.diffusion import DiffusionPipeline
 from . import diffusion_steps as steps
 from .checkpoints import save_checkpoint
 from .class_images import check_prior_settings, prepare_class_examples
-from .loop import make_optimization, plan_steps, run_epochs, scaled_learning_rate, shard_batches
-from .optim import prepare_for_training
+from .loop import run_epochs, set_up_training, shard_batches
 from .resume import RunCheckpoints, resume_run
 from .run_fingerprint import run_fingerprint
-from .settings import log_resolved_steps
 
 logger = logging.getLogger(__name__)
 
@@ -102,26 +100,19 @@ def train_denoiser(pipeline: DiffusionPipeline, settings: Mapping[str, Any], *, 
 
     # 3. Steps, optimizer and schedule; accelerate wraps the models (DDP) and the optimizer (mixed precision).
     epoch_length = max(instance_count, class_count)
-    plan = plan_steps(epoch_length, train_batch_size=settings["train_batch_size"], num_processes=accelerator.num_processes,
-                      gradient_accumulation_steps=settings["gradient_accumulation_steps"],
-                      num_train_epochs=settings["num_train_epochs"], max_train_steps=settings["max_train_steps"])
-    learning_rate = scaled_learning_rate(settings, accelerator.num_processes)
-    log_resolved_steps(accelerator, plan=plan, learning_rate=learning_rate, trainable_parameters=parameters)
-    optimizer, lr_scheduler = make_optimization(parameters, settings, learning_rate=learning_rate, use_8bit_adam=use_8bit_adam,
-                                                total_steps=plan.total_steps)
-    models, optimizer = prepare_for_training(accelerator, trainable_models, optimizer)
-    unet, text_encoder = models[0], (models[1] if train_text_encoder else pipeline.text_encoder)
+    setup = set_up_training(accelerator, settings, example_count=epoch_length, models=trainable_models, parameters=parameters,
+                            use_8bit_adam=use_8bit_adam)
+    unet, text_encoder = setup.models[0], (setup.models[1] if train_text_encoder else pipeline.text_encoder)
     noise_scheduler = steps.training_noise_scheduler(pipeline)
     generator = torch.Generator("cpu").manual_seed(seed + 1_000_003 * accelerator.process_index)
 
     # 4. Resume from a checkpoint of this run (never another run's).
-    run = run_fingerprint(settings, total_steps=plan.total_steps, num_processes=accelerator.num_processes,
+    run = run_fingerprint(settings, total_steps=setup.plan.total_steps, num_processes=accelerator.num_processes,
                           data_sha256=steps.examples_digest(examples))
     checkpoints = RunCheckpoints(output, settings["checkpointing_steps"], settings["checkpoints_total_limit"], run,
                                  steps.trainable_parameters(pipeline, trainable_models), resume_settings, {"noise": generator},
                                  save_checkpoint)
-    resumed = resume_run(checkpoints, settings["resume_from_checkpoint"], total_steps=plan.total_steps, optimizer=optimizer,
-                         lr_scheduler=lr_scheduler)
+    resumed = resume_run(checkpoints, settings["resume_from_checkpoint"], setup)
 
     # 5. The loop: each batch holds instance examples and, with prior preservation, as many class examples.
     def epoch_batches(epoch_index: int) -> list[list[int]]:
@@ -139,10 +130,8 @@ def train_denoiser(pipeline: DiffusionPipeline, settings: Mapping[str, Any], *, 
             loss = loss + settings["prior_loss_weight"] * losses[len(instance_batch):].mean()
         return loss, loss
 
-    run_epochs(accelerator, plan, models=models, optimizer=optimizer, lr_scheduler=lr_scheduler, parameters=parameters,
-               gradient_accumulation_steps=settings["gradient_accumulation_steps"], max_grad_norm=settings["max_grad_norm"],
-               checkpoints=checkpoints, resumed=resumed, epoch_batches=epoch_batches, batch_loss=batch_loss,
-               end_of_epoch=validation.at_epoch_end(pipeline, accelerator, output), description=description)
+    run_epochs(accelerator, setup, settings, checkpoints=checkpoints, resumed=resumed, epoch_batches=epoch_batches,
+               batch_loss=batch_loss, end_of_epoch=validation.at_epoch_end(pipeline, accelerator, output), description=description)
     accelerator.wait_for_everyone()
 
     # 6. Training is over: the models back in eval mode, frozen, without gradient checkpointing.

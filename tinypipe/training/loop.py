@@ -1,9 +1,11 @@
 """The training loop every recipe runs, as named pieces with one set of rules for all of them.
 
+- `start_run`: the one settings check (every setting, before any heavy work), the accelerator, the seed.
 - `record_effective_arguments`: what the run records is what runs (the epoch count under one name, the optimizer
   that runs, the base model and data as given).
 - `plan_steps`: batches per epoch, optimizer steps per epoch and in all, from the data size and the settings.
 - `make_optimization`: AdamW and the learning-rate schedule from the shared settings.
+- `set_up_training`: the three above, and accelerate's preparation of the models and optimizer, in one call.
 - `shard_batches`: this process's share of an epoch's batches.
 - `run_epochs`: the loop itself: accumulation, the optimizer step (`optimizer_step`), a checkpoint every
   `checkpointing_steps` (`checkpoint_due`), the recipe's end-of-epoch work, and a resumed run skipping what it did.
@@ -22,14 +24,25 @@ from typing import Any, Callable, Mapping, MutableMapping, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from .checkpoints import Checkpoint
-from .optim import check_finite_loss, make_lr_scheduler, make_optimizer, no_sync_unless, runs_8bit_adam
+from .optim import (
+    check_finite_loss,
+    make_accelerator,
+    make_lr_scheduler,
+    make_optimizer,
+    no_sync_unless,
+    prepare_for_training,
+    runs_8bit_adam,
+    seed_everything,
+)
 from .resume import RunCheckpoints, batches_to_run, epochs_to_run
+from .settings import check_training_settings, log_resolved_steps
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EpochEnd", "StepPlan", "record_effective_arguments", "plan_steps", "scaled_learning_rate", "make_optimization", "save_run", "shard_batches", "optimizer_step",
-           "checkpoint_due", "end_of_epoch_due", "run_epochs"]
+__all__ = ["EpochEnd", "StepPlan", "start_run", "record_effective_arguments", "plan_steps", "scaled_learning_rate", "make_optimization",
+           "TrainingSetup", "set_up_training", "shard_batches", "optimizer_step", "checkpoint_due", "end_of_epoch_due", "run_epochs", "save_run"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,29 @@ class StepPlan:
     batches_per_epoch: int
     updates_per_epoch: int
     total_steps: int
+
+
+def start_run(arguments: Mapping[str, Any], owner: str, *, data_forms: str, none_means_default: tuple = ()) -> Any:
+    """Check every setting of a run before any heavy work, then start it: its accelerator, everything seeded.
+
+    Args:
+        arguments: The recipe's `train` arguments (the setting names of `training/arguments.py`, and its own).
+        owner: The recipe, for messages (`"LoRATrainer.train()"`).
+        data_forms: The forms of `data` the recipe reads, said when `data` is missing.
+        none_means_default: Settings the recipe accepts as None (it then picks the value).
+
+    Returns:
+        The run's `accelerate.Accelerator`.
+
+    Raises:
+        ConfigError: A setting that cannot work (`check_training_settings`), or no `data`.
+    """
+    check_training_settings(arguments, owner, none_means_default=none_means_default)
+    if arguments["data"] is None:
+        raise ConfigError(f"{owner} needs data: {data_forms}.")
+    accelerator = make_accelerator(arguments["mixed_precision"])
+    seed_everything(arguments["seed"])
+    return accelerator
 
 
 def record_effective_arguments(arguments: MutableMapping[str, Any], description: str, *, base_model: str, **resolved: Any) -> None:
@@ -145,6 +181,51 @@ def make_optimization(parameters: Sequence[torch.nn.Parameter], settings: Mappin
     return optimizer, lr_scheduler
 
 
+@dataclass
+class TrainingSetup:
+    """What trains and how: the step plan, the prepared models and optimizer, the schedule, the parameters.
+
+    Attributes:
+        plan: The run's step plan.
+        models: The models that train, prepared by accelerate (DDP-wrapped on several processes); for the step only.
+        optimizer: AdamW (or 8-bit AdamW), prepared.
+        lr_scheduler: The learning-rate schedule, stepped once per optimizer step.
+        parameters: The parameters that train.
+        learning_rate: The peak learning rate (scaled with `scale_lr`).
+    """
+
+    plan: StepPlan
+    models: list[torch.nn.Module]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    parameters: list[torch.nn.Parameter]
+    learning_rate: float
+
+
+def set_up_training(accelerator: Any, settings: Mapping[str, Any], *, example_count: int, models: Sequence[torch.nn.Module],
+                    parameters: Sequence[torch.nn.Parameter], use_8bit_adam: bool) -> TrainingSetup:
+    """Plan the steps, build the optimizer and schedule, and let accelerate prepare the models and optimizer.
+
+    Args:
+        accelerator: The run's accelerator.
+        settings: The run's effective arguments (steps, batch size, optimizer and schedule settings).
+        example_count: Examples in one epoch.
+        models: The models that train.
+        parameters: The parameters that train (of `models`).
+        use_8bit_adam: Whether 8-bit Adam was asked for.
+    """
+    plan = plan_steps(example_count, train_batch_size=settings["train_batch_size"], num_processes=accelerator.num_processes,
+                      gradient_accumulation_steps=settings["gradient_accumulation_steps"],
+                      num_train_epochs=settings["num_train_epochs"], max_train_steps=settings["max_train_steps"])
+    parameters = list(parameters)
+    learning_rate = scaled_learning_rate(settings, accelerator.num_processes)
+    log_resolved_steps(accelerator, plan=plan, learning_rate=learning_rate, trainable_parameters=parameters)
+    optimizer, lr_scheduler = make_optimization(parameters, settings, learning_rate=learning_rate, use_8bit_adam=use_8bit_adam,
+                                                total_steps=plan.total_steps)
+    prepared, optimizer = prepare_for_training(accelerator, list(models), optimizer)
+    return TrainingSetup(plan, prepared, optimizer, lr_scheduler, parameters, learning_rate)
+
+
 def shard_batches(batches: Sequence[list[int]], accelerator: Any) -> list[list[int]]:
     """This process's share of an epoch's batches: every `num_processes`-th one, from its rank on.
 
@@ -183,14 +264,9 @@ def end_of_epoch_due(epoch_index: int, every: int, is_last: bool) -> bool:
 
 def run_epochs(
     accelerator: Any,
-    plan: StepPlan,
+    setup: TrainingSetup,
+    settings: Mapping[str, Any],
     *,
-    models: Sequence[torch.nn.Module],
-    optimizer: torch.optim.Optimizer,
-    lr_scheduler: Any,
-    parameters: Sequence[torch.nn.Parameter],
-    gradient_accumulation_steps: int,
-    max_grad_norm: Optional[float],
     checkpoints: RunCheckpoints,
     resumed: Optional[Checkpoint],
     epoch_batches: Callable[[int], list[list[int]]],
@@ -199,16 +275,12 @@ def run_epochs(
     extra_state: Callable[[], dict] = dict,
     description: str = "Training",
 ) -> int:
-    """Train from where `resumed` left off (or from step 0) to `plan.total_steps` optimizer steps.
+    """Train from where `resumed` left off (or from step 0) to `setup.plan.total_steps` optimizer steps.
 
     Args:
         accelerator: The run's `accelerate.Accelerator`.
-        plan: The run's step plan.
-        models: The prepared models that train (put in train mode each epoch; their gradients sync on update steps only).
-        optimizer, lr_scheduler: From `make_optimization`, prepared.
-        parameters: What trains (for gradient clipping).
-        gradient_accumulation_steps: Batches per optimizer step.
-        max_grad_norm: Gradient clipping norm; 0 or None for none.
+        setup: What trains and how (`set_up_training`).
+        settings: The run's effective arguments (`gradient_accumulation_steps`, `max_grad_norm`).
         checkpoints: Where checkpoints go, how often, and what they hold.
         resumed: The checkpoint the run continues from (`resume_run`), or None.
         epoch_batches: Epoch index -> this process's batches of example indices (a pure function of the seed and
@@ -222,6 +294,8 @@ def run_epochs(
     Returns:
         The optimizer steps done (`plan.total_steps`).
     """
+    plan, models, optimizer, lr_scheduler = setup.plan, setup.models, setup.optimizer, setup.lr_scheduler
+    gradient_accumulation_steps = settings["gradient_accumulation_steps"]
     global_step = resumed.step if resumed is not None else 0
     resumed_epoch = resumed.state.get("epoch") if resumed is not None else None
     progress = tqdm(total=plan.total_steps, initial=global_step, desc=description, disable=not accelerator.is_main_process)
@@ -242,7 +316,7 @@ def run_epochs(
             epoch_losses.append(loss.item())
             if not is_update:
                 continue
-            optimizer_step(accelerator, optimizer, lr_scheduler, parameters, max_grad_norm)
+            optimizer_step(accelerator, optimizer, lr_scheduler, setup.parameters, settings["max_grad_norm"])
             global_step += 1
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")

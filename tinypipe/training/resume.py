@@ -51,15 +51,13 @@ class RunCheckpoints:
         return {name: parameter.detach().cpu().clone() for name, parameter in self.trainable.items()}
 
 
-def resume_run(checkpoints: RunCheckpoints, resume_from_checkpoint: Any, *, total_steps: int, optimizer: torch.optim.Optimizer,
-               lr_scheduler: Any) -> Optional[Checkpoint]:
+def resume_run(checkpoints: RunCheckpoints, resume_from_checkpoint: Any, setup: Any) -> Optional[Checkpoint]:
     """Continue from a checkpoint of this run (never another run's): restore the weights, optimizer, schedule and RNGs.
 
     Args:
         checkpoints: The run's checkpoints (its folder, fingerprint, trained parameters and generators).
         resume_from_checkpoint: None (start from scratch), `"latest"` or a checkpoint folder.
-        total_steps: Optimizer steps of the run.
-        optimizer, lr_scheduler: Restored in place.
+        setup: The run's `loop.TrainingSetup`: its total steps, and the optimizer and schedule restored in place.
 
     Returns:
         The checkpoint continued from (its `step` and `state`), or None for a fresh start.
@@ -68,11 +66,12 @@ def resume_run(checkpoints: RunCheckpoints, resume_from_checkpoint: Any, *, tota
         ConfigError: A resume without `output_dir`, a checkpoint of another run, or one whose weights do not fit
             (naming `checkpoints.settings`).
     """
-    path = checkpoint_to_resume(checkpoints.output, resume_from_checkpoint, run=checkpoints.run, total_steps=total_steps,
-                                checkpointing_steps=checkpoints.checkpointing_steps)
+    path = checkpoint_to_resume(checkpoints.output, resume_from_checkpoint, run=checkpoints.run,
+                                total_steps=setup.plan.total_steps, checkpointing_steps=checkpoints.checkpointing_steps)
     if path is None:
         return None
-    checkpoint = load_checkpoint(path, optimizer=optimizer, lr_scheduler=lr_scheduler, generators=checkpoints.generators or None)
+    checkpoint = load_checkpoint(path, optimizer=setup.optimizer, lr_scheduler=setup.lr_scheduler,
+                                 generators=checkpoints.generators or None)
     restore_trainable(dict(checkpoints.trainable), checkpoint.trainable, path, checkpoints.settings)
     logger.info("Resumed from %s at step %d", path, checkpoint.step)
     return checkpoint
