@@ -8,7 +8,6 @@ import torch
 
 from tinypipe.errors import ConfigError
 from tinypipe.training import loop
-from tinypipe.training.optim import make_accelerator
 from tinypipe.training.resume import RunCheckpoints, resume_run
 
 SETTINGS = dict(data="x", train_batch_size=2, gradient_accumulation_steps=2, num_train_epochs=3, max_train_steps=None,

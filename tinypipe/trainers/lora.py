@@ -15,10 +15,10 @@ pipeline.generate("a photo of sks dog on the beach")
 effective arguments of the run, so `AutoTrainerPipeline.from_pretrained("out").train()` re-runs it),
 `validation/` (images) and `checkpoints/`.
 
-The loop follows diffusers' `train_dreambooth_lora.py` (and its defaults: learning rate 5e-4-class, prior
-preservation when asked for), with the VAE latents (and the text embeddings, when the text encoder is frozen)
-computed once instead of every step. With `with_prior_preservation=True`, class images (the user's in
-`class_data_dir`, topped up with generated ones) train beside the instance images, as in `DreamBoothTrainer`.
+LoRATrainer is DreamBooth with a LoRA: both run the one denoising fine-tune of `training/denoising_loop.py`
+(diffusers' `train_dreambooth_lora.py`, with its defaults: learning rate 5e-4, prior preservation when asked
+for), and this recipe says only what is its own: a LoRA is what trains, always. With `with_prior_preservation=True`,
+class images (the user's in `class_data_dir`, topped up with generated ones) train beside the instance images.
 """
 
 import logging
