@@ -306,10 +306,19 @@ def _demo(arguments: argparse.Namespace) -> int:
 # -- the parser -----------------------------------------------------------------------------------------
 
 
+def _training_arguments_epilog(*, diffusion: bool) -> str:
+    """The --training-args keys the recipes share, with their doc lines (from training/arguments.py, as the docstrings)."""
+    from .training.arguments import training_arguments_help
+
+    return ("\nTraining arguments the recipes share (--training-args keys; each method's own are in its train() docstring):\n"
+            + training_arguments_help(diffusion=diffusion) + "\n")
+
+
 def _add_job_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--training-args", metavar="JSON",
                          help="Training keyword arguments as a JSON object, e.g. "
-                              """'{"num_train_epochs": 5, "learning_rate": 1e-4}'. An unknown key lists the valid ones.""")
+                              """'{"num_train_epochs": 5, "learning_rate": 1e-4}'. An unknown key lists the valid ones; """
+                              "the keys the recipes share are listed below.")
     command.add_argument("--revision", default="main", help="Hub revision (branch, tag or commit) of MODEL (default: main).")
     command.add_argument("--log-level", choices=("DEBUG", "INFO"), default="INFO",
                          help="How much the job logs (default: INFO); DEBUG adds the resolved settings, a data summary and "
@@ -334,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
 
     diffuser = commands.add_parser(
-        "train-diffuser", help="Fine-tune a Stable Diffusion model on your images.", formatter_class=raw, epilog=EPILOG_TRAIN,
+        "train-diffuser", help="Fine-tune a Stable Diffusion model on your images.", formatter_class=raw,
+        epilog=EPILOG_TRAIN + _training_arguments_epilog(diffusion=True),
         description="Fine-tune a Stable Diffusion model: LoRA on the UNet's attention processors (default),\n"
                     "DreamBooth, or textual inversion. The run is recorded as a job.")
     diffuser.add_argument("name", metavar="NAME", help="A name for this run (shown in get-most-recent-jobs).")
@@ -370,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "The run is recorded as a job.",
         epilog="DATASET is a .json list or .jsonl file of alpaca records {\"instruction\", \"input\", \"output\"}, or the\n"
                f"built-in {TINY_INSTRUCTIONS}. Example:\n"
-               f"  tinypipe train-lm my-lm {TINY_LLAMA} {TINY_INSTRUCTIONS} --training-args '{{\"num_train_epochs\": 3}}'")
+               f"  tinypipe train-lm my-lm {TINY_LLAMA} {TINY_INSTRUCTIONS} --training-args '{{\"num_train_epochs\": 3}}'\n"
+               + _training_arguments_epilog(diffusion=False))
     lm.add_argument("name", metavar="NAME", help="A name for this run.")
     lm.add_argument("model", metavar="MODEL", help="Base model: a Hub id, a local transformers folder, or the built-in "
                                                    f"{' or '.join(builtin_names('causal-lm'))}.")

@@ -119,7 +119,7 @@ def test_packing_trains_the_same_adapter_as_padded_batches(tmp_path):
 
 
 def test_preflight_logs_one_example_with_its_loss_mask(caplog):
-    with caplog.at_level(logging.INFO, logger="tinypipe.trainers.causal_lm"):
+    with caplog.at_level(logging.INFO, logger="tinypipe.training.causal_lm_steps"):
         CausalLMTrainer().train(**{**FAST, "max_train_steps": 1})
     preflight = next(record.getMessage() for record in caplog.records if record.getMessage().startswith("Preflight"))
     assert "tinypipe/tiny-instructions record 0" in preflight and "learned (in [brackets])" in preflight

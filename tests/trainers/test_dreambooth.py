@@ -13,7 +13,8 @@ from tinypipe.builtin.tiny_sd import (
     shapes_dataset,
     write_shapes_folder,
 )
-from tinypipe.trainers import DreamBoothTrainConfig, DreamBoothTrainer, dreambooth
+from tinypipe.trainers import DreamBoothTrainConfig, DreamBoothTrainer
+from tinypipe.training import diffusion_steps
 
 PRIOR = dict(with_prior_preservation=True, class_prompt="a photo of a square", num_class_images=2, sample_batch_size=2,
              class_inference_steps=2)
@@ -123,13 +124,13 @@ def test_bad_prior_preservation_settings_are_clear_errors(bad, message):
 
 def test_instance_and_class_examples_share_each_batch(monkeypatch):
     recorded = []
-    original = dreambooth.steps.denoising_losses
+    original = diffusion_steps.denoising_losses
 
     def recording(unet, text_encoder, noise_scheduler, cache, batch, *args, **kwargs):
         recorded.append(list(batch))
         return original(unet, text_encoder, noise_scheduler, cache, batch, *args, **kwargs)
 
-    monkeypatch.setattr(dreambooth.steps, "denoising_losses", recording)
+    monkeypatch.setattr(diffusion_steps, "denoising_losses", recording)
     DreamBoothTrainer().train(**{**FAST, "data": shapes_dataset(count=3), "num_validation_images": 0, "max_train_steps": 2},
                               **PRIOR, train_batch_size=2)
     # 3 instance examples (indices 0-2) then 2 class examples (3-4): each batch is 2 instance + 2 class.

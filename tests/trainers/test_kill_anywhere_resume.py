@@ -43,7 +43,7 @@ RUN = textwrap.dedent('''
 
     for name in ("denoising_losses", "validation_images", "save_images", "save_before_after"):
         watch(diffusion_steps, name)
-    watch(lora, "save_checkpoint")
+    watch(lora, "save_checkpoint")  # the recipe passes its module's save_checkpoint to the loop
     watch(checkpoints, "_write_safetensors")
     for name in ("_write_object", "write_filelist", "_swap_into_place"):
         watch(repo, name)

@@ -2,7 +2,8 @@
 learning rate, class examples in every batch, and a config that records what ran."""
 
 from tinypipe.builtin.tiny_sd import shapes_dataset
-from tinypipe.trainers import LoRATrainer, lora
+from tinypipe.trainers import LoRATrainer
+from tinypipe.training import diffusion_steps
 
 PRIOR = dict(with_prior_preservation=True, class_prompt="a photo of a square", num_class_images=2, sample_batch_size=2,
              class_inference_steps=2)
@@ -12,13 +13,13 @@ FAST = dict(data=shapes_dataset(count=3), instance_prompt="a photo of sks circle
 
 def test_lora_with_prior_preservation_keeps_the_lora_learning_rate_and_trains_on_class_images(monkeypatch):
     recorded = []
-    original = lora.steps.denoising_losses
+    original = diffusion_steps.denoising_losses
 
     def recording(unet, text_encoder, noise_scheduler, cache, batch, *args, **kwargs):
         recorded.append(list(batch))
         return original(unet, text_encoder, noise_scheduler, cache, batch, *args, **kwargs)
 
-    monkeypatch.setattr(lora.steps, "denoising_losses", recording)
+    monkeypatch.setattr(diffusion_steps, "denoising_losses", recording)
     trainer = LoRATrainer()
     pipeline = trainer.train(**FAST, **PRIOR)
     # 3 instance examples (indices 0-2) then 2 class examples (3-4): each batch is 2 instance + 2 class.
@@ -32,13 +33,13 @@ def test_lora_with_prior_preservation_keeps_the_lora_learning_rate_and_trains_on
 
 def test_lora_without_prior_preservation_trains_on_instance_images_only(monkeypatch):
     recorded = []
-    original = lora.steps.denoising_losses
+    original = diffusion_steps.denoising_losses
 
     def recording(unet, text_encoder, noise_scheduler, cache, batch, *args, **kwargs):
         recorded.append(list(batch))
         return original(unet, text_encoder, noise_scheduler, cache, batch, *args, **kwargs)
 
-    monkeypatch.setattr(lora.steps, "denoising_losses", recording)
+    monkeypatch.setattr(diffusion_steps, "denoising_losses", recording)
     trainer = LoRATrainer()
     trainer.train(**FAST)
     assert len(recorded) == 2 and all(len(batch) == 2 and all(i < 3 for i in batch) for batch in recorded)

@@ -1,22 +1,22 @@
 """Small pieces shared by the diffusion trainers (LoRA, DreamBooth, textual inversion).
 
 Each is a plain function; the trainers read top to bottom and call these for the parts that are the
-same in all of them: the LoRA settings, caching VAE latents and text embeddings, the data order, the
-denoising loss, and validation images.
+same in all of them: the LoRA settings, caching VAE latents and text embeddings, what trains, the data
+order and batches, the denoising loss, and validation images.
 """
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ConfigError
-from .checkpoints import Checkpoint, restore_trainable
 from ..data.images import ImageExample, image_to_tensor
+from .loop import EpochEnd, end_of_epoch_due
 from .run_fingerprint import content_digest
 from .settings import check_existing_lora
 
@@ -25,9 +25,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ExampleCache", "resolve_lora_settings", "log_data_summary", "native_resolution", "tokenize", "encode_examples",
     "examples_digest",
-    "mark_lora_trainable", "mark_fully_trainable", "trainable_state", "load_trainable", "training_noise_scheduler", "epoch_order",
-    "process_batches", "denoising_losses", "validation_images", "image_grid", "save_images",
-    "save_before_after",
+    "mark_lora_trainable", "mark_fully_trainable", "trainable_parameters", "training_noise_scheduler", "epoch_order",
+    "full_batches", "denoising_losses", "Validation", "validation_images", "image_grid", "save_images", "save_before_after",
 ]
 
 DEFAULT_LORA_RANK = 4
@@ -154,24 +153,11 @@ def mark_fully_trainable(pipeline, trainable_models: Sequence[torch.nn.Module]) 
     return parameters
 
 
-def _trainable_named(pipeline, trainable_models: Sequence[torch.nn.Module]) -> dict[str, torch.nn.Parameter]:
+def trainable_parameters(pipeline, trainable_models: Sequence[torch.nn.Module]) -> dict[str, torch.nn.Parameter]:
+    """The parameters that train, by name (`unet.<param>`, `text_encoder.<param>`), as checkpoints store them."""
     names = {id(pipeline.unet): "unet", id(pipeline.text_encoder): "text_encoder"}
     return {f"{names[id(model)]}.{name}": parameter for model in trainable_models
             for name, parameter in model.named_parameters() if parameter.requires_grad}
-
-
-def trainable_state(pipeline, trainable_models: Sequence[torch.nn.Module]) -> dict[str, torch.Tensor]:
-    """The trainable weights by name (`unet.<param>`, `text_encoder.<param>`), for checkpoints."""
-    return {name: parameter.detach().cpu().clone() for name, parameter in _trainable_named(pipeline, trainable_models).items()}
-
-
-def load_trainable(pipeline, trainable_models: Sequence[torch.nn.Module], checkpoint: Checkpoint, settings: str) -> None:
-    """Copy a checkpoint's weights back into the trainable parameters (exactly, bit for bit).
-
-    Raises:
-        ConfigError: The checkpoint's tensors do not fit these parameters; names `settings`, those that decide them.
-    """
-    restore_trainable(_trainable_named(pipeline, trainable_models), checkpoint.trainable, checkpoint.path, settings)
 
 
 def training_noise_scheduler(pipeline):
@@ -187,16 +173,15 @@ def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(count, generator=generator).tolist()
 
 
-def process_batches(order: Sequence[int], batch_size: int, accelerator) -> list[list[int]]:
-    """This process's batches of one epoch: global batches of `batch_size x processes`, split by rank.
+def full_batches(order: Sequence[int], batch_size: int, num_processes: int) -> list[list[int]]:
+    """An epoch's batches of `batch_size` examples, as many as the processes can share evenly, every one full.
 
-    The last global batch wraps around to the start so every process gets a full batch.
+    The order wraps around to its start to fill the last batches (`shard_batches` then gives each process its share).
     """
-    per_step = batch_size * accelerator.num_processes
-    steps = max(1, -(-len(order) // per_step))
-    padded = [order[i % len(order)] for i in range(steps * per_step)]
-    start = accelerator.process_index * batch_size
-    return [padded[step * per_step + start: step * per_step + start + batch_size] for step in range(steps)]
+    per_step = batch_size * num_processes
+    count = max(1, -(-len(order) // per_step)) * per_step
+    padded = [order[index % len(order)] for index in range(count)]
+    return [padded[start:start + batch_size] for start in range(0, count, batch_size)]
 
 
 def denoising_losses(unet, text_encoder, noise_scheduler, cache: ExampleCache, batch: Sequence[int], generator: torch.Generator,
@@ -243,6 +228,45 @@ def denoising_losses(unet, text_encoder, noise_scheduler, cache: ExampleCache, b
         weights = weights / snr if noise_scheduler.config.prediction_type == "epsilon" else weights / (snr + 1)
         losses = losses * weights
     return losses
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The validation images of a diffusion run: what they show, how they are sampled, and how often.
+
+    The same seeds are used every time, so the images before training, after each validated epoch and after
+    training compare directly.
+    """
+
+    prompt: str
+    count: int
+    seed: int
+    inference_steps: int
+    guidance_scale: float
+    every_epochs: int
+
+    @classmethod
+    def of(cls, settings: Mapping[str, Any], *, default_prompt: str) -> "Validation":
+        """The validation of a run with these (effective) arguments; `default_prompt` when `validation_prompt` is None."""
+        return cls(settings["validation_prompt"] or default_prompt, settings["num_validation_images"], settings["seed"],
+                   settings["validation_inference_steps"], settings["validation_guidance_scale"], settings["validation_epochs"])
+
+    def images(self, pipeline) -> list[Image.Image]:
+        """The validation images of `pipeline` as it is now."""
+        return validation_images(pipeline, self.prompt, self.count, self.seed, self.inference_steps, self.guidance_scale)
+
+    def at_epoch_end(self, pipeline, accelerator, output: Optional[Path]) -> Callable[[EpochEnd], None]:
+        """The end-of-epoch work of `run_epochs`: `validation/epoch-NNNN/` every `every_epochs` epochs and at the end."""
+
+        def end_of_epoch(epoch: EpochEnd) -> None:
+            if accelerator.is_main_process and output is not None and end_of_epoch_due(epoch.index, self.every_epochs, epoch.is_last):
+                save_images(self.images(pipeline), output / "validation" / f"epoch-{epoch.index + 1:04d}")
+
+        return end_of_epoch
+
+    def save_before_after(self, pipeline, before: Sequence[Image.Image], output: Path) -> None:
+        """Write `validation/before_after.png`: the images before training above those of the trained pipeline."""
+        save_before_after(before, self.images(pipeline), output / "validation" / "before_after.png")
 
 
 def validation_images(pipeline, prompt: str, count: int, seed: int, num_inference_steps: int, guidance_scale: float) -> list[Image.Image]:

@@ -124,6 +124,8 @@ def check_training_settings(arguments: Mapping[str, Any], owner: str = "train()"
             names_ok = isinstance(value, (list, tuple)) and value and all(isinstance(item, str) and item for item in value)
             if value != "all-linear" and not names_ok:
                 refuse(name, "a non-empty list of module names, or 'all-linear'")
+    if arguments.get("resume_from_checkpoint") and "output_dir" in arguments and arguments["output_dir"] is None:
+        raise ConfigError(f"{owner}: resume_from_checkpoint needs output_dir, the folder the checkpoints were written to.")
     if "quantization" in arguments and arguments["quantization"] is not None and not torch.cuda.is_available():
         raise ConfigError(f"{owner}: quantization={arguments['quantization']!r} needs a CUDA GPU (bitsandbytes' 8/4-bit layers "
                           "run on CUDA only) and none is visible; set quantization=None to train in full precision.")
@@ -156,12 +158,13 @@ def _normalised(value: Any) -> Any:
     return value
 
 
-def log_resolved_steps(accelerator: Any, *, batches_per_epoch: int, updates_per_epoch: int, total_steps: int,
-                       learning_rate: float, trainable_parameters: Iterable[torch.nn.Parameter]) -> None:
-    """A DEBUG record of what the settings resolved to: processes, device, precision, steps, learning rate, parameters."""
+def log_resolved_steps(accelerator: Any, *, plan: Any, learning_rate: float,
+                       trainable_parameters: Iterable[torch.nn.Parameter]) -> None:
+    """A DEBUG record of what the settings resolved to: processes, device, precision, steps (`plan`, a `StepPlan`),
+    learning rate, parameters."""
     if logger.isEnabledFor(logging.DEBUG):
         count = sum(parameter.numel() for parameter in trainable_parameters)
         logger.debug("Resolved settings: %d process(es) on %s, mixed precision %s; %d batches and %d optimizer steps per "
                      "epoch, %d optimizer steps in all; learning rate %g; %d trainable parameters.", accelerator.num_processes,
-                     accelerator.device, accelerator.mixed_precision, batches_per_epoch, updates_per_epoch, total_steps,
-                     learning_rate, count)
+                     accelerator.device, accelerator.mixed_precision, plan.batches_per_epoch, plan.updates_per_epoch,
+                     plan.total_steps, learning_rate, count)

@@ -1,0 +1,138 @@
+"""Small pieces of the causal-LM recipe (`CausalLMTrainer`): the adapter's settings, the validation split, the
+preflight check of the data, the summed token loss and the eval loss, and the probe that decides packing.
+
+Each is a plain function, as `diffusion_steps.py` is for the diffusion recipes.
+"""
+
+import logging
+import random
+from typing import Any, Optional, Union
+
+import torch
+
+from ..data.instructions import IGNORE_INDEX, TokenizedExample, collate, length_grouped_batches, render_loss_mask
+from ..errors import ConfigError, TrainingError
+from ..models.causal_lm import ATTENTION_PROJECTIONS, CausalLMPipeline
+from .settings import check_existing_lora
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["resolve_adapter_settings", "hold_out", "preflight", "log_data_summary", "summed_loss", "learned_tokens",
+           "evaluation_loss", "packing_isolates_examples"]
+
+
+def hold_out(examples: list, validation_split: float, seed: int) -> tuple[list, list]:
+    """Split `examples` into training and validation examples: a seeded `validation_split` fraction (at least one) held out.
+
+    Returns:
+        `(training examples, validation examples)`, each in the order of `examples`.
+
+    Raises:
+        ConfigError: The split would leave no training example.
+    """
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held_out = set(order[:max(1, round(len(examples) * validation_split))])
+    if len(held_out) >= len(examples):
+        raise ConfigError(f"validation_split={validation_split} leaves no training examples out of {len(examples)}; lower it.")
+    return ([example for index, example in enumerate(examples) if index not in held_out],
+            [example for index, example in enumerate(examples) if index in held_out])
+
+
+def log_data_summary(train_set: list[TokenizedExample], validation_set: list[TokenizedExample], source: Any,
+                     max_length: int) -> None:
+    """A DEBUG record of the training data: counts, where it came from, tokens, learned tokens, the longest example."""
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("Data: %d training and %d validation examples (first %s); %d tokens, %d of them learned, longest "
+                     "example %d tokens (max_length %d).", len(train_set), len(validation_set), source,
+                     sum(len(example.input_ids) for example in train_set),
+                     sum(learned_tokens(example) for example in train_set),
+                     max(len(example.input_ids) for example in train_set), max_length)
+
+
+def summed_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """The summed next-token cross-entropy of a batch's learned tokens, and how many there are."""
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    logits = model(**inputs, use_cache=False).logits.float()  # a KV cache would turn the packed-sequence masks off
+    labels = batch["labels"][:, 1:]
+    loss_sum = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                 ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss_sum, int((labels != IGNORE_INDEX).sum())
+
+
+@torch.no_grad()
+def packing_isolates_examples(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether this model keeps packed examples apart (transformers' packed-sequence masks); warns when it does not."""
+    vocab = model.get_input_embeddings().num_embeddings
+    first, second = torch.arange(5, device=device) % vocab, torch.arange(7, 11, device=device) % vocab
+    was_training = model.training
+    model.eval()
+    try:
+        alone = model(input_ids=second[None], use_cache=False).logits
+        positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3]], device=device)
+        packed = model(input_ids=torch.cat([first, second])[None], position_ids=positions, use_cache=False).logits
+        isolated = torch.allclose(packed[:, 5:].float(), alone.float(), atol=1e-3, rtol=1e-3)
+    except (TypeError, ValueError, RuntimeError):
+        isolated = False
+    finally:
+        model.train(was_training)
+    if not isolated:
+        logger.warning("This model (or transformers version) does not keep packed examples apart, so batches are padded "
+                       "instead (packing=False). Set group_by_length=True to reduce the padding.")
+    return isolated
+
+
+def learned_tokens(example: TokenizedExample) -> int:
+    """How many of an example's tokens are learned (predicted from the token before them)."""
+    return sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
+
+
+@torch.no_grad()
+def evaluation_loss(model: torch.nn.Module, examples: list[TokenizedExample], pad_token_id: int, batch_size: int,
+                    device: Union[str, torch.device] = "cpu") -> float:
+    """Mean cross-entropy per learned token over `examples` (the eval loss), with the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch_indices in length_grouped_batches([len(e.input_ids) for e in examples], batch_size, seed=0):
+        batch = {key: value.to(device) for key, value in collate([examples[i] for i in batch_indices], pad_token_id).items()}
+        loss_sum, tokens = summed_loss(model, batch)
+        total += loss_sum.item()
+        count += tokens
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def resolve_adapter_settings(pipeline: CausalLMPipeline, r: Optional[int], lora_alpha: Optional[float], lora_dropout: Optional[float],
+                   target_modules: Any) -> tuple:
+    """The adapter settings that run: the given ones (defaults for a new adapter), or those of the pipeline's adapter.
+
+    Raises:
+        ConfigError: The pipeline has an adapter, and a given setting differs from its own.
+    """
+    if not pipeline.has_lora:
+        return (8 if r is None else r, 16 if lora_alpha is None else lora_alpha, 0.05 if lora_dropout is None else lora_dropout,
+                ATTENTION_PROJECTIONS if target_modules is None else target_modules)
+    config = pipeline.config
+    own = {"r": config["lora_rank"], "lora_alpha": config["lora_alpha"] or config["lora_rank"],
+           "lora_dropout": config["lora_dropout"], "target_modules": config["lora_target_modules"]}
+    check_existing_lora(own, {"r": r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "target_modules": target_modules})
+    return own["r"], own["lora_alpha"], own["lora_dropout"], own["target_modules"]
+
+
+def preflight(train_set: list[TokenizedExample], examples: list, tokenizer: Any) -> None:
+    """Log one rendered example with its loss mask; stop when no example would learn `<eos>`."""
+    eos = tokenizer.eos_token_id
+    learned_eos = sum(1 for example in train_set if eos in example.labels)
+    first = train_set[0]
+    learned = sum(1 for label in first.labels if label != IGNORE_INDEX)
+    logger.info("Preflight: %s, %d tokens, %d learned (in [brackets]):\n%s", examples[0].source, len(first.input_ids), learned,
+                render_loss_mask(first, tokenizer))
+    if learned_eos == 0:
+        raise TrainingError(
+            f"No training example would learn the end-of-sequence token {tokenizer.eos_token!r} (id {eos}): all {len(train_set)} are "
+            "truncated before it (raise max_length) or it is masked out. The model would never learn to stop."
+        )
+    if learned_eos < len(train_set):
+        logger.warning("%d of %d examples do not learn %r (truncated by max_length).", len(train_set) - learned_eos, len(train_set),
+                       tokenizer.eos_token)
