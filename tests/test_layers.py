@@ -10,8 +10,6 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "tinypipe"
 
 LAYERS = ["errors", "version", "files", "config", "builtin", "data", "models", "training", "trainers", "app"]
@@ -90,14 +88,12 @@ def _graph() -> dict[str, set[str]]:
     return {_module_name(path): _edges(path) for path in sorted(PACKAGE.rglob("*.py"))}
 
 
-@pytest.mark.xfail(reason="issue 15: the re-layer in progress", strict=False)
 def test_every_import_points_down_the_layers():
     upward = [f"{module} -> {target}" for module, targets in _graph().items() for target in sorted(targets)
               if _layer(target) > _layer(module)]
     assert not upward, "imports that run up the layers:\n" + "\n".join(upward)
 
 
-@pytest.mark.xfail(reason="issue 15: the re-layer in progress", strict=False)
 def test_no_module_imports_round_a_circle():
     graph = _graph()
     cycles, state = [], {}
@@ -119,7 +115,6 @@ def test_no_module_imports_round_a_circle():
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
-@pytest.mark.xfail(reason="issue 15: the re-layer in progress", strict=False)
 def test_no_file_is_over_500_lines():
     sizes = {str(path.relative_to(PACKAGE)): len(path.read_text(encoding="utf-8").splitlines())
              for path in PACKAGE.rglob("*.py")}

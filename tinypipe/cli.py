@@ -14,6 +14,7 @@ from .builtin import TINY_INSTRUCTIONS, TINY_LLAMA, builtin_names
 from .runner import DIFFUSER_METHODS
 from .version import __version__
 from .cli_arguments import (
+    TRAIN_DIFFUSER_EPILOG,
     OneLineParser,
     dataset_path,
     diffuser_train_arguments,
@@ -22,22 +23,8 @@ from .cli_arguments import (
     positive_float,
     positive_int,
     probability,
+    training_arguments_epilog,
 )
-
-EPILOG_TRAIN = """\
-Examples:
-  tinypipe train-diffuser my-circles tinypipe/tiny-sd tinypipe/shapes "a photo of sks circle" \\
-      --training-args '{"max_train_steps": 100, "learning_rate": 1e-3}'
-  tinypipe train-diffuser my-dog runwayml/stable-diffusion-v1-5 photos/ "a photo of sks dog" \\
-      --method dreambooth --prior-class-prompt "a photo of a dog" --num-prior-class-images 100 --detach
-
-DATASET is a folder of images (captions in metadata.jsonl or <image>.txt), a JSON file listing images
-(and captions), a .zip of either, or the built-in "tinypipe/shapes". The job's repo (model/, trainer/,
-validation/, checkpoints/) goes to --output or to the job's folder; `tinypipe download-model ID` zips it.
-An interrupted run resumes from its last checkpoint with the same --output and
---training-args '{"resume_from_checkpoint": "latest"}'.
-Several processes / GPUs: accelerate launch -m tinypipe train-diffuser ... --output DIR
-"""
 
 
 # -- training ---------------------------------------------------------------------------------------
@@ -306,14 +293,6 @@ def _demo(arguments: argparse.Namespace) -> int:
 # -- the parser -----------------------------------------------------------------------------------------
 
 
-def _training_arguments_epilog(*, diffusion: bool) -> str:
-    """The --training-args keys the recipes share, with their doc lines (from training/arguments.py, as the docstrings)."""
-    from .training.arguments import training_arguments_help
-
-    return ("\nTraining arguments the recipes share (--training-args keys; each method's own are in its train() docstring):\n"
-            + training_arguments_help(diffusion=diffusion) + "\n")
-
-
 def _add_job_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--training-args", metavar="JSON",
                          help="Training keyword arguments as a JSON object, e.g. "
@@ -344,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     diffuser = commands.add_parser(
         "train-diffuser", help="Fine-tune a Stable Diffusion model on your images.", formatter_class=raw,
-        epilog=EPILOG_TRAIN + _training_arguments_epilog(diffusion=True),
+        epilog=TRAIN_DIFFUSER_EPILOG + training_arguments_epilog(diffusion=True),
         description="Fine-tune a Stable Diffusion model: LoRA on the UNet's attention processors (default),\n"
                     "DreamBooth, or textual inversion. The run is recorded as a job.")
     diffuser.add_argument("name", metavar="NAME", help="A name for this run (shown in get-most-recent-jobs).")
@@ -381,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="DATASET is a .json list or .jsonl file of alpaca records {\"instruction\", \"input\", \"output\"}, or the\n"
                f"built-in {TINY_INSTRUCTIONS}. Example:\n"
                f"  tinypipe train-lm my-lm {TINY_LLAMA} {TINY_INSTRUCTIONS} --training-args '{{\"num_train_epochs\": 3}}'\n"
-               + _training_arguments_epilog(diffusion=False))
+               + training_arguments_epilog(diffusion=False))
     lm.add_argument("name", metavar="NAME", help="A name for this run.")
     lm.add_argument("model", metavar="MODEL", help="Base model: a Hub id, a local transformers folder, or the built-in "
                                                    f"{' or '.join(builtin_names('causal-lm'))}.")

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["OneLineParser", "positive_int", "non_negative_int", "positive_float", "probability", "dataset_path",
+__all__ = ["TRAIN_DIFFUSER_EPILOG", "training_arguments_epilog", "OneLineParser", "positive_int", "non_negative_int", "positive_float", "probability", "dataset_path",
            "diffuser_train_arguments", "lm_train_arguments"]
 
 
@@ -176,3 +176,27 @@ def lm_train_arguments(arguments: argparse.Namespace) -> dict:
         if value is not None:
             _set_option(train, key, value, flags[key])
     return train
+
+
+TRAIN_DIFFUSER_EPILOG = """\
+Examples:
+  tinypipe train-diffuser my-circles tinypipe/tiny-sd tinypipe/shapes "a photo of sks circle" \\
+      --training-args '{"max_train_steps": 100, "learning_rate": 1e-3}'
+  tinypipe train-diffuser my-dog runwayml/stable-diffusion-v1-5 photos/ "a photo of sks dog" \\
+      --method dreambooth --prior-class-prompt "a photo of a dog" --num-prior-class-images 100 --detach
+
+DATASET is a folder of images (captions in metadata.jsonl or <image>.txt), a JSON file listing images
+(and captions), a .zip of either, or the built-in "tinypipe/shapes". The job's repo (model/, trainer/,
+validation/, checkpoints/) goes to --output or to the job's folder; `tinypipe download-model ID` zips it.
+An interrupted run resumes from its last checkpoint with the same --output and
+--training-args '{"resume_from_checkpoint": "latest"}'.
+Several processes / GPUs: accelerate launch -m tinypipe train-diffuser ... --output DIR
+"""
+
+
+def training_arguments_epilog(*, diffusion: bool) -> str:
+    """The --training-args keys the recipes share, with their doc lines (from training/arguments.py, as the docstrings)."""
+    from .training.arguments import training_arguments_help
+
+    return ("\nTraining arguments the recipes share (--training-args keys; each method's own are in its train() docstring):\n"
+            + training_arguments_help(diffusion=diffusion) + "\n")

@@ -28,7 +28,7 @@ from .files import atomic_folder, read_json
 from .errors import ConfigError
 from .models.causal_lm import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CausalLMPipeline
 from .models.diffusion import LORA_WEIGHTS_NAME, DiffusionPipeline
-from .models.model_ids import refuse_other_base_model
+from .models.base_models import refuse_other_base_model
 from .models.embedding_files import TEXTUAL_INVERSION_NAME, read_textual_inversion
 
 logger = logging.getLogger(__name__)

@@ -105,7 +105,7 @@ def check_request(request: TrainRequest) -> None:
     defaults_to_none = tuple(name for name, parameter in config_class._arguments_signature.parameters.items()
                              if parameter.default is None)
     check_training_settings(request.train_arguments, "the training settings", none_means_default=defaults_to_none)
-    from .models.model_ids import check_base_model
+    from .models.base_models import check_base_model
 
     check_base_model(request.model, kind="causal-lm" if request.kind == "train-lm" else "diffusion", revision=request.revision)
     _check_dataset(request)

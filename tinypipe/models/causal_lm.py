@@ -26,7 +26,7 @@ from ..errors import ConfigError, RepoError
 from ..builtin.tiny_llama import TINY_LLAMA
 from .base_models import same_base_model
 from .lora_targets import check_target_modules
-from .model_ids import refuse_other_base_model
+from .base_models import refuse_other_base_model
 from .peft_adapter import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
