@@ -2,7 +2,7 @@
 `"tinypipe.<module>"` string points down the layers, and no module imports itself round a circle.
 
 The layers, lowest first (README, "Layout"):
-errors < files < config < builtin < data < models < training < trainers < the app (cli, runner, jobs, ...).
+errors < files < config < builtin < data < families < models < training < trainers < the app (cli, runner, jobs, ...).
 A module may import its own layer's modules and any lower layer's, never a higher one's.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tinypipe"
 
-LAYERS = ["errors", "version", "files", "config", "builtin", "data", "models", "training", "trainers", "app"]
+LAYERS = ["errors", "version", "files", "config", "builtin", "data", "families", "models", "training", "trainers", "app"]
 APP_MODULES = {"cli", "cli_arguments", "runner", "jobs", "archive", "publish", "derive", "demo", "__main__"}
 DOTTED = re.compile(r"\btinypipe((?:\.\w+)+)")
 

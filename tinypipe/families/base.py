@@ -1,0 +1,138 @@
+"""The contract of a diffusion model family: everything a trainer must know about one architecture.
+
+A family (Stable Diffusion 1/2, SDXL, FLUX.1, ...) is one `ModelFamily` object in one module of this package. The
+trainers (LoRA, DreamBooth, textual inversion) are family-agnostic recipes: they ask the family of their pipeline
+which components train, how captions become conditioning, how an image's size and crop become conditioning, what the
+training target and loss are, and which methods it supports. `tinypipe.families.family_of` detects a family from a
+diffusers `model_index.json` (`_class_name`).
+
+Tensors crossing this contract are batch-first, so that the trainers can cache them once and index them per batch:
+`tokenize` returns `{tokenizer_component: LongTensor[N, L]}`, `encode_prompts` returns
+`{name: Tensor[N, ...]}` (e.g. `prompt_embeds` `[N, L, D]`, `pooled_prompt_embeds` `[N, D]`), `image_conditioning`
+returns `{name: Tensor[N, ...]}` (SDXL's `add_time_ids` `[N, 6]`), and `training_losses` returns `Tensor[N]`.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+
+__all__ = ["ModelFamily", "TrainingObjective", "METHODS"]
+
+METHODS = ("lora", "dreambooth_lora", "dreambooth_full", "textual_inversion")
+"""The training methods a family may support: LoRA, DreamBooth-LoRA (with prior preservation), DreamBooth
+fine-tuning every weight, and textual inversion."""
+
+
+@dataclass(frozen=True)
+class TrainingObjective:
+    """The loss settings of a run that a family's `training_losses` honours or refuses.
+
+    Args:
+        snr_gamma: Min-SNR-gamma loss weighting (DDPM families); None for plain MSE.
+        noise_offset: Offset-noise strength (DDPM families); 0 for none.
+        weighting_scheme: Timestep density and loss weighting of flow-matching families, as diffusers'
+            `compute_density_for_timestep_sampling` / `compute_loss_weighting_for_sd3` name them
+            (`"none"`, `"sigma_sqrt"`, `"logit_normal"`, `"mode"`, `"cosmap"`).
+        logit_mean, logit_std: Parameters of the `"logit_normal"` density.
+        mode_scale: Parameter of the `"mode"` density.
+        guidance_scale: The guidance embedding value a guidance-distilled model (FLUX.1-dev) trains with.
+    """
+
+    snr_gamma: Optional[float] = None
+    noise_offset: float = 0.0
+    weighting_scheme: str = "none"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    guidance_scale: float = 1.0
+
+
+class ModelFamily:
+    """One diffusion model family. Subclasses set the attributes and implement the methods.
+
+    Attributes:
+        name: Short name used in configs, messages and tables (`"sd"`, `"sdxl"`, `"flux"`).
+        title: Human name (`"Stable Diffusion XL"`).
+        pipeline_class_names: `model_index.json` `_class_name`s that are this family; the first is the diffusers
+            pipeline class the family loads, saves and generates with.
+        denoiser: Component name of the model that denoises (`"unet"` or `"transformer"`).
+        text_encoders: Component names of the text encoders, in the pipeline's order.
+        tokenizers: Component names of the tokenizers, one per text encoder, same order.
+        default_resolution: Training resolution in pixels when the user gives none.
+        methods: The members of `METHODS` this family supports; the others are refused before heavy work.
+        denoiser_lora_targets: Default LoRA target modules of the denoiser.
+        text_encoder_lora_targets: Default LoRA target modules of a (CLIP) text encoder.
+        embedding_keys: For textual inversion, the key under which each text encoder's vectors are stored in a
+            multi-encoder embedding file (SDXL: `{"text_encoder": "clip_l", "text_encoder_2": "clip_g"}`);
+            empty when one encoder (the file holds `{token: vectors}`) or unsupported.
+    """
+
+    name: str = ""
+    title: str = ""
+    pipeline_class_names: tuple[str, ...] = ()
+    denoiser: str = "unet"
+    text_encoders: tuple[str, ...] = ("text_encoder",)
+    tokenizers: tuple[str, ...] = ("tokenizer",)
+    default_resolution: int = 512
+    methods: frozenset = frozenset(METHODS)
+    denoiser_lora_targets: tuple[str, ...] = ()
+    text_encoder_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
+    embedding_keys: Mapping[str, str] = {}
+
+    @property
+    def pipeline_class(self) -> type:
+        """The diffusers pipeline class (imported on first use)."""
+        import diffusers
+
+        return getattr(diffusers, self.pipeline_class_names[0])
+
+    def tokenize(self, pipe: Any, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Token ids of each caption for each tokenizer: `{tokenizer_component: LongTensor[N, L]}`."""
+        raise NotImplementedError
+
+    def encode_prompts(self, pipe: Any, input_ids: Mapping[str, torch.Tensor],
+                       text_encoders: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+        """The denoiser's text conditioning from `tokenize`'s ids, computed as the family's pipeline computes it.
+
+        `text_encoders` maps component names to the modules to run (the trainer passes accelerate-wrapped ones when
+        they train). Returns batch-first tensors, e.g. `{"prompt_embeds": [N, L, D], "pooled_prompt_embeds": [N, D]}`.
+        """
+        raise NotImplementedError
+
+    def image_conditioning(self, original_sizes: Sequence[tuple[int, int]], crops_top_left: Sequence[tuple[int, int]],
+                           resolution: int) -> dict[str, torch.Tensor]:
+        """Per-image conditioning from each image's `(height, width)` before resizing and the `(top, left)` of its
+        crop; empty for families that have none (SDXL returns `{"add_time_ids": [N, 6]}`)."""
+        return {}
+
+    def latents(self, vae: Any, sample: torch.Tensor) -> torch.Tensor:
+        """Latents the denoiser trains on, from a VAE posterior sample `[N, C, h, w]` (scaling and shift applied)."""
+        return sample * float(vae.config.scaling_factor)
+
+    def training_losses(self, pipe: Any, denoiser: torch.nn.Module, latents: torch.Tensor,
+                        conditioning: Mapping[str, torch.Tensor], generator: torch.Generator,
+                        objective: TrainingObjective) -> torch.Tensor:
+        """The per-example training loss `[N]` of one batch: noise and timesteps drawn from `generator` (CPU), the
+        family's target (epsilon / v-prediction / flow velocity) and weighting, the denoiser's prediction.
+
+        `pipe` gives the scheduler config (`pipe.scheduler.config`); `denoiser` is the module to call (possibly
+        accelerate-wrapped); `conditioning` is `encode_prompts` merged with `image_conditioning`, on the device.
+
+        Raises:
+            ConfigError: An `objective` setting this family cannot honour (e.g. `snr_gamma` for flow matching).
+        """
+        raise NotImplementedError
+
+    def check_method(self, method: str) -> None:
+        """Refuse a method the family does not support, naming the alternatives.
+
+        Raises:
+            ConfigError: `method` is not in `methods`.
+        """
+        from ..errors import ConfigError
+
+        if method not in self.methods:
+            supported = ", ".join(sorted(self.methods))
+            raise ConfigError(f"{method.replace('_', ' ')} is not supported for the {self.title} family; it supports: "
+                              f"{supported}.")
