@@ -2,7 +2,7 @@
 
 The one table of them is `BUILTIN_NAMES` (name -> what it builds); every check of "is this a built-in name?"
 and every list of them in a message reads it. Building is in the module of each: `tiny_sd` (the diffusion model
-and the shapes images), `tiny_llama` (the causal LM and the instruction records). A built-in model name is
+and the shapes images), `tiny_llama` (the causal LMs, plain and chat, and the instruction records). A built-in model name is
 accepted wherever a hub id is; `tinypipe.models` registers how to save each as a tinypipe repo.
 
 This module imports nothing heavy, so that names can be checked before torch is loaded.
@@ -15,7 +15,7 @@ from typing import Optional
 
 from ..files import cached_folder
 
-__all__ = ["TINY_SD", "TINY_LLAMA", "SHAPES_DATA", "TINY_INSTRUCTIONS", "BUILTIN_NAMES", "builtin_names", "is_builtin",
+__all__ = ["TINY_SD", "TINY_LLAMA", "TINY_LLAMA_CHAT", "SHAPES_DATA", "TINY_INSTRUCTIONS", "BUILTIN_NAMES", "builtin_names", "is_builtin",
            "cached_builtin_folder"]
 
 TINY_SD = "tinypipe/tiny-sd"
@@ -23,6 +23,9 @@ TINY_SD = "tinypipe/tiny-sd"
 
 TINY_LLAMA = "tinypipe/tiny-llama"
 """The name of the built-in tiny Llama causal LM."""
+
+TINY_LLAMA_CHAT = "tinypipe/tiny-llama-chat"
+"""The name of the built-in tiny Llama chat model: its tokenizer has a chatml chat template and `<|im_end|>` as eos."""
 
 SHAPES_DATA = "tinypipe/shapes"
 """The name of the built-in shapes image data set."""
@@ -33,6 +36,7 @@ TINY_INSTRUCTIONS = "tinypipe/tiny-instructions"
 BUILTIN_NAMES: Mapping[str, str] = {
     TINY_SD: "diffusion",  # a diffusers Stable Diffusion pipeline: tiny_sd.build_tiny_stable_diffusion
     TINY_LLAMA: "causal-lm",  # a transformers Llama and its tokenizer: tiny_llama.build_tiny_llama
+    TINY_LLAMA_CHAT: "causal-lm",  # the same with a chatml tokenizer: tiny_llama.load_tiny_llama_chat_tokenizer
     SHAPES_DATA: "images",  # captioned images of coloured shapes: tiny_sd.shapes_dataset
     TINY_INSTRUCTIONS: "instructions",  # alpaca-style records: tiny_llama.tiny_instructions
 }

@@ -7,10 +7,15 @@ in seconds. The tokenizer is built from `tinypipe/builtin/vocab/tiny-llama/token
 `scripts/make_tiny_llama_vocab.py`): any text encodes (byte by byte when no merge applies, never to `<unk>`), and
 the pad token `<pad>` is distinct from the end-of-sequence token `</s>`.
 
+`tinypipe/tiny-llama-chat` is its chat variant: the same vocabulary plus the chatml tokens `<|im_start|>` and
+`<|im_end|>` (the end-of-sequence token, so generation stops at the end of a turn), the chatml chat template
+(`CHATML_CHAT_TEMPLATE`) and no `<s>` in front of a text (the template holds every special token), and a model of the
+same shape drawn from the same seed for that vocabulary. It is what chat fine-tuning starts from offline.
+
 `tinypipe/tiny-instructions` is a small alpaca-style instruction data set (`tiny_instructions()`):
 records `{"instruction", "input", "output"}`, some with an input and some without.
 
-Both names are accepted wherever a model id or a data set is: `CausalLMPipeline("tinypipe/tiny-llama")`,
+Each name is accepted wherever a model id or a data set is: `CausalLMPipeline("tinypipe/tiny-llama-chat")`,
 `trainer.train(data="tinypipe/tiny-instructions")`, `AutoModelPipeline.from_pretrained(cache, "tinypipe/tiny-llama")`.
 """
 
@@ -20,15 +25,18 @@ import torch
 import transformers
 
 from ..errors import ConfigError
-from . import TINY_INSTRUCTIONS, TINY_LLAMA, cached_builtin_folder, is_builtin
+from . import TINY_INSTRUCTIONS, TINY_LLAMA, TINY_LLAMA_CHAT, cached_builtin_folder, is_builtin
 
 __all__ = [
     "TINY_LLAMA",
+    "TINY_LLAMA_CHAT",
     "TINY_INSTRUCTIONS",
     "TINY_LLAMA_VOCAB_FOLDER",
+    "CHATML_CHAT_TEMPLATE",
     "build_tiny_llama",
     "builtin_lm_folder",
     "is_builtin_lm",
+    "load_tiny_llama_chat_tokenizer",
     "load_tiny_llama_tokenizer",
     "tiny_instructions",
 ]
@@ -39,7 +47,16 @@ TINY_LLAMA_VOCAB_FOLDER = Path(__file__).resolve().parent / "vocab" / "tiny-llam
 TINY_LLAMA_MAX_LENGTH = 512
 """The longest sequence `tinypipe/tiny-llama` handles (its position embeddings)."""
 
-# Bump when `build_tiny_llama` changes, so that folders cached by `builtin_lm_folder` are rebuilt.
+CHATML_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+"""The chatml chat template (OpenAI's ChatML, as Qwen's models use it): each turn is
+`<|im_start|>{role}\\n{content}<|im_end|>\\n`, and the generation prompt is `<|im_start|>assistant\\n`."""
+
+# Bump when `build_tiny_llama` or a tokenizer changes, so that folders cached by `builtin_lm_folder` are rebuilt.
 _BUILTIN_FORMAT_VERSION = 2
 
 _CAPITALS = (("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Germany", "Berlin"), ("Japan", "Tokyo"),
@@ -106,6 +123,34 @@ def load_tiny_llama_tokenizer() -> transformers.PreTrainedTokenizerFast:
     )
 
 
+def load_tiny_llama_chat_tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """Load the tokenizer of `tinypipe/tiny-llama-chat`: the tiny Llama's vocabulary with chatml tokens and template.
+
+    Returns:
+        A `transformers.PreTrainedTokenizerFast` whose ids 0-1023 are those of `load_tiny_llama_tokenizer()`, followed
+        by the special tokens `<|im_start|>` and `<|im_end|>`; `<|im_end|>` is the end-of-sequence token, `<pad>` the
+        padding token, `chat_template` is `CHATML_CHAT_TEMPLATE`, and no `<s>` is added in front of a text.
+
+    Example:
+        ```py
+        >>> tokenizer = load_tiny_llama_chat_tokenizer()
+        >>> tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+        '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+        ```
+    """
+    from tokenizers import AddedToken, Tokenizer, processors
+
+    backend = Tokenizer.from_file(str(TINY_LLAMA_VOCAB_FOLDER / "tokenizer.json"))
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)  # the chat template writes every special token
+    backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in ("<|im_start|>", "<|im_end|>")])
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="<|im_end|>", unk_token="<unk>", pad_token="<pad>",
+        model_max_length=TINY_LLAMA_MAX_LENGTH, padding_side="right",
+    )
+    tokenizer.chat_template = CHATML_CHAT_TEMPLATE
+    return tokenizer
+
+
 def build_tiny_llama(tokenizer: "transformers.PreTrainedTokenizerBase | None" = None) -> transformers.LlamaForCausalLM:
     """Build the `tinypipe/tiny-llama` model: a fresh object on every call, with the same weights on every call.
 
@@ -154,7 +199,7 @@ def build_tiny_llama(tokenizer: "transformers.PreTrainedTokenizerBase | None" = 
 
 
 def is_builtin_lm(name: str) -> bool:
-    """Whether `name` names the built-in causal LM (`TINY_LLAMA`) rather than a folder or hub repo."""
+    """Whether `name` names a built-in causal LM (`TINY_LLAMA`, `TINY_LLAMA_CHAT`) rather than a folder or hub repo."""
     return is_builtin(name, "causal-lm")
 
 
@@ -168,7 +213,7 @@ def builtin_lm_folder(name: str = TINY_LLAMA) -> Path:
     that is renamed into place, so a crash or a concurrent writer never leaves a half-written folder in use.
 
     Args:
-        name: A built-in causal-LM name (`TINY_LLAMA`).
+        name: A built-in causal-LM name (`TINY_LLAMA`, `TINY_LLAMA_CHAT`).
 
     Returns:
         The folder.
@@ -177,12 +222,13 @@ def builtin_lm_folder(name: str = TINY_LLAMA) -> Path:
         ConfigError: `name` is not a built-in causal LM.
     """
     if not is_builtin_lm(name):
-        raise ConfigError(f"{name!r} is not a built-in causal LM; the built-in one is {TINY_LLAMA!r}.")
+        raise ConfigError(f"{name!r} is not a built-in causal LM; the built-in ones are {TINY_LLAMA!r} and {TINY_LLAMA_CHAT!r}.")
+    load_tokenizer = load_tiny_llama_chat_tokenizer if name == TINY_LLAMA_CHAT else load_tiny_llama_tokenizer
 
     def build(staging: Path) -> None:
         from transformers.utils import logging as transformers_logging
 
-        tokenizer = load_tiny_llama_tokenizer()
+        tokenizer = load_tokenizer()
         transformers_logging.disable_progress_bar()
         try:
             build_tiny_llama(tokenizer).save_pretrained(staging, safe_serialization=True)
@@ -191,4 +237,5 @@ def builtin_lm_folder(name: str = TINY_LLAMA) -> Path:
         tokenizer.save_pretrained(staging)
 
     return cached_builtin_folder(name, build, format_version=_BUILTIN_FORMAT_VERSION, libraries=("torch", "transformers"),
-                                 shipped={"tokenizer_sha256": TINY_LLAMA_VOCAB_FOLDER / "tokenizer.json"})
+                                 shipped={"tokenizer_sha256": TINY_LLAMA_VOCAB_FOLDER / "tokenizer.json",
+                                          "builder_sha256": Path(__file__)})  # this module: the shapes, seeds, templates

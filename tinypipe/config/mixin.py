@@ -110,7 +110,8 @@ def save_config(init: Callable[..., None]) -> Callable[..., None]:
             encode_arguments(arguments, type(self).__qualname__)  # fail now, naming the argument
         init(self, *args, **kwargs)
         if outermost:
-            object.__setattr__(self, "_tinypipe_config", arguments)
+            # What `__init__` itself recorded with `_record` (e.g. the LoRA targets it picked for a None) wins.
+            object.__setattr__(self, "_tinypipe_config", {**arguments, **getattr(self, "_tinypipe_config", {})})
 
     wrapper.__tinypipe_init_spec__ = spec
     return wrapper

@@ -14,6 +14,7 @@ model loads through `models.transformers_base`.
 """
 
 import copy
+import functools
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -23,9 +24,10 @@ import torch
 from ..config.hub import register_builtin_repo
 from ..config import ConfigMixin, Ignore, save_config
 from ..errors import ConfigError, RepoError
-from ..builtin.tiny_llama import TINY_LLAMA
+from ..builtin.tiny_llama import TINY_LLAMA, TINY_LLAMA_CHAT
 from .base_models import same_base_model
-from .lora_targets import check_target_modules
+from .chat import check_conversations, encode_conversations, require_chat_template
+from .lora_targets import ATTENTION_PROJECTIONS, check_target_modules, default_lora_targets
 from .base_models import refuse_other_base_model
 from .peft_adapter import (
     ADAPTER_CONFIG_NAME,
@@ -40,8 +42,6 @@ from .transformers_base import load_base_model
 __all__ = ["CausalLMPipeline", "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME", "ATTENTION_PROJECTIONS", "load_base_model"]
 
 LORA_SETTINGS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules")  # the config keys that describe the adapter
-ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
-"""The default LoRA targets: the attention projections of Llama-style models."""
 
 
 class CausalLMPipeline(ConfigMixin):
@@ -54,8 +54,9 @@ class CausalLMPipeline(ConfigMixin):
         lora_rank: Rank `r` of the LoRA adapter; None for no adapter.
         lora_alpha: LoRA scale numerator (the update is scaled by `lora_alpha / lora_rank`); defaults to the rank.
         lora_dropout: Dropout on the LoRA input while training.
-        lora_target_modules: Module names the LoRA wraps (the attention projections by default), or
-            `"all-linear"` for every linear layer but the output head.
+        lora_target_modules: Module names the LoRA wraps, or `"all-linear"` for every linear layer but the output
+            head; None (the default) picks the attention projections of the model's architecture
+            (`models.lora_targets.default_lora_targets`), and the config records the names picked.
         quantization: Load the base model in `"8bit"` or `"4bit"` through bitsandbytes (CUDA only), or None.
         torch_dtype: dtype the base model is loaded in.
         device: Where to run (not recorded); `cuda` when available, else `cpu`.
@@ -78,7 +79,7 @@ class CausalLMPipeline(ConfigMixin):
         lora_rank: Optional[int] = None,
         lora_alpha: Optional[float] = None,
         lora_dropout: float = 0.0,
-        lora_target_modules: Union[tuple, str] = ATTENTION_PROJECTIONS,
+        lora_target_modules: Union[tuple, str, None] = None,
         quantization: Optional[str] = None,
         torch_dtype: torch.dtype = torch.float32,
         device: Ignore = None,
@@ -109,13 +110,24 @@ class CausalLMPipeline(ConfigMixin):
                           target_modules=targets if isinstance(targets, str) else list(targets),
                           base_model_name_or_path=self.base_model, revision=self.revision)
 
-    def _add_lora(self, rank: int, alpha: Optional[float], dropout: float, targets: Union[Sequence[str], str]) -> None:
+    def default_lora_targets(self) -> tuple[str, ...]:
+        """The LoRA target modules of this base model's architecture: its attention projections (see
+        `models.lora_targets.default_lora_targets`).
+
+        Raises:
+            ConfigError: The architecture has no known attention projections (the message lists its linear layers).
+        """
+        return default_lora_targets(self.model.get_base_model() if self.has_lora else self.model)
+
+    def _add_lora(self, rank: int, alpha: Optional[float], dropout: float, targets: Union[Sequence[str], str, None]) -> None:
         from peft import get_peft_model
 
         if rank < 1:
             raise ConfigError(f"lora_rank (r) must be >= 1, got {rank}.")
         if not 0 <= dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {dropout}.")
+        if targets is None:
+            targets = self.default_lora_targets()
         targets = targets if isinstance(targets, str) else tuple(targets)
         check_target_modules(self.model, targets, setting="target_modules (lora_target_modules)", model_name=repr(self.base_model),
                              alternative="or 'all-linear'")
@@ -133,8 +145,14 @@ class CausalLMPipeline(ConfigMixin):
         self.model.eval()
 
     def add_lora(self, rank: int = 8, alpha: Optional[float] = None, dropout: float = 0.0,
-                 target_modules: Union[Sequence[str], str] = ATTENTION_PROJECTIONS) -> None:
+                 target_modules: Union[Sequence[str], str, None] = None) -> None:
         """Add a fresh LoRA adapter (it changes nothing until trained); the config records it.
+
+        Args:
+            rank: The LoRA rank `r`.
+            alpha: The LoRA scale numerator; defaults to the rank.
+            dropout: Dropout on the LoRA input while training.
+            target_modules: Module names, or `"all-linear"`; None picks the architecture's attention projections.
 
         Raises:
             ConfigError: The pipeline already has an adapter, or `target_modules` match no layer.
@@ -223,7 +241,7 @@ class CausalLMPipeline(ConfigMixin):
     def _remove_lora(self) -> None:
         """Take the adapter off again (one that turned out not to fit, or one being replaced)."""
         self.model = self.model.unload()
-        self._record(lora_rank=None, lora_alpha=None, lora_dropout=0.0, lora_target_modules=ATTENTION_PROJECTIONS)
+        self._record(lora_rank=None, lora_alpha=None, lora_dropout=0.0, lora_target_modules=None)
 
     def merge(self, save_directory: Union[str, Path, None] = None):
         """A plain transformers model with the LoRA merged into its weights; this pipeline is left unchanged.
@@ -256,7 +274,8 @@ class CausalLMPipeline(ConfigMixin):
         from ..data.instructions import render_prompt
 
         if (prompt is None) == (instruction is None):
-            raise ConfigError("generate() needs either a prompt or an instruction (with an optional input), not both.")
+            raise ConfigError("generate() needs either a prompt or an instruction (with an optional input) or messages=[...]: "
+                              "exactly one of them.")
         if prompt is not None:
             return ([prompt], True) if isinstance(prompt, str) else (list(prompt), False)
         single = isinstance(instruction, str)
@@ -281,10 +300,25 @@ class CausalLMPipeline(ConfigMixin):
         padding_side = tokenizer.padding_side
         tokenizer.padding_side = "left"  # generation continues from the right end of every row
         try:
-            batch = tokenizer(list(prompts), return_tensors="pt", padding=True).to(self.device)
+            batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
         finally:
             tokenizer.padding_side = padding_side
-        settings = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=tokenizer.eos_token_id,
+        return self._generate_batch(batch, max_new_tokens, do_sample, temperature, top_p, seed)
+
+    def _stop_token_ids(self) -> list[int]:
+        """The tokens generation stops at: the tokenizer's end-of-sequence token and the model's generation config's
+        (a chat model's end-of-turn token is often only the latter's)."""
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+        return list(dict.fromkeys([self.tokenizer.eos_token_id, *configured]))
+
+    def _generate_batch(self, batch: Mapping[str, torch.Tensor], max_new_tokens: int, do_sample: bool, temperature: float,
+                        top_p: float, seed: Optional[int]) -> list[list[int]]:
+        """Generate from left-padded `input_ids` and `attention_mask`; each row cut after its first stop token."""
+        tokenizer = self.tokenizer
+        batch = {key: batch[key].to(self.device) for key in ("input_ids", "attention_mask")}
+        stop_ids = self._stop_token_ids()
+        settings = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stop_ids,
                         pad_token_id=tokenizer.pad_token_id)
         if do_sample:
             settings.update(temperature=temperature, top_p=top_p)
@@ -299,9 +333,8 @@ class CausalLMPipeline(ConfigMixin):
             self.model.train(was_training)
         results = []
         for row in output[:, batch["input_ids"].shape[1]:].tolist():
-            if tokenizer.eos_token_id in row:
-                row = row[: row.index(tokenizer.eos_token_id) + 1]
-            results.append(row)
+            stop = next((index for index, token in enumerate(row) if token in stop_ids), None)
+            results.append(row if stop is None else row[: stop + 1])
         return results
 
     def generate(
@@ -310,35 +343,51 @@ class CausalLMPipeline(ConfigMixin):
         *,
         instruction: Union[str, Sequence[str], None] = None,
         input: Union[str, Sequence[str]] = "",
+        messages: Optional[Sequence[Any]] = None,
         max_new_tokens: int = 64,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: Optional[int] = 0,
     ) -> Union[str, list[str]]:
-        """Continue a prompt, or answer an instruction rendered with the alpaca template; greedy by default.
+        """Continue a prompt, answer an instruction, or reply in a conversation; greedy by default.
 
         Args:
             prompt: A text or a list of texts to continue as they are.
             instruction: Instead of `prompt`: an instruction or a list of them, rendered with the alpaca
                 template the trainer uses (with `input` when it is non-empty).
             input: The input of the instruction (or one per instruction).
+            messages: Instead: a conversation `[{"role": "system"|"user"|"assistant", "content": ...}, ...]` (or a
+                list of them), rendered with the tokenizer's chat template (the one training saved) and its
+                generation prompt, as `tokenizer.apply_chat_template(messages, add_generation_prompt=True)` does.
             max_new_tokens: Most tokens generated; generation stops earlier at `<eos>`.
             do_sample: Sample instead of greedy decoding; `temperature` and `top_p` then apply.
             seed: Seed of the sampling.
 
         Returns:
-            The generated text (without the prompt and special tokens): a string for a single prompt or
-            instruction, else a list.
+            The generated text (without the prompt and special tokens): for `messages`, the assistant's reply. A
+            string for a single prompt, instruction or conversation, else a list.
+
+        Raises:
+            ConfigError: Not exactly one of `prompt`, `instruction` and `messages`, a message that is not a
+                `{"role", "content"}` dict, or `messages` for a tokenizer without a chat template.
 
         Example:
         ```python
         pipeline.generate(instruction="Translate the word into French.", input="cat")   # 'chat' once trained
+        pipeline.generate(messages=[{"role": "user", "content": "What is the capital of France?"}])
         ```
         """
-        prompts, single = self._prompts(prompt, instruction, input)
-        ids = self.generate_ids(prompts, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                top_p=top_p, seed=seed)
+        sampling = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
+        if messages is not None:
+            if prompt is not None or instruction is not None:
+                raise ConfigError("generate() takes messages, a prompt or an instruction: give only one of them.")
+            conversations, single = check_conversations(messages)
+            require_chat_template(self.tokenizer, repr(self.base_model))
+            ids = self._generate_batch(encode_conversations(self.tokenizer, conversations), **sampling)
+        else:
+            prompts, single = self._prompts(prompt, instruction, input)
+            ids = self.generate_ids(prompts, **sampling)
         texts = [self.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
         return texts[0] if single else texts
 
@@ -382,9 +431,10 @@ class CausalLMPipeline(ConfigMixin):
         return {"base_model": config.get("base_model"), "method": "LoRA (PEFT)" if has_lora else "causal LM", "tags": tags}
 
 
-def write_builtin_repo(folder: Path) -> None:
-    """Save the built-in tiny Llama as a tinypipe repo (what `from_pretrained(cache, "tinypipe/tiny-llama")` loads)."""
-    CausalLMPipeline(TINY_LLAMA).save_pretrained(folder)
+def write_builtin_repo(folder: Path, name: str = TINY_LLAMA) -> None:
+    """Save a built-in causal LM as a tinypipe repo (what `from_pretrained(cache, "tinypipe/tiny-llama")` loads)."""
+    CausalLMPipeline(name).save_pretrained(folder)
 
 
 register_builtin_repo(TINY_LLAMA, write_builtin_repo)
+register_builtin_repo(TINY_LLAMA_CHAT, functools.partial(write_builtin_repo, name=TINY_LLAMA_CHAT))

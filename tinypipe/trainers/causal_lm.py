@@ -134,7 +134,8 @@ class CausalLMTrainer(TrainerConfigMixin):
             r: LoRA rank (8 for a new adapter).
             lora_alpha: LoRA alpha (16 for a new adapter).
             lora_dropout: Dropout on the LoRA input (0.05 for a new adapter).
-            target_modules: Modules the LoRA wraps: names (the attention projections by default) or "all-linear";
+            target_modules: Modules the LoRA wraps: names (the attention projections of the model's architecture by
+                default, as `CausalLMPipeline.default_lora_targets` picks them) or "all-linear";
                 each name must match a module of the model. A pipeline that already has an adapter trains it as it
                 is: these four then default to its own settings, and other values are refused.
             quantization: Load the base model in "8bit" or "4bit" through bitsandbytes (CUDA only), or None.

@@ -12,7 +12,7 @@ import torch
 
 from ..data.instructions import IGNORE_INDEX, TokenizedExample, collate, length_grouped_batches, render_loss_mask
 from ..errors import ConfigError, TrainingError
-from ..models.causal_lm import ATTENTION_PROJECTIONS, CausalLMPipeline
+from ..models.causal_lm import CausalLMPipeline
 from .settings import check_existing_lora
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def resolve_adapter_settings(pipeline: CausalLMPipeline, r: Optional[int], lora_
     """
     if not pipeline.has_lora:
         return (8 if r is None else r, 16 if lora_alpha is None else lora_alpha, 0.05 if lora_dropout is None else lora_dropout,
-                ATTENTION_PROJECTIONS if target_modules is None else target_modules)
+                pipeline.default_lora_targets() if target_modules is None else target_modules)
     config = pipeline.config
     own = {"r": config["lora_rank"], "lora_alpha": config["lora_alpha"] or config["lora_rank"],
            "lora_dropout": config["lora_dropout"], "target_modules": config["lora_target_modules"]}
