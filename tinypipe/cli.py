@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .builtin import TINY_INSTRUCTIONS, TINY_LLAMA, builtin_names
+from .cli_lm import add_chat_options, add_lm_commands, chat, check_chat_arguments
 from .runner import DIFFUSER_METHODS
 from .version import __version__
 from .cli_arguments import (
@@ -224,22 +225,30 @@ def _looks_like_a_path(value: str) -> bool:
     return value.startswith((".", "/", "~")) or "\\" in value or value.count("/") > 1 or value.endswith("/")
 
 
-def _generate(arguments: argparse.Namespace) -> int:
+def _load_pipeline(arguments: argparse.Namespace, local: Optional[Path]):
+    """The pipeline of REPO: the repo folder `local` (a folder or a job's output), else the hub id, downloaded."""
     from .config import AutoModelPipeline
     from .files import tinypipe_home
-    from .models import CausalLMPipeline  # also registers the built-in names a repo id may be
+    from .models import CausalLMPipeline  # noqa: F401  (registers the built-in names a repo id may be)
 
-    local = _repo_path(arguments.repo)
     if local is None and _looks_like_a_path(arguments.repo):
         from .errors import RepoError
 
         raise RepoError(f"REPO {arguments.repo} does not exist; give a repo folder, a job id, or a hub id (owner/name).")
     if local is not None:
-        pipeline = AutoModelPipeline.from_pretrained(local, trust_remote_code=arguments.trust_remote_code)
-    else:
-        cache = Path(arguments.cache_dir) if arguments.cache_dir else tinypipe_home() / "hub"
-        pipeline = AutoModelPipeline.from_pretrained(cache, arguments.repo, revision=arguments.revision,
-                                                     trust_remote_code=arguments.trust_remote_code)
+        return AutoModelPipeline.from_pretrained(local, trust_remote_code=arguments.trust_remote_code)
+    cache = Path(arguments.cache_dir) if arguments.cache_dir else tinypipe_home() / "hub"
+    return AutoModelPipeline.from_pretrained(cache, arguments.repo, revision=arguments.revision,
+                                             trust_remote_code=arguments.trust_remote_code)
+
+
+def _generate(arguments: argparse.Namespace) -> int:
+    from .models import CausalLMPipeline
+
+    check_chat_arguments(arguments)
+    pipeline = _load_pipeline(arguments, _repo_path(arguments.repo))
+    if arguments.chat or arguments.message is not None:
+        return chat(pipeline, arguments)
     if isinstance(pipeline, CausalLMPipeline):
         text_arguments = {"prompt": arguments.prompt} if arguments.raw else {"instruction": arguments.prompt}
         print(pipeline.generate(**text_arguments, max_new_tokens=arguments.max_new_tokens, seed=arguments.seed))
@@ -369,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--lora-alpha", type=positive_float, metavar="ALPHA", help="LoRA alpha (default 16).")
     lm.add_argument("--lora-dropout", type=probability, metavar="P", help="LoRA dropout (default 0.05).")
     lm.add_argument("--target-modules", metavar="NAMES",
-                    help="Comma-separated module names the LoRA wraps (default: the attention projections), or all-linear.")
+                    help="Comma-separated module names the LoRA wraps (default: the attention projections of its architecture), or all-linear.")
     _add_job_options(lm)
     lm.set_defaults(handler=_train)
 
@@ -402,8 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Load a repo (a folder, a job id, or a Hub id) and generate: images into "
                                                "--output for a diffusion repo, text on stdout for a causal LM.")
     generate.add_argument("repo", metavar="REPO", help="A repo folder, a job id, or a Hub id.")
-    generate.add_argument("prompt", metavar="PROMPT",
-                          help="The prompt (images), or the instruction a causal LM answers (text; see --raw).")
+    generate.add_argument("prompt", metavar="PROMPT", nargs="?",
+                          help="The prompt (images), or the instruction a causal LM answers (text; see --raw and --chat).")
     generate.add_argument("--num-images", type=positive_int, default=4, help="Images to generate (default: 4).")
     generate.add_argument("--steps", type=positive_int, default=25, help="Denoising steps (default: 25).")
     generate.add_argument("--guidance-scale", type=float, default=7.5, help="Classifier-free guidance (default: 7.5).")
@@ -415,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--revision", help="Hub revision, for a Hub id.")
     generate.add_argument("--cache-dir", metavar="DIR", help="Where Hub repos are downloaded (default: the tinypipe home's hub/).")
     generate.add_argument("--trust-remote-code", action="store_true", help="Allow the repo's own code (model_code/) to run.")
+    add_chat_options(generate)
     generate.set_defaults(handler=_generate)
+    add_lm_commands(commands)
 
     push = commands.add_parser("push", help="Publish a repo to the Hugging Face Hub with a model card.",
                                description="Publish a repo (a folder or a job id) to the Hub with a model card (base model, "

@@ -240,3 +240,18 @@ def test_subfolder_on_varargs_is_refused_when_the_class_is_defined():
             @save_config
             def __init__(self, *parts: SubFolder):
                 self.parts = parts
+
+
+class PicksItsDefault(ConfigMixin):
+    @save_config
+    def __init__(self, width: Optional[int] = None, depth: int = 2):
+        if width is None:
+            self._record(width=8 * depth)  # the value None stood for, found while building
+
+
+def test_a_value_init_records_for_a_none_is_kept_and_rebuilds_the_same(tmp_path):
+    picked = PicksItsDefault(depth=3)
+    assert dict(picked.config) == {"width": 24, "depth": 3}
+    picked.save_pretrained(tmp_path)
+    assert dict(PicksItsDefault.from_pretrained(tmp_path).config) == {"width": 24, "depth": 3}
+    assert dict(PicksItsDefault(width=5).config) == {"width": 5, "depth": 2}

@@ -14,7 +14,6 @@ model loads through `models.transformers_base`.
 """
 
 import copy
-import functools
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -243,28 +242,37 @@ class CausalLMPipeline(ConfigMixin):
         self.model = self.model.unload()
         self._record(lora_rank=None, lora_alpha=None, lora_dropout=0.0, lora_target_modules=None)
 
-    def merge(self, save_directory: Union[str, Path, None] = None):
+    def merge(self, save_directory: Union[str, Path, None] = None, dtype: Union[str, torch.dtype, None] = None):
         """A plain transformers model with the LoRA merged into its weights; this pipeline is left unchanged.
 
         Args:
-            save_directory: Also save the merged model and the tokenizer there (transformers' format,
-                safetensors), loadable with `AutoModelForCausalLM.from_pretrained`.
+            save_directory: Also save the merged model and the tokenizer there (transformers' format, safetensors,
+                with the chat template and generation config), loadable with `AutoModelForCausalLM.from_pretrained`;
+                written as `models.merge.save_merged_model` does (atomically, never over files it did not write).
+            dtype: `"float32"`, `"bfloat16"` or `"float16"` for the merged model; None keeps the pipeline's.
 
         Returns:
             A `transformers.PreTrainedModel` (a copy; without an adapter, a copy of the base model).
 
         Raises:
-            ConfigError: The base model is quantized (load it with quantization=None to merge).
+            ConfigError: The base model is quantized (load it with quantization=None to merge), an unknown dtype, or a
+                `save_directory` holding other files.
         """
+        from .merge import check_merge_output, resolve_merge_dtype, save_merged_model
+
         if self.config["quantization"] is not None:
             raise ConfigError("Cannot merge a LoRA into a quantized base model; build the pipeline with quantization=None "
                               "and load the adapter to merge it.")
+        torch_dtype = resolve_merge_dtype(dtype)
+        if save_directory is not None:
+            check_merge_output(Path(save_directory))
         model = copy.deepcopy(self.model)
         merged = model.merge_and_unload() if self.has_lora else model
         merged.eval()
+        if torch_dtype is not None:
+            merged.to(torch_dtype)
         if save_directory is not None:
-            merged.save_pretrained(save_directory, safe_serialization=True)
-            self.tokenizer.save_pretrained(save_directory)
+            save_merged_model(merged, self.tokenizer, save_directory)
         return merged
 
     # -- generation ---------------------------------------------------------------------------------
@@ -431,10 +439,15 @@ class CausalLMPipeline(ConfigMixin):
         return {"base_model": config.get("base_model"), "method": "LoRA (PEFT)" if has_lora else "causal LM", "tags": tags}
 
 
-def write_builtin_repo(folder: Path, name: str = TINY_LLAMA) -> None:
-    """Save a built-in causal LM as a tinypipe repo (what `from_pretrained(cache, "tinypipe/tiny-llama")` loads)."""
-    CausalLMPipeline(name).save_pretrained(folder)
+def write_builtin_repo(folder: Path) -> None:
+    """Save the built-in tiny Llama as a tinypipe repo (what `from_pretrained(cache, "tinypipe/tiny-llama")` loads)."""
+    CausalLMPipeline(TINY_LLAMA).save_pretrained(folder)
+
+
+def write_builtin_chat_repo(folder: Path) -> None:
+    """Save the built-in tiny Llama chat model as a tinypipe repo (`from_pretrained(cache, "tinypipe/tiny-llama-chat")`)."""
+    CausalLMPipeline(TINY_LLAMA_CHAT).save_pretrained(folder)
 
 
 register_builtin_repo(TINY_LLAMA, write_builtin_repo)
-register_builtin_repo(TINY_LLAMA_CHAT, functools.partial(write_builtin_repo, name=TINY_LLAMA_CHAT))
+register_builtin_repo(TINY_LLAMA_CHAT, write_builtin_chat_repo)
