@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 from .builtin import TINY_INSTRUCTIONS, TINY_LLAMA, builtin_names
 from .cli_lm import add_chat_options, add_lm_commands, chat, check_chat_arguments
+from .cli_repos import load_pipeline, repo_path
 from .runner import DIFFUSER_METHODS
 from .version import __version__
 from .cli_arguments import (
@@ -206,47 +207,11 @@ def _cancel(arguments: argparse.Namespace) -> int:
 # -- repos --------------------------------------------------------------------------------------------
 
 
-def _repo_path(value: str) -> Optional[Path]:
-    """A local repo folder: the path itself, or the output of the job with this id; None if neither."""
-    path = Path(value)
-    if path.exists():
-        return path
-    import re
-
-    if re.fullmatch(r"[0-9a-f]{8}", value):
-        from .jobs import JobStore
-
-        return JobStore().get(value).output
-    return None
-
-
-def _looks_like_a_path(value: str) -> bool:
-    """A folder name rather than a hub id: `./out`, `/abs`, `~/x`, `a/b/c`, `C:\\x`."""
-    return value.startswith((".", "/", "~")) or "\\" in value or value.count("/") > 1 or value.endswith("/")
-
-
-def _load_pipeline(arguments: argparse.Namespace, local: Optional[Path]):
-    """The pipeline of REPO: the repo folder `local` (a folder or a job's output), else the hub id, downloaded."""
-    from .config import AutoModelPipeline
-    from .files import tinypipe_home
-    from .models import CausalLMPipeline  # noqa: F401  (registers the built-in names a repo id may be)
-
-    if local is None and _looks_like_a_path(arguments.repo):
-        from .errors import RepoError
-
-        raise RepoError(f"REPO {arguments.repo} does not exist; give a repo folder, a job id, or a hub id (owner/name).")
-    if local is not None:
-        return AutoModelPipeline.from_pretrained(local, trust_remote_code=arguments.trust_remote_code)
-    cache = Path(arguments.cache_dir) if arguments.cache_dir else tinypipe_home() / "hub"
-    return AutoModelPipeline.from_pretrained(cache, arguments.repo, revision=arguments.revision,
-                                             trust_remote_code=arguments.trust_remote_code)
-
-
 def _generate(arguments: argparse.Namespace) -> int:
     from .models import CausalLMPipeline
 
     check_chat_arguments(arguments)
-    pipeline = _load_pipeline(arguments, _repo_path(arguments.repo))
+    pipeline = load_pipeline(arguments, repo_path(arguments.repo))
     if arguments.chat or arguments.message is not None:
         return chat(pipeline, arguments)
     if isinstance(pipeline, CausalLMPipeline):
@@ -269,7 +234,7 @@ def _push(arguments: argparse.Namespace) -> int:
     from .errors import RepoError
     from .publish import push_repo_folder
 
-    local = _repo_path(arguments.repo)
+    local = repo_path(arguments.repo)
     if local is None:
         raise RepoError(f"{arguments.repo} is neither a repo folder nor a job id; give the folder a training wrote.")
     url = push_repo_folder(local, arguments.hub_id, private=arguments.private, token=arguments.token,
@@ -282,7 +247,7 @@ def _derive(arguments: argparse.Namespace) -> int:
     from .derive import derive_pipeline
     from .errors import RepoError
 
-    source = _repo_path(arguments.source)
+    source = repo_path(arguments.source)
     if source is None:
         raise RepoError(f"{arguments.source} is neither a repo folder nor a job id.")
     output = derive_pipeline(source, Path(arguments.output), lora=arguments.lora, embedding=arguments.embedding,

@@ -94,12 +94,13 @@ def chat(pipeline: Any, arguments: argparse.Namespace) -> int:
 def _merge(arguments: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .cli import _load_pipeline, _repo_path
-    from .models.merge import check_merge_output, merge_repo
+    from .cli_repos import load_pipeline, repo_path
+    from .models.merge import merge_repo
+    from .models.merged_model import check_merge_output
 
-    output, local = Path(arguments.output), _repo_path(arguments.repo)
+    output, local = Path(arguments.output), repo_path(arguments.repo)
     check_merge_output(output, local)  # before a hub repo is downloaded or a model loaded
-    merge_repo(local if local is not None else _load_pipeline(arguments, None), output, arguments.dtype,
+    merge_repo(local if local is not None else load_pipeline(arguments, None), output, arguments.dtype,
                trust_remote_code=arguments.trust_remote_code)
     print(f"Wrote {output}: the merged model, loadable with transformers' AutoModelForCausalLM.from_pretrained({str(output)!r}).")
     return 0

@@ -248,7 +248,7 @@ class CausalLMPipeline(ConfigMixin):
         Args:
             save_directory: Also save the merged model and the tokenizer there (transformers' format, safetensors,
                 with the chat template and generation config), loadable with `AutoModelForCausalLM.from_pretrained`;
-                written as `models.merge.save_merged_model` does (atomically, never over files it did not write).
+                written as `models.merged_model.save_merged_model` does (atomically, never over files it did not write).
             dtype: `"float32"`, `"bfloat16"` or `"float16"` for the merged model; None keeps the pipeline's.
 
         Returns:
@@ -258,7 +258,7 @@ class CausalLMPipeline(ConfigMixin):
             ConfigError: The base model is quantized (load it with quantization=None to merge), an unknown dtype, or a
                 `save_directory` holding other files.
         """
-        from .merge import check_merge_output, resolve_merge_dtype, save_merged_model
+        from .merged_model import check_merge_output, resolve_merge_dtype, save_merged_model
 
         if self.config["quantization"] is not None:
             raise ConfigError("Cannot merge a LoRA into a quantized base model; build the pipeline with quantization=None "

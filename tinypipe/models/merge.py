@@ -1,4 +1,4 @@
-"""Merging a causal LM's LoRA into its base model and writing the result as a plain transformers folder.
+"""Merging a causal-LM repo's LoRA into its base model: `merge_repo`, what `tinypipe merge REPO OUT` runs.
 
 ```python
 from tinypipe.models.merge import merge_repo
@@ -7,116 +7,29 @@ merge_repo("my-lm", "my-lm-merged", dtype="bfloat16")
 model = AutoModelForCausalLM.from_pretrained("my-lm-merged")      # no peft, no tinypipe needed
 ```
 
-The folder holds what transformers' `save_pretrained` writes for the merged model (`config.json`,
-`generation_config.json`, `model.safetensors`) and for the tokenizer (its files and the chat template), plus
-`MERGE_MARKER`, which records the merge and the files it wrote. The folder is written beside `output` and moved into
-place when complete. An existing non-empty `output` is replaced only when it is an earlier merge's output whose files
-are all still as that merge wrote them; anything else there is the user's and is never overwritten.
+The output is written by `models.merged_model.save_merged_model`: the merged model's and the tokenizer's transformers
+files and `MERGE_MARKER`, atomically; an existing non-empty output is replaced only when it is an earlier merge's
+unchanged output.
 """
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Optional, Union
 
 import torch
 
-from ..config.filelist import sha256_file
+from ..config import ConfigMixin
+from ..config.repo import load_repo
 from ..errors import ConfigError
-from ..files import atomic_folder, read_marker, write_marker
-from ..version import __version__
-
-if TYPE_CHECKING:
-    from .causal_lm import CausalLMPipeline
+from .causal_lm import CausalLMPipeline
+from .merged_model import MERGE_MARKER, check_merge_output, resolve_merge_dtype, save_merged_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MERGE_DTYPES", "MERGE_MARKER", "check_merge_output", "merge_repo", "resolve_merge_dtype", "save_merged_model"]
-
-MERGE_MARKER = "tinypipe_merge.json"
-"""The file in a merged folder that records the merge (tinypipe version, dtype, adapter settings) and its files."""
-
-MERGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-"""The dtypes a merged model can be written in, by name."""
+__all__ = ["MERGE_MARKER", "merge_repo"]
 
 
-def resolve_merge_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
-    """The torch dtype of `"float32"`, `"bfloat16"`, `"float16"` (or one of those dtypes); None stays None.
-
-    Raises:
-        ConfigError: Any other value, naming the choices.
-    """
-    if dtype is None or isinstance(dtype, torch.dtype) and dtype in MERGE_DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype in MERGE_DTYPES:
-        return MERGE_DTYPES[dtype]
-    raise ConfigError(f"dtype={dtype!r} is not a dtype a merged model is written in; use one of {list(MERGE_DTYPES)} "
-                      "(or None to keep the model's own).")
-
-
-def check_merge_output(output: Path, source: Optional[Path] = None) -> None:
-    """Refuse an `output` that holds anything but an unchanged earlier merge output, or that lies inside `source`.
-
-    Raises:
-        ConfigError: Naming the folder, the files that are not the earlier merge's, and the fix.
-    """
-    if source is not None:
-        resolved, repo = output.resolve(), source.resolve()
-        if resolved == repo or repo in resolved.parents:
-            raise ConfigError(f"OUT {output} lies inside the repo {source}; writing there would change the repo. "
-                              "Choose a folder outside it.")
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"OUT {output} is a file, not a folder; choose a new folder for the merged model.")
-    if not output.is_dir() or not any(output.iterdir()):
-        return
-    record = read_marker(output, MERGE_MARKER)
-    if record is None or not isinstance(record.get("files"), dict):
-        raise ConfigError(f"OUT {output} already exists and holds files that tinypipe merge did not write (no {MERGE_MARKER}); "
-                          "they are never overwritten. Choose a new or empty folder, or remove it yourself.")
-    written = record["files"]
-    found = sorted(path.relative_to(output).as_posix() for path in output.rglob("*") if path.is_file() or path.is_symlink())
-    changed = [name for name in found if name != MERGE_MARKER and (
-        name not in written or (output / name).is_symlink() or sha256_file(output / name) != written[name])]
-    if changed:
-        raise ConfigError(f"OUT {output} is an earlier merge's output, but {changed[:3]}{' ...' if len(changed) > 3 else ''} "
-                          "were added or changed since; they are never overwritten. Move them away or choose another folder.")
-
-
-def save_merged_model(model: torch.nn.Module, tokenizer: Any, output: Union[str, Path], *, record: Optional[dict] = None,
-                      source: Optional[Path] = None) -> Path:
-    """Write a merged (plain transformers) model and its tokenizer as a transformers folder, atomically.
-
-    Args:
-        model: The merged `transformers.PreTrainedModel`, in the dtype to write.
-        tokenizer: Its tokenizer (its files, special tokens and chat template are written).
-        output: The folder to write: new, empty, or an unchanged earlier merge output.
-        record: Facts about the merge for `MERGE_MARKER` (the adapter's settings); no local paths.
-        source: The repo merged from, which `output` must not lie inside.
-
-    Returns:
-        The folder.
-
-    Raises:
-        ConfigError: An `output` that would overwrite files merge did not write (see `check_merge_output`).
-    """
-    from transformers.utils import logging as transformers_logging
-
-    output = Path(output)
-    check_merge_output(output, source)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    transformers_logging.disable_progress_bar()
-    try:
-        with atomic_folder(output) as staging:
-            model.save_pretrained(staging, safe_serialization=True)
-            tokenizer.save_pretrained(staging)
-            files = {path.relative_to(staging).as_posix(): sha256_file(path) for path in sorted(staging.rglob("*")) if path.is_file()}
-            write_marker(staging, MERGE_MARKER, {**(record or {}), "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-                                                 "files": files, "tinypipe_version": __version__})
-    finally:
-        transformers_logging.enable_progress_bar()
-    return output
-
-
-def merge_repo(repo: Union[str, Path, "CausalLMPipeline"], output: Union[str, Path], dtype: Union[str, torch.dtype, None] = None, *,
+def merge_repo(repo: Union[str, Path, CausalLMPipeline], output: Union[str, Path], dtype: Union[str, torch.dtype, None] = None, *,
                token: Optional[str] = None, trust_remote_code: bool = False) -> Path:
     """Merge a causal-LM repo's LoRA into its base model and write a plain transformers folder.
 
@@ -143,10 +56,6 @@ def merge_repo(repo: Union[str, Path, "CausalLMPipeline"], output: Union[str, Pa
     merge_repo("my-lm", "my-lm-merged", dtype="bfloat16")
     ```
     """
-    from ..config import ConfigMixin
-    from ..config.repo import load_repo
-    from .causal_lm import CausalLMPipeline
-
     # 1. Check the settings and the output before loading anything.
     output = Path(output)
     source = None if isinstance(repo, CausalLMPipeline) else Path(repo)
