@@ -84,7 +84,7 @@ def test_merge_writes_a_folder_transformers_loads_with_the_same_logits(chat_repo
     batch = pipeline.tokenizer(["Hello there"], return_tensors="pt")
     with torch.no_grad():
         merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(**batch).logits
-        assert torch.allclose(merged, pipeline.model(**batch).logits, atol=1e-5)
+        assert torch.allclose(merged, pipeline.model(**batch).logits, atol=1e-4)
 
 
 def test_merge_refuses_an_output_holding_the_users_files(chat_repo, capsys, tmp_path):

@@ -73,12 +73,25 @@ def check_merge_output(output: Path, source: Optional[Path] = None) -> None:
                           "were added or changed since; they are never overwritten. Move them away or choose another folder.")
 
 
+def _stop_at_the_tokenizers_eos(model: torch.nn.Module, tokenizer: Any) -> None:
+    """Make the generation config stop at the tokenizer's end-of-sequence token too (a chat template's end-of-turn
+    token that training added), so `model.generate` in plain transformers ends a reply where tinypipe does."""
+    generation_config, eos = getattr(model, "generation_config", None), getattr(tokenizer, "eos_token_id", None)
+    if generation_config is None or eos is None:
+        return
+    configured = generation_config.eos_token_id
+    configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    if eos not in configured:
+        generation_config.eos_token_id = configured + [eos] if configured else eos
+
+
 def save_merged_model(model: torch.nn.Module, tokenizer: Any, output: Union[str, Path], *, record: Optional[dict] = None,
                       source: Optional[Path] = None) -> Path:
     """Write a merged (plain transformers) model and its tokenizer as a transformers folder, atomically.
 
     Args:
-        model: The merged `transformers.PreTrainedModel`, in the dtype to write.
+        model: The merged `transformers.PreTrainedModel`, in the dtype to write; its generation config gets the
+            tokenizer's end-of-sequence token among its stop tokens.
         tokenizer: Its tokenizer (its files, special tokens and chat template are written).
         output: The folder to write: new, empty, or an unchanged earlier merge output.
         record: Facts about the merge for `MERGE_MARKER` (the adapter's settings); no local paths.
@@ -94,6 +107,7 @@ def save_merged_model(model: torch.nn.Module, tokenizer: Any, output: Union[str,
 
     output = Path(output)
     check_merge_output(output, source)
+    _stop_at_the_tokenizers_eos(model, tokenizer)
     output.parent.mkdir(parents=True, exist_ok=True)
     transformers_logging.disable_progress_bar()
     try:
