@@ -26,6 +26,7 @@ from ..errors import ConfigError, RepoError
 from ..builtin.tiny_llama import TINY_LLAMA, TINY_LLAMA_CHAT
 from .base_models import same_base_model
 from .chat import check_conversations, encode_conversations, require_chat_template
+from .generation import encode_prompts, generate_new_tokens, stop_token_ids
 from .lora_targets import ATTENTION_PROJECTIONS, check_target_modules, default_lora_targets
 from .base_models import refuse_other_base_model
 from .peft_adapter import (
@@ -293,10 +294,9 @@ class CausalLMPipeline(ConfigMixin):
             raise ConfigError(f"generate() got {len(instructions)} instructions but {len(inputs)} inputs.")
         return [render_prompt(text, context or "") for text, context in zip(instructions, inputs)], single
 
-    @torch.no_grad()
     def generate_ids(self, prompts: Sequence[str], max_new_tokens: int = 64, do_sample: bool = False,
                      temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = 0) -> list[list[int]]:
-        """The new token ids for each prompt, up to and including `<eos>` when the model produced one.
+        """The new token ids for each prompt, up to and including the stop token (`<eos>`) when the model produced one.
 
         Args:
             prompts: Texts to continue (the tokenizer adds its `<bos>`).
@@ -304,46 +304,13 @@ class CausalLMPipeline(ConfigMixin):
             do_sample: Sample instead of greedy decoding; `temperature` and `top_p` then apply.
             seed: Seed of the sampling (torch's RNG state is left as it was); None for an unseeded draw.
         """
-        tokenizer = self.tokenizer
-        padding_side = tokenizer.padding_side
-        tokenizer.padding_side = "left"  # generation continues from the right end of every row
-        try:
-            batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
-        finally:
-            tokenizer.padding_side = padding_side
-        return self._generate_batch(batch, max_new_tokens, do_sample, temperature, top_p, seed)
+        return self._generate(encode_prompts(self.tokenizer, prompts), max_new_tokens, do_sample, temperature, top_p, seed)
 
-    def _stop_token_ids(self) -> list[int]:
-        """The tokens generation stops at: the tokenizer's end-of-sequence token and the model's generation config's
-        (a chat model's end-of-turn token is often only the latter's)."""
-        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
-        return list(dict.fromkeys([self.tokenizer.eos_token_id, *configured]))
-
-    def _generate_batch(self, batch: Mapping[str, torch.Tensor], max_new_tokens: int, do_sample: bool, temperature: float,
-                        top_p: float, seed: Optional[int]) -> list[list[int]]:
-        """Generate from left-padded `input_ids` and `attention_mask`; each row cut after its first stop token."""
-        tokenizer = self.tokenizer
-        batch = {key: batch[key].to(self.device) for key in ("input_ids", "attention_mask")}
-        stop_ids = self._stop_token_ids()
-        settings = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stop_ids,
-                        pad_token_id=tokenizer.pad_token_id)
-        if do_sample:
-            settings.update(temperature=temperature, top_p=top_p)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                if seed is not None:
-                    torch.manual_seed(seed)
-                output = self.model.generate(**batch, **settings)
-        finally:
-            self.model.train(was_training)
-        results = []
-        for row in output[:, batch["input_ids"].shape[1]:].tolist():
-            stop = next((index for index, token in enumerate(row) if token in stop_ids), None)
-            results.append(row if stop is None else row[: stop + 1])
-        return results
+    def _generate(self, batch: Mapping[str, torch.Tensor], max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
+                  seed: Optional[int]) -> list[list[int]]:
+        return generate_new_tokens(self.model, batch, stop_ids=stop_token_ids(self.model, self.tokenizer), device=self.device,
+                                   pad_token_id=self.tokenizer.pad_token_id, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                   temperature=temperature, top_p=top_p, seed=seed)
 
     def generate(
         self,
@@ -392,7 +359,7 @@ class CausalLMPipeline(ConfigMixin):
                 raise ConfigError("generate() takes messages, a prompt or an instruction: give only one of them.")
             conversations, single = check_conversations(messages)
             require_chat_template(self.tokenizer, repr(self.base_model))
-            ids = self._generate_batch(encode_conversations(self.tokenizer, conversations), **sampling)
+            ids = self._generate(encode_conversations(self.tokenizer, conversations), **sampling)
         else:
             prompts, single = self._prompts(prompt, instruction, input)
             ids = self.generate_ids(prompts, **sampling)
