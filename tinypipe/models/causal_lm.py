@@ -117,7 +117,9 @@ class CausalLMPipeline(ConfigMixin):
         Raises:
             ConfigError: The architecture has no known attention projections (the message lists its linear layers).
         """
-        return default_lora_targets(self.model.get_base_model() if self.has_lora else self.model)
+        from peft import PeftModel
+
+        return default_lora_targets(self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model)
 
     def _add_lora(self, rank: int, alpha: Optional[float], dropout: float, targets: Union[Sequence[str], str, None]) -> None:
         from peft import get_peft_model
