@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from .builtin import TINY_INSTRUCTIONS, TINY_LLAMA, builtin_names
 from .cli_lm import add_chat_options, add_lm_commands, chat, check_chat_arguments
-from .cli_repos import load_pipeline, repo_path
+from .cli_repos import load_pipeline, repo_path as _repo_path
 from .runner import DIFFUSER_METHODS
 from .version import __version__
 from .cli_arguments import (
@@ -211,7 +211,7 @@ def _generate(arguments: argparse.Namespace) -> int:
     from .models import CausalLMPipeline
 
     check_chat_arguments(arguments)
-    pipeline = load_pipeline(arguments, repo_path(arguments.repo))
+    pipeline = load_pipeline(arguments, _repo_path(arguments.repo))
     if arguments.chat or arguments.message is not None:
         return chat(pipeline, arguments)
     if isinstance(pipeline, CausalLMPipeline):
@@ -234,7 +234,7 @@ def _push(arguments: argparse.Namespace) -> int:
     from .errors import RepoError
     from .publish import push_repo_folder
 
-    local = repo_path(arguments.repo)
+    local = _repo_path(arguments.repo)
     if local is None:
         raise RepoError(f"{arguments.repo} is neither a repo folder nor a job id; give the folder a training wrote.")
     url = push_repo_folder(local, arguments.hub_id, private=arguments.private, token=arguments.token,
@@ -247,7 +247,7 @@ def _derive(arguments: argparse.Namespace) -> int:
     from .derive import derive_pipeline
     from .errors import RepoError
 
-    source = repo_path(arguments.source)
+    source = _repo_path(arguments.source)
     if source is None:
         raise RepoError(f"{arguments.source} is neither a repo folder nor a job id.")
     output = derive_pipeline(source, Path(arguments.output), lora=arguments.lora, embedding=arguments.embedding,
