@@ -103,3 +103,14 @@ def test_bad_messages_are_refused_naming_the_message(chat_pipeline, messages, er
 def test_messages_go_alone(chat_pipeline):
     with pytest.raises(ConfigError, match="messages, a prompt or an instruction: give only one"):
         chat_pipeline.generate("Hi", messages=CONVERSATION[:2])
+
+
+def test_a_conversation_the_template_refuses_is_a_clear_error(chat_pipeline):
+    template = chat_pipeline.tokenizer.chat_template
+    chat_pipeline.tokenizer.chat_template = ("{% for message in messages %}{% if message['role'] == 'system' %}"
+                                             "{{ raise_exception('no system turns here') }}{% endif %}{% endfor %}")
+    try:
+        with pytest.raises(ConfigError, match="chat template cannot render these messages .*no system turns here"):
+            chat_pipeline.generate(messages=CONVERSATION)
+    finally:
+        chat_pipeline.tokenizer.chat_template = template

@@ -87,11 +87,17 @@ def encode_conversations(tokenizer: Any, conversations: Sequence[Conversation]) 
 
     Returns:
         A `BatchEncoding` of `input_ids` and `attention_mask` tensors.
+
+    Raises:
+        ConfigError: The template refuses a conversation (one of the roles it has no turn for, say).
     """
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the right end of every row
     try:
         return tokenizer.apply_chat_template(list(conversations), add_generation_prompt=True, tokenize=True, return_dict=True,
                                              padding=True, return_tensors="pt")
+    except Exception as error:  # jinja2's TemplateError, or what the template itself raises (raise_exception)
+        raise ConfigError(f"The chat template cannot render these messages ({type(error).__name__}: {error}); give the roles "
+                          "and turns it expects.") from None
     finally:
         tokenizer.padding_side = padding_side
