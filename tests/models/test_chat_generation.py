@@ -114,3 +114,11 @@ def test_a_conversation_the_template_refuses_is_a_clear_error(chat_pipeline):
             chat_pipeline.generate(messages=CONVERSATION)
     finally:
         chat_pipeline.tokenizer.chat_template = template
+
+
+def test_the_chat_model_name_is_a_base_model_everywhere_a_model_id_is():
+    from tinypipe.models.base_models import check_base_model
+
+    check_base_model(TINY_LLAMA_CHAT, kind="causal-lm")  # what train-lm checks MODEL with, before a job is recorded
+    with pytest.raises(ConfigError, match=r"Did you mean 'tinypipe/tiny-llama-chat'"):
+        check_base_model("tinypipe/tiny-llama-chatt", kind="causal-lm")
