@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "tinypipe"
 
 LAYERS = ["errors", "version", "files", "config", "builtin", "data", "families", "models", "training", "trainers", "app"]
-APP_MODULES = {"cli", "cli_arguments", "runner", "jobs", "archive", "publish", "derive", "demo", "__main__"}
+APP_MODULES = {"cli", "cli_arguments", "runner", "jobs", "archive", "publish", "derive", "demo", "__main__", "export", "cli_export"}
 DOTTED = re.compile(r"\btinypipe((?:\.\w+)+)")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .builtin import TINY_INSTRUCTIONS, TINY_LLAMA, builtin_names
+from .cli_export import add_export_commands
 from .runner import DIFFUSER_METHODS
 from .version import __version__
 from .cli_arguments import (
@@ -449,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output", help="Folder the demo writes its repo into (default: demo-output).")
     demo.set_defaults(handler=_demo)
 
+    add_export_commands(commands)
     return parser
 
 
