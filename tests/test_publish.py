@@ -87,7 +87,7 @@ def test_push_publishes_a_complete_card_and_no_checkpoints_or_token(lora_repo, h
     assert hub.calls[:2] == [("HfApi", TOKEN), ("create_repo", "me/sks-circle", True)]
     uploaded = hub.root / "me/sks-circle"
     card = huggingface_hub.ModelCard.load(uploaded / "README.md")
-    assert card.data.base_model == "tinypipe/tiny-sd" and card.data.library_name == "tinypipe"
+    assert card.data.base_model == "tinypipe/tiny-sd" and card.data.library_name == "diffusers"
     assert {"diffusers", "lora", "tinypipe"} <= set(card.data.tags)
     assert card.data.instance_prompt == INSTANCE_PROMPT
     assert f"Instance prompt: `{INSTANCE_PROMPT}`" in card.text and '"max_train_steps": 2' in card.text

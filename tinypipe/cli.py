@@ -265,7 +265,7 @@ def _push(arguments: argparse.Namespace) -> int:
     if local is None:
         raise RepoError(f"{arguments.repo} is neither a repo folder nor a job id; give the folder a training wrote.")
     url = push_repo_folder(local, arguments.hub_id, private=arguments.private, token=arguments.token,
-                           commit_message=arguments.commit_message)
+                           commit_message=arguments.commit_message, lora_at_root=arguments.lora_at_root)
     print(f"Pushed {local} to {url}")
     return 0
 
@@ -427,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true", help="Create the Hub repo as private.")
     push.add_argument("--token", help="A Hub token (default: HF_TOKEN or the one saved by `hf auth login`).")
     push.add_argument("--commit-message", help="The Hub commit message.")
+    push.add_argument("--lora-at-root", action="store_true", help="Also publish the LoRA file at the repo root, so that "
+                      "diffusers' load_lora_weights(\"HUB_ID\") needs no subfolder.")
     push.set_defaults(handler=_push)
 
     derive = commands.add_parser("derive", help="Copy a repo with one component replaced.",
@@ -450,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output", help="Folder the demo writes its repo into (default: demo-output).")
     demo.set_defaults(handler=_demo)
 
-    add_export_commands(commands)
+    add_export_commands(commands, local_repo=_repo_path)
     return parser
 
 

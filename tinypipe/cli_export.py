@@ -4,7 +4,9 @@ Registered from `tinypipe.cli.build_parser` with `add_export_commands(commands)`
 """
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Optional
 
 from .export import EXPORT_FORMATS
 
@@ -20,16 +22,12 @@ Stable Diffusion 1/2 LoRAs are written in every format; other families (FLUX.1, 
 
 
 def _export(arguments: argparse.Namespace) -> int:
-    from .cli import _looks_like_a_path, _repo_path
     from .config.hub import resolve_repo
-    from .errors import RepoError
     from .export import export_lora
     from .files import tinypipe_home
 
-    local = _repo_path(arguments.repo)
-    if local is None and _looks_like_a_path(arguments.repo):
-        raise RepoError(f"REPO {arguments.repo} does not exist; give a repo folder, a job id, or a hub id (owner/name).")
-    if local is None:
+    local = arguments.local_repo(arguments.repo)
+    if local is None:  # a hub id (an invalid one is refused by resolve_repo, naming it)
         import tinypipe.models  # noqa: F401  (registers the built-in names a repo id may be)
 
         cache = Path(arguments.cache_dir) if arguments.cache_dir else tinypipe_home() / "hub"
@@ -39,8 +37,14 @@ def _export(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def add_export_commands(commands: "argparse._SubParsersAction") -> None:
-    """Add `tinypipe export` to the sub-commands of the `tinypipe` parser."""
+def add_export_commands(commands: "argparse._SubParsersAction", local_repo: Callable[[str], Optional[Path]]) -> None:
+    """Add `tinypipe export` to the sub-commands of the `tinypipe` parser.
+
+    Args:
+        commands: The parser's sub-commands.
+        local_repo: The CLI's reading of a REPO argument: the local repo folder it names (a folder, a job id), or
+            None for a hub id.
+    """
     export = commands.add_parser(
         "export", help="Write a repo's LoRA as one file for A1111, ComfyUI or kohya.", epilog=EXPORT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -52,4 +56,4 @@ def add_export_commands(commands: "argparse._SubParsersAction") -> None:
     export.add_argument("--force", action="store_true", help="Replace FILE if it exists.")
     export.add_argument("--revision", help="Hub revision, for a Hub id.")
     export.add_argument("--cache-dir", metavar="DIR", help="Where Hub repos are downloaded (default: the tinypipe home's hub/).")
-    export.set_defaults(handler=_export)
+    export.set_defaults(handler=_export, local_repo=local_repo)

@@ -132,7 +132,7 @@ def test_push_to_hub_creates_repo_and_uploads_it_with_a_card(tmp_path, monkeypat
     assert not (repo / "README.md").exists()  # the card is generated into the upload, not into the user's folder
     assert api.uploaded["model/config.json"] == (repo / "model/config.json").read_bytes()
     card = api.uploaded["README.md"].decode()
-    assert "library_name: tinypipe" in card and "base_model: tinypipe/tiny-sd" in card
+    assert "library_name: diffusers" in card and "base_model: tinypipe/tiny-sd" in card
     for expected in ("- lora", "- diffusers", "a photo of sks dog", '"learning_rate": 0.0005'):
         assert expected in card
     for path in repo.rglob("*"):
