@@ -189,6 +189,8 @@ def _download(arguments: argparse.Namespace) -> int:
     # The default zip lands in the current folder under a plain name, whatever an older store recorded as the name.
     plain_name = "".join(char if char.isalnum() or char in "-_." else "_" for char in job.name).strip(".") or "job"
     target = Path(arguments.to) if arguments.to else Path(f"{plain_name}-{job.id}.zip")
+    if target.exists() and not arguments.force:
+        raise JobError(f"{target} already exists and is left as it is; choose another --to FILE, or pass --force to replace it.")
     write_zip(members, target)
     print(f"Wrote {target} ({len(members)} files: the model/ weights and the validation images).")
     return 0
@@ -392,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "weights and their configs) and its validation images.")
     download.add_argument("job_id", metavar="JOB_ID", help="The id of a succeeded job.")
     download.add_argument("--to", metavar="FILE", help="The zip file to write (default: NAME-JOB_ID.zip here).")
+    download.add_argument("--force", action="store_true", help="Replace FILE if it exists.")
     download.set_defaults(handler=_download)
 
     cancel = commands.add_parser("cancel", help="Stop a queued or running job.",
