@@ -172,3 +172,22 @@ def test_lora_at_root_is_refused_for_a_repo_without_a_lora(tmp_path, hub):
     with pytest.raises(RepoError, match=r"holds no LoRA; leave out lora_at_root"):
         push_repo_folder(repo, "me/plain", token=TOKEN, lora_at_root=True)
     assert not (hub / "me/plain").exists()
+
+
+def test_diffusers_snippets_of_textual_inversion_and_dreambooth_cards_run_on_the_published_repo(tmp_path, hub, monkeypatch):
+    embedding = DiffusionPipeline(TINY_SD, device="cpu")
+    embedding.add_textual_inversion("<sks-shape>", torch.randn(1, embedding.text_encoder.config.hidden_size))
+    push_repo_folder(embedding.save_pretrained(tmp_path / "ti"), "me/ti", token=TOKEN)
+    snippet = snippets((hub / "me/ti/README.md").read_text(), "python")[1]
+    assert 'pipe.load_textual_inversion("me/ti", subfolder="model", weight_name="learned_embeds.safetensors")' in snippet
+    pipe = run_python(snippet, {"me/ti": hub / "me/ti", TINY_SD: builtin_model_folder(TINY_SD)})["pipe"]
+    assert "<sks-shape>" in pipe.tokenizer.get_vocab()
+
+    full = DiffusionPipeline(TINY_SD, device="cpu")
+    full.mark_fine_tuned(["unet"])
+    push_repo_folder(full.save_pretrained(tmp_path / "dreambooth"), "me/dreambooth", token=TOKEN)
+    snippet = snippets((hub / "me/dreambooth/README.md").read_text(), "python")[1]
+    assert 'snapshot_download("me/dreambooth", allow_patterns=["model/*"])' in snippet
+    downloads = []  # the hub download gives the published copy, as snapshot_download would
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kwargs: downloads.append(repo_id) or str(hub / repo_id))
+    assert type(run_python(snippet, {})["pipe"]).__name__ == "StableDiffusionPipeline" and downloads == ["me/dreambooth"]
