@@ -195,10 +195,10 @@ def base_model_license(base_model: Any) -> Optional[str]:
     if not isinstance(card, (str, Path)) or not Path(card).is_file():
         return None
     try:
-        license = (metadata_load(card) or {}).get("license")
-    except (OSError, ValueError, UnicodeDecodeError):  # a card whose front matter is not YAML: no license known
+        found = (metadata_load(card) or {}).get("license")
+    except Exception:  # noqa: BLE001  (unreadable, or front matter that is not a YAML mapping: pyyaml's own errors) - no license known
         return None
-    return license if isinstance(license, str) else None
+    return found if isinstance(found, str) else None
 
 
 # -- rendering ------------------------------------------------------------------------------------------
