@@ -38,6 +38,21 @@ def build_lora_repo(folder, text_encoder_lora=True):
     return pipeline.save_pretrained(folder)
 
 
+def replace_lora_file(repo, tensors, config_changes=None):
+    """Write other tensors (and config values) into a copied repo, its filelist re-written, as a save would."""
+    from tinypipe.config.filelist import write_filelist
+
+    weights = repo / "model/pytorch_lora_weights.safetensors"
+    with safe_open(str(weights), framework="pt") as file:
+        metadata = file.metadata()
+    save_file(tensors, str(weights), metadata=metadata)
+    config = json.loads((repo / "model/config.json").read_text())
+    (repo / "model/config.json").write_text(json.dumps({**config, **(config_changes or {})}))
+    (repo / "model/filelist.txt").unlink()
+    write_filelist(repo / "model")
+    return weights
+
+
 @pytest.fixture(scope="module")
 def lora_repo(tmp_path_factory):
     return build_lora_repo(tmp_path_factory.mktemp("export") / "repo")
@@ -141,17 +156,9 @@ def test_export_refuses_what_it_cannot_write_with_a_clear_error(lora_repo, tmp_p
 
 def test_flux_lora_is_offered_in_the_diffusers_format_only(lora_repo, tmp_path):
     repo = shutil.copytree(lora_repo, tmp_path / "flux")
-    weights = repo / "model/pytorch_lora_weights.safetensors"
-    with safe_open(str(weights), framework="pt") as file:
-        metadata = file.metadata()
-    tensors = {key.replace("unet.", "transformer.", 1): value for key, value in load_file(weights).items()}
-    save_file(tensors, str(weights), metadata=metadata)  # a transformer-denoiser LoRA, as FLUX.1's
-    config = json.loads((repo / "model/config.json").read_text())
-    (repo / "model/config.json").write_text(json.dumps({**config, "family": "flux"}))
-    (repo / "model/filelist.txt").unlink()
-    from tinypipe.config.filelist import write_filelist
-
-    write_filelist(repo / "model")
+    tensors = load_file(repo / "model/pytorch_lora_weights.safetensors")
+    weights = replace_lora_file(repo, {key.replace("unet.", "transformer.", 1): value for key, value in tensors.items()},
+                                {"family": "flux"})  # a transformer-denoiser LoRA, as FLUX.1's
     with pytest.raises(ConfigError, match=r"A flux LoRA cannot be written in kohya's format yet; only the diffusers format is offered"):
         export_lora(repo, "kohya", tmp_path / "flux.safetensors")
     assert export_lora(repo, "diffusers", tmp_path / "flux.safetensors").read_bytes() == weights.read_bytes()
@@ -163,3 +170,18 @@ def test_export_of_an_altered_repo_is_refused(lora_repo, tmp_path):
         file.write(b"x")
     with pytest.raises(RepoError, match=r"pytorch_lora_weights.safetensors has changed since it was saved"):
         export_lora(repo, "kohya", tmp_path / "out.safetensors")
+
+
+def test_export_of_a_hub_id_uses_the_copy_in_the_cache_folder(lora_repo, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(lora_repo, cache / "me/sks-circle")  # a copy placed there (offline: nothing is downloaded)
+    target = tmp_path / "from-hub.safetensors"
+    assert main(["export", "me/sks-circle", "--cache-dir", str(cache), "--to", str(target)]) == 0
+    assert load_file(target).keys() == load_file(export_lora(lora_repo, "kohya", tmp_path / "local.safetensors")).keys()
+
+
+def test_a_lora_file_not_in_diffusers_keys_is_a_repo_error_naming_it(lora_repo, tmp_path):
+    repo = shutil.copytree(lora_repo, tmp_path / "odd")
+    replace_lora_file(repo, {"unet.some.layer.weight": torch.zeros(2, 2)})
+    with pytest.raises(RepoError, match=r"pytorch_lora_weights.safetensors: its unet LoRA is not in diffusers' key format"):
+        export_lora(repo, "kohya", tmp_path / "odd.safetensors")

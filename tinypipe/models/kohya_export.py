@@ -92,12 +92,16 @@ def _adapter_settings(metadata: Mapping[str, str], component: str, path: Path) -
                         f"({_ADAPTER_METADATA_KEY}); re-save the repo with this tinypipe version.") from error
 
 
-def _peft_keys(tensors: Mapping[str, torch.Tensor], component: str, module_root: str) -> dict[str, torch.Tensor]:
+def _peft_keys(tensors: Mapping[str, torch.Tensor], component: str, module_root: str, path: Path) -> dict[str, torch.Tensor]:
     """One component's part of a diffusers LoRA file, in peft's key format, its module paths as in kohya's model."""
     from diffusers.utils import convert_all_state_dict_to_peft
 
     part = {key.removeprefix(f"{component}."): value for key, value in tensors.items() if key.startswith(f"{component}.")}
-    peft = convert_all_state_dict_to_peft(part)  # diffusers' own map: `lora.down` / `lora_linear_layer.down` -> `lora_A`
+    try:
+        peft = convert_all_state_dict_to_peft(part)  # diffusers' own map: `lora.down` / `lora_linear_layer.down` -> `lora_A`
+    except ValueError as error:
+        raise RepoError(f"{path}: its {component} LoRA is not in diffusers' key format ({error}); re-save the repo "
+                        "with tinypipe, or export it with --format diffusers.") from error
     return {f"{component}.{key if key.startswith(module_root) else module_root + key}": value for key, value in peft.items()}
 
 
@@ -138,7 +142,7 @@ def kohya_lora(path: Path, family: str) -> tuple[dict[str, torch.Tensor], dict[s
     # 1. diffusers' keys -> peft's, with the module paths of kohya's model; 2. peft's -> kohya's, by diffusers.
     peft: dict[str, torch.Tensor] = {}
     for component in components:
-        peft.update(_peft_keys(tensors, component, layout.module_roots.get(component, "")))
+        peft.update(_peft_keys(tensors, component, layout.module_roots.get(component, ""), path))
     converted = convert_state_dict_to_kohya(peft)
     # 3. diffusers names the components lora_te1/lora_te2 (SDXL's); a family with one text encoder uses lora_te.
     renamed = {"lora_unet": "lora_unet", "lora_te1": layout.prefixes.get("text_encoder", "lora_te1"),
