@@ -110,6 +110,7 @@ def test_kohya_export_has_the_keys_kohya_writes_with_alpha_and_ss_metadata(lora_
     assert (metadata["ss_network_dim"], metadata["ss_network_alpha"]) == ("2", "4")
     assert metadata["ss_base_model_version"] == "sd_v1" and metadata["ss_v2"] == "False"
     assert metadata["ss_sd_model_name"] == TINY_SD and metadata["ss_tinypipe_version"]
+    assert metadata["ss_resolution"] == "(64, 64)"  # no resolution was given: the base model's native one
     assert metadata["modelspec.architecture"] == "stable-diffusion-v1/lora"
 
 

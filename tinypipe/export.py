@@ -74,7 +74,7 @@ def export_lora(repo: Union[str, Path], format: str = "kohya", to: Optional[Unio
     export_lora("out", "comfyui", "ComfyUI/models/loras/sks-circle.safetensors")
     ```
     """
-    from .models.kohya_export import kohya_lora, kohya_metadata, lora_components, read_lora_file
+    from .models.kohya_export import kohya_lora, kohya_metadata, lora_components, native_resolution, read_lora_file
 
     # 1. Check the request before anything is read or written.
     if format not in EXPORT_FORMATS:
@@ -117,7 +117,8 @@ def export_lora(repo: Union[str, Path], format: str = "kohya", to: Optional[Unio
     data = card_data_from_repo(repo)
     arguments = data.get("training_arguments", {})
     metadata = kohya_metadata(family, settings["rank"], settings["alpha"], state_dict,
-                              base_model=public_value(data.get("base_model")), resolution=arguments.get("resolution"),
+                              base_model=public_value(data.get("base_model")),
+                              resolution=arguments.get("resolution") or native_resolution(config.get("base_model")),
                               title=target.stem, training_arguments=arguments)
     with disk_full_as_error(target, f"Writing {target}"), atomic_file(target) as staging:
         save_file(state_dict, str(staging), metadata=metadata)

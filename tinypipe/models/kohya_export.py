@@ -29,9 +29,10 @@ from typing import Any, Optional
 import torch
 
 from ..errors import ConfigError, RepoError
+from ..files import read_json
 from ..version import __version__
 
-__all__ = ["KOHYA_LAYOUTS", "KohyaLayout", "kohya_lora", "kohya_metadata", "lora_components", "read_lora_file"]
+__all__ = ["KOHYA_LAYOUTS", "KohyaLayout", "kohya_lora", "kohya_metadata", "lora_components", "native_resolution", "read_lora_file"]
 
 _ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # where diffusers' save_lora_weights records each LoraConfig
 
@@ -156,6 +157,40 @@ def kohya_lora(path: Path, family: str) -> tuple[dict[str, torch.Tensor], dict[s
         state_dict[name] = (torch.tensor(alpha, dtype=next(iter(tensors.values())).dtype) if name.endswith(".alpha")
                             else value.contiguous())
     return state_dict, {"rank": rank, "alpha": alpha}
+
+
+def native_resolution(base_model: Optional[str]) -> Optional[int]:
+    """The image size a Stable-Diffusion-style base model works at (UNet sample size x VAE downscale), read from its
+    configs where they are at hand without the network: a built-in model, a local folder, or huggingface_hub's cache.
+
+    This is the size a trainer given no `resolution` trains at; None when the configs are not at hand.
+    """
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    from ..builtin import is_builtin
+    from ..builtin.tiny_sd import builtin_model_folder
+
+    if not base_model:
+        return None
+    configs = {}
+    for name in ("unet/config.json", "vae/config.json"):
+        if is_builtin(base_model, "diffusion"):
+            path: Any = builtin_model_folder(base_model) / name
+        elif (Path(base_model).expanduser() / name).is_file():
+            path = Path(base_model).expanduser() / name
+        else:
+            try:
+                path = try_to_load_from_cache(base_model, name)
+            except HFValidationError:
+                return None
+        if not isinstance(path, (str, Path)) or not Path(path).is_file():
+            return None
+        configs[name] = read_json(Path(path))
+    try:
+        return int(configs["unet/config.json"]["sample_size"]) * 2 ** (len(configs["vae/config.json"]["block_out_channels"]) - 1)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _number(value: float) -> str:
