@@ -46,10 +46,14 @@ class FakeHub:
         FakeHub.calls.append(("create_repo", repo_id, private))
         return f"https://huggingface.co/{repo_id}"
 
-    def upload_folder(self, repo_id, folder_path, commit_message=None, ignore_patterns=None):
+    def upload_folder(self, repo_id, folder_path, commit_message=None, ignore_patterns=None, delete_patterns=None):
         FakeHub.calls.append(("upload_folder", repo_id, Path(folder_path), tuple(ignore_patterns or ())))
         if FakeHub.fail_upload_with is not None:
             raise FakeHub.fail_upload_with
+        remote = FakeHub.root / repo_id
+        published = [path.relative_to(remote).as_posix() for path in remote.rglob("*") if path.is_file()] if remote.is_dir() else []
+        for relative in filter_repo_objects(published, allow_patterns=delete_patterns or []):
+            (remote / relative).unlink()  # as the hub does: remote files matching delete_patterns go, uploaded ones return
         folder = Path(folder_path)
         files = [path.relative_to(folder).as_posix() for path in sorted(folder.rglob("*")) if path.is_file()]
         for relative in filter_repo_objects(files, ignore_patterns=ignore_patterns):
@@ -318,6 +322,11 @@ def test_lora_at_root_loads_with_no_arguments_and_is_verified_on_download(lora_r
         file.write(b"x")
     with pytest.raises(RepoError, match=r"pytorch_lora_weights.safetensors has changed since it was saved"):
         resolve_repo(cache, "me/root")
+
+    # A later push without the option takes the root copy away, so it never outlives the LoRA it copied.
+    push_repo_folder(lora_run, "me/root", token=TOKEN)
+    assert not root_lora.exists() and not (published / "filelist.txt").exists()
+    assert (published / "model/pytorch_lora_weights.safetensors").is_file()
 
 
 def test_lora_at_root_is_refused_for_a_repo_without_a_lora(tmp_path, hub):

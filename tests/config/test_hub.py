@@ -115,7 +115,7 @@ class FakeApi:
         self.calls.append(("create_repo", repo_id, private, exist_ok))
         return f"https://huggingface.co/{repo_id}"
 
-    def upload_folder(self, repo_id, folder_path, commit_message=None, ignore_patterns=None):
+    def upload_folder(self, repo_id, folder_path, commit_message=None, ignore_patterns=None, delete_patterns=None):
         self.calls.append(("upload_folder", repo_id))
         self.uploaded = {path.relative_to(folder_path).as_posix(): path.read_bytes()
                          for path in Path(folder_path).rglob("*") if path.is_file()}

@@ -41,6 +41,10 @@ DOWNLOAD_MARKER = ".tinypipe-download.json"
 LORA_AT_ROOT = "pytorch_lora_weights.safetensors"
 """The LoRA file `upload_repo(..., lora_at_root=True)` also publishes at the repo root (diffusers' default name)."""
 
+ROOT_LORA_FILES = (LORA_AT_ROOT, FILELIST)
+"""What `lora_at_root` adds at the hub repo's root; a push removes them there unless it uploads them again, so a root
+LoRA from an earlier push never outlives the LoRA it copied."""
+
 # Never uploaded: resumable training state, the hub download cache and marker, half-done or replaced saves.
 UPLOAD_IGNORE_PATTERNS = ("checkpoints/**", ".cache/**", DOWNLOAD_MARKER, ".*.tmp-*/**", ".*.old-*/**", "**/__pycache__/**")
 
@@ -329,7 +333,7 @@ def upload_repo(repo: Path, repo_id: Optional[str], card_data: dict[str, Any], *
             _stage(repo, Path(staging), card, redact, lora_at_root)
             url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
             api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message or "Upload with tinypipe",
-                              ignore_patterns=list(UPLOAD_IGNORE_PATTERNS))
+                              ignore_patterns=list(UPLOAD_IGNORE_PATTERNS), delete_patterns=list(ROOT_LORA_FILES))
         except Exception as error:
             raise RepoError(redact(f"Pushing {repo} to the hub as {repo_id!r} failed ({type(error).__name__}: {error}). "
                                    f"{_login_hint(repo)}")) from error
