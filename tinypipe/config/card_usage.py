@@ -9,8 +9,10 @@ lines = usage_section(card_data_from_repo("out"), "me/my-lora")   # Markdown lin
 One snippet per tool that reads the repo's files, chosen from what `model/` holds (`card_data["model_files"]`):
 tinypipe itself; diffusers (`load_lora_weights(repo, subfolder="model")`, or no arguments when the LoRA is also
 published at the repo root; `load_textual_inversion`; a DreamBooth pipeline folder); peft (`PeftModel.from_pretrained(
-base, repo, subfolder="model")`); and, for a LoRA, the kohya file `tinypipe export` writes for A1111 / ComfyUI.
-Each snippet sets `base_model` on its first line, so it reads (and is tested) as the code a user runs.
+base, repo, subfolder="model")`); and, for a Stable Diffusion 1/2 LoRA, the kohya file `tinypipe export` writes for
+A1111 / ComfyUI.
+The diffusers and peft snippets name the base model once (`base_model = ...`), so each reads as the code a user runs;
+the tests run each one against a published copy.
 """
 
 import json
@@ -20,9 +22,16 @@ __all__ = ["usage_section"]
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 _UNKNOWN_BASE = "<the base model's hub id or folder>"
+_OTHER_FAMILY_TAGS = {"stable-diffusion-xl", "sdxl", "flux"}
 STEPS = 30
 """The denoising steps the snippets generate with."""
 _DEVICE = 'pipe = pipe.to("cuda" if torch.cuda.is_available() else "cpu")'
+
+
+def _kohya_exportable(tags: list[str]) -> bool:
+    """Whether `tinypipe export --format kohya` writes this repo's LoRA: a Stable Diffusion 1/2 one (see
+    `tinypipe.models.kohya_export.KOHYA_LAYOUTS`), told by its tags, since the card reads no weights."""
+    return "stable-diffusion" in tags and not set(tags) & _OTHER_FAMILY_TAGS
 
 
 def _python(*lines: str) -> list[str]:
@@ -56,7 +65,7 @@ def _diffusion_snippets(card_data: dict[str, Any], repo_id: str, base: str, prom
     if steps:
         lines += ["### diffusers", ""]
         lines += _python(*_text_to_image_start(base), *steps, f"image = pipe({prompt}, num_inference_steps={STEPS}).images[0]")
-    if LORA_FILE in files:
+    if LORA_FILE in files and _kohya_exportable(card_data.get("tags", [])):
         name = f"{repo_id.rsplit('/', 1)[-1]}.safetensors"
         lines += ["### A1111, Forge, ComfyUI, kohya (one kohya-format file)", "",
                   "Write the LoRA with kohya's key names and metadata (`pip install tinypipe`):", "",
