@@ -248,3 +248,19 @@ def test_a_job_run_in_this_process_leaves_the_callers_logging_handlers_as_they_w
     code, _ = run(capsys, *TRAIN, "--output", str(tmp_path / "out"), "--training-args",
                   json.dumps({"max_train_steps": 1, "num_validation_images": 0, "checkpointing_steps": 0}))
     assert code == 0 and (root.handlers, root.level) == before
+
+
+def test_download_never_replaces_an_existing_file_without_force(capsys, tmp_path):
+    store = JobStore()
+    job = store.create("done", "train-diffuser", "lora", {}, output=tmp_path / "repo")
+    (tmp_path / "repo/model").mkdir(parents=True)
+    (tmp_path / "repo/model/config.json").write_text("{}")
+    store.start(job.id)
+    store.finish(job.id, "succeeded")
+    mine = tmp_path / "mine.zip"
+    mine.write_bytes(b"the user's own file")
+    code, error = run(capsys, "download-model", job.id, "--to", str(mine))
+    assert code == 2 and "mine.zip already exists and is left as it is" in error and "--force" in error
+    assert mine.read_bytes() == b"the user's own file"
+    code, _ = run(capsys, "download-model", job.id, "--to", str(mine), "--force")
+    assert code == 0 and zipfile.ZipFile(mine).namelist() == ["model/config.json"]

@@ -13,7 +13,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "tinypipe"
 
 LAYERS = ["errors", "version", "files", "config", "builtin", "data", "families", "models", "training", "trainers", "app"]
-APP_MODULES = {"cli", "cli_arguments", "cli_lm", "cli_repos", "runner", "jobs", "archive", "publish", "derive", "demo", "__main__"}
+APP_MODULES = {"cli", "cli_arguments", "cli_lm", "cli_repos", "cli_export", "runner", "jobs", "archive", "publish", "derive", "demo",
+               "export", "__main__"}
 DOTTED = re.compile(r"\btinypipe((?:\.\w+)+)")
 
 

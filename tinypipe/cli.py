@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 from .builtin import TINY_INSTRUCTIONS, TINY_LLAMA, builtin_names
 from .cli_lm import add_chat_options, add_lm_commands, chat, check_chat_arguments
 from .cli_repos import load_pipeline, repo_path as _repo_path
+from .cli_export import add_export_commands
 from .runner import DIFFUSER_METHODS
 from .version import __version__
 from .cli_arguments import (
@@ -190,6 +191,8 @@ def _download(arguments: argparse.Namespace) -> int:
     # The default zip lands in the current folder under a plain name, whatever an older store recorded as the name.
     plain_name = "".join(char if char.isalnum() or char in "-_." else "_" for char in job.name).strip(".") or "job"
     target = Path(arguments.to) if arguments.to else Path(f"{plain_name}-{job.id}.zip")
+    if target.exists() and not arguments.force:
+        raise JobError(f"{target} already exists and is left as it is; choose another --to FILE, or pass --force to replace it.")
     write_zip(members, target)
     print(f"Wrote {target} ({len(members)} files: the model/ weights and the validation images).")
     return 0
@@ -238,7 +241,7 @@ def _push(arguments: argparse.Namespace) -> int:
     if local is None:
         raise RepoError(f"{arguments.repo} is neither a repo folder nor a job id; give the folder a training wrote.")
     url = push_repo_folder(local, arguments.hub_id, private=arguments.private, token=arguments.token,
-                           commit_message=arguments.commit_message)
+                           commit_message=arguments.commit_message, lora_at_root=arguments.lora_at_root)
     print(f"Pushed {local} to {url}")
     return 0
 
@@ -365,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "weights and their configs) and its validation images.")
     download.add_argument("job_id", metavar="JOB_ID", help="The id of a succeeded job.")
     download.add_argument("--to", metavar="FILE", help="The zip file to write (default: NAME-JOB_ID.zip here).")
+    download.add_argument("--force", action="store_true", help="Replace FILE if it exists.")
     download.set_defaults(handler=_download)
 
     cancel = commands.add_parser("cancel", help="Stop a queued or running job.",
@@ -402,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true", help="Create the Hub repo as private.")
     push.add_argument("--token", help="A Hub token (default: HF_TOKEN or the one saved by `hf auth login`).")
     push.add_argument("--commit-message", help="The Hub commit message.")
+    push.add_argument("--lora-at-root", action="store_true", help="Also publish the LoRA file at the repo root, so that "
+                      "diffusers' load_lora_weights(\"HUB_ID\") needs no subfolder.")
     push.set_defaults(handler=_push)
 
     derive = commands.add_parser("derive", help="Copy a repo with one component replaced.",
@@ -425,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output", help="Folder the demo writes its repo into (default: demo-output).")
     demo.set_defaults(handler=_demo)
 
+    add_export_commands(commands, local_repo=_repo_path)
     return parser
 
 

@@ -25,7 +25,7 @@ __all__ = ["push_repo_folder"]
 
 
 def push_repo_folder(repo: Union[str, Path], repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
-                     commit_message: Optional[str] = None) -> str:
+                     commit_message: Optional[str] = None, lora_at_root: bool = False) -> str:
     """Publish an already saved repo folder to the hub as `repo_id`, with a complete model card.
 
     No weights are loaded: the card is built from the repo's `config.json` files and `validation/` images,
@@ -38,13 +38,15 @@ def push_repo_folder(repo: Union[str, Path], repo_id: str, *, private: Optional[
         private: Create the hub repo as private (None: the hub's default).
         token: A hub token; None uses the one `hf auth login` stored or `HF_TOKEN`. Never written anywhere.
         commit_message: The hub commit message.
+        lora_at_root: Also publish the LoRA file at the repo root (listed in a root `filelist.txt`), so that
+            diffusers' `load_lora_weights("user/repo")` finds it with no `subfolder`.
 
     Returns:
         The URL of the hub repo.
 
     Raises:
-        RepoError: The folder is not a complete repo, no token is available, or the push failed. The
-            local repo is left as it was.
+        RepoError: The folder is not a complete repo, no token is available, `lora_at_root` was asked of a repo
+            without a LoRA, or the push failed. The local repo is left as it was.
 
     Example:
     ```python
@@ -57,4 +59,5 @@ def push_repo_folder(repo: Union[str, Path], repo_id: str, *, private: Optional[
     for component in ("model", "trainer"):
         if (repo / component / FILELIST).is_file():
             verify_filelist(repo / component)
-    return upload_repo(repo, repo_id, card_data_from_repo(repo), private=private, token=token, commit_message=commit_message)
+    return upload_repo(repo, repo_id, card_data_from_repo(repo), private=private, token=token, commit_message=commit_message,
+                       lora_at_root=lora_at_root)

@@ -115,7 +115,7 @@ class FakeApi:
         self.calls.append(("create_repo", repo_id, private, exist_ok))
         return f"https://huggingface.co/{repo_id}"
 
-    def upload_folder(self, repo_id, folder_path, commit_message=None, ignore_patterns=None):
+    def upload_folder(self, repo_id, folder_path, commit_message=None, ignore_patterns=None, delete_patterns=None):
         self.calls.append(("upload_folder", repo_id))
         self.uploaded = {path.relative_to(folder_path).as_posix(): path.read_bytes()
                          for path in Path(folder_path).rglob("*") if path.is_file()}
@@ -132,7 +132,7 @@ def test_push_to_hub_creates_repo_and_uploads_it_with_a_card(tmp_path, monkeypat
     assert not (repo / "README.md").exists()  # the card is generated into the upload, not into the user's folder
     assert api.uploaded["model/config.json"] == (repo / "model/config.json").read_bytes()
     card = api.uploaded["README.md"].decode()
-    assert "library_name: tinypipe" in card and "base_model: tinypipe/tiny-sd" in card
+    assert "library_name: diffusers" in card and "base_model: tinypipe/tiny-sd" in card
     for expected in ("- lora", "- diffusers", "a photo of sks dog", '"learning_rate": 0.0005'):
         assert expected in card
     for path in repo.rglob("*"):

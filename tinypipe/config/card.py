@@ -20,9 +20,10 @@ from ..errors import ConfigError, RepoError
 from ..files import child_path, read_json
 from .base import ConfigBase
 from .coders import is_reserved_key, plain_value
+from .card_usage import usage_section
 from .modules import resolve_class
 
-__all__ = ["card_data_from_repo", "public_training_arguments", "render_model_card"]
+__all__ = ["base_model_license", "card_data_from_repo", "card_metadata", "public_training_arguments", "render_model_card"]
 
 # Card labels of the prompts a trainer may have been run with, in the order the card shows them.
 _PROMPTS = (
@@ -123,7 +124,8 @@ def card_data_from_repo(repo: Union[str, Path], obj: Any = None) -> dict[str, An
 
     Returns:
         The card data `render_model_card` takes: `base_model`, `method`, `tags`, `trainer`, `instance_prompt`,
-        `prompts`, `training_arguments`, `images` (those that apply).
+        `prompts`, `training_arguments`, `images` (those that apply), `model_files` (the file names in `model/`)
+        and `license` (the base model's, or None).
 
     Raises:
         RepoError: The repo holds no `model/config.json` (and no object was given), or a config is not valid JSON.
@@ -159,10 +161,77 @@ def card_data_from_repo(repo: Union[str, Path], obj: Any = None) -> dict[str, An
 
     # 3. The validation images, as paths that render on the hub.
     data.setdefault("images", _validation_images(repo))
+
+    # 4. What the "How to use" code loads (the files of model/), and the license of the base model when known.
+    data.setdefault("model_files", sorted(path.name for path in (repo / "model").glob("*") if path.is_file()))
+    if data.get("license") is None:
+        data["license"] = base_model_license(data.get("base_model"))
     return data
 
 
+def base_model_license(base_model: Any) -> Optional[str]:
+    """The `license` of a base model's own card, when it is at hand without the network; None otherwise.
+
+    Read from the YAML front matter of `README.md` in a local base-model folder, or of the hub card huggingface_hub
+    already cached for a hub id (`try_to_load_from_cache`: never a download).
+
+    Example:
+    ```python
+    base_model_license("stable-diffusion-v1-5/stable-diffusion-v1-5")   # "creativeml-openrail-m" once its card is cached
+    ```
+    """
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.repocard import metadata_load
+
+    if not isinstance(base_model, str) or not base_model:
+        return None
+    card: Any = Path(base_model).expanduser() / "README.md"
+    if not card.is_file():
+        try:
+            card = try_to_load_from_cache(base_model, "README.md")
+        except HFValidationError:  # a local path that is not a hub id, and has no card
+            return None
+    if not isinstance(card, (str, Path)) or not Path(card).is_file():
+        return None
+    try:
+        found = (metadata_load(card) or {}).get("license")
+    except Exception:  # noqa: BLE001  (unreadable, or front matter that is not a YAML mapping: pyyaml's own errors) - no license known
+        return None
+    return found if isinstance(found, str) else None
+
+
 # -- rendering ------------------------------------------------------------------------------------------
+
+
+# What each kind of repo is on the hub: the library that reads its files and the hub task it does.
+_LIBRARIES = (("peft", "peft", "text-generation"), ("transformers", "transformers", "text-generation"),
+              ("diffusers", "diffusers", "text-to-image"))
+
+
+def card_metadata(card_data: dict[str, Any]) -> "Any":
+    """The YAML metadata of the card (huggingface_hub `ModelCardData`): what the hub shows and searches by.
+
+    `library_name` is the library that reads the repo's files (`diffusers` for a diffusion repo, `peft` for a
+    causal-LM adapter), `pipeline_tag` the task, `tags` those of the model and trainer plus `tinypipe` (and
+    `template:sd-lora`, the hub's LoRA page, for a diffusion LoRA), `license` the base model's when known, and
+    `widget` the validation images with their prompt.
+
+    Args:
+        card_data: What `card_data_from_repo` returns.
+    """
+    from huggingface_hub import ModelCardData
+
+    tags = set(["tinypipe", *card_data.get("tags", [])])
+    library, task = next(((library, task) for tag, library, task in _LIBRARIES if tag in tags), ("tinypipe", None))
+    if library == "diffusers" and "lora" in tags:
+        tags |= {"template:sd-lora", "text-to-image"}
+    prompt = card_data.get("prompts", {}).get("Validation prompt") or card_data.get("instance_prompt")
+    widget = [{"text": prompt, "output": {"url": image}} for image in card_data.get("images", [])
+              if prompt and not image.endswith("before_after.png")]
+    return ModelCardData(library_name=library, pipeline_tag=task, tags=sorted(tags), base_model=card_data.get("base_model"),
+                         license=card_data.get("license"), instance_prompt=card_data.get("instance_prompt"),
+                         widget=widget or None)
 
 
 def render_model_card(card_data: dict[str, Any], repo_id: str) -> "Any":
@@ -170,14 +239,13 @@ def render_model_card(card_data: dict[str, Any], repo_id: str) -> "Any":
 
     Args:
         card_data: `base_model`, `method`, `trainer`, `instance_prompt`, `prompts` (`{label: prompt}`),
-            `tags`, `images` (paths relative to the repo), `training_arguments`; all optional.
+            `tags`, `images` (paths relative to the repo), `training_arguments`, `model_files`, `license`,
+            `lora_at_root`; all optional.
         repo_id: The hub repo the card describes.
     """
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
 
-    tags = sorted(set(["tinypipe", *card_data.get("tags", [])]))
-    metadata = ModelCardData(library_name="tinypipe", tags=tags, base_model=card_data.get("base_model"),
-                             instance_prompt=card_data.get("instance_prompt"))
+    metadata = card_metadata(card_data)
     trainer = f"'s `{card_data['trainer']}`" if card_data.get("trainer") else ""
     lines = [f"# {repo_id}", "", f"Trained with [tinypipe](https://pypi.org/project/tinypipe/){trainer}: {card_data.get('method', 'model')}."]
     if card_data.get("base_model"):
@@ -189,6 +257,5 @@ def render_model_card(card_data: dict[str, Any], repo_id: str) -> "Any":
         lines += ["", "## Training arguments", "", "```json", arguments, "```"]
     if card_data.get("images"):
         lines += ["", "## Validation images", ""] + [f"![]({image})" for image in card_data["images"]]
-    lines += ["", "## Use it", "", "```python", "from tinypipe import AutoModelPipeline", "",
-              f'pipeline = AutoModelPipeline.from_pretrained("cache", "{repo_id}")', "```", ""]
+    lines += ["", *usage_section(card_data, repo_id), ""]
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(lines))

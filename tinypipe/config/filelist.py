@@ -15,7 +15,9 @@ import json
 import os
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 from ..errors import RepoError, StorageError
 from ..files import open_regular_file, read_json, read_text, tinypipe_home, write_atomic
@@ -58,9 +60,10 @@ def _files_below(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def write_filelist(folder: Path) -> None:
-    """Write `folder/filelist.txt` listing every file below `folder` with its sha256."""
-    lines = [f"{relative} {sha256_file(folder / relative)}\n" for relative in _files_below(folder)]
+def write_filelist(folder: Path, files: Optional[Sequence[str]] = None) -> None:
+    """Write `folder/filelist.txt` listing every file below `folder` (or only `files`, posix paths) with its sha256."""
+    listed = _files_below(folder) if files is None else sorted(files)
+    lines = [f"{relative} {sha256_file(folder / relative)}\n" for relative in listed]
     (folder / FILELIST).write_text("".join(lines), encoding="utf-8")  # inside a folder saved atomically as a whole
 
 
@@ -126,18 +129,20 @@ def _identity(stat: os.stat_result) -> list:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
 
 
-def verify_filelist(folder: Path, *, use_stamps: bool = True) -> None:
+def verify_filelist(folder: Path, *, use_stamps: bool = True, listed_only: bool = False) -> None:
     """Check every file below `folder` against `folder/filelist.txt`.
 
     Args:
         folder: A repo folder (`model/`, `model_code/`, `trainer/`).
         use_stamps: Trust the stamp of a file unchanged since it was last verified.
+        listed_only: Check only the files the list names (a published repo's root, whose `filelist.txt` lists the
+            files tinypipe placed there beside the component folders, which carry their own lists).
 
     Raises:
         RepoError: Naming the first file that is missing, changed, unlisted or unsafe.
     """
     expected = _parse(folder)
-    present = _files_below(folder)
+    present = [relative for relative in _files_below(folder) if relative in expected] if listed_only else _files_below(folder)
     for relative in present:
         if relative not in expected:
             raise RepoError(f"{folder / relative} is not listed in {folder / FILELIST}; remove it or re-save the repo.")

@@ -31,12 +31,19 @@ from .card import card_data_from_repo, render_model_card
 from .filelist import FILELIST, verify_filelist, write_filelist
 
 __all__ = ["resolve_repo", "cache_folder", "register_builtin_repo", "builtin_repo_writer", "is_offline", "upload_repo", "push_repo",
-           "public_value", "UPLOAD_IGNORE_PATTERNS", "DOWNLOAD_MARKER"]
+           "public_value", "verify_root_files", "UPLOAD_IGNORE_PATTERNS", "DOWNLOAD_MARKER", "LORA_AT_ROOT"]
 
 logger = logging.getLogger(__name__)
 
 DOWNLOAD_MARKER = ".tinypipe-download.json"
 """The complete-folder marker of a repo in the cache folder: written once its download (or built-in write) is whole."""
+
+LORA_AT_ROOT = "pytorch_lora_weights.safetensors"
+"""The LoRA file `upload_repo(..., lora_at_root=True)` also publishes at the repo root (diffusers' default name)."""
+
+ROOT_LORA_FILES = (LORA_AT_ROOT, FILELIST)
+"""What `lora_at_root` adds at the hub repo's root; a push removes them there unless it uploads them again, so a root
+LoRA from an earlier push never outlives the LoRA it copied."""
 
 # Never uploaded: resumable training state, the hub download cache and marker, half-done or replaced saves.
 UPLOAD_IGNORE_PATTERNS = ("checkpoints/**", ".cache/**", DOWNLOAD_MARKER, ".*.tmp-*/**", ".*.old-*/**", "**/__pycache__/**")
@@ -92,6 +99,7 @@ def _placed_copy(local: Path) -> bool:
     try:
         for folder in components:
             verify_filelist(folder)
+        verify_root_files(local)
     except RepoError as error:
         raise RepoError(f"{local} is in the cache folder but does not verify ({error}); it is left as it is. Replace it "
                         "with a complete copy, or remove it to download the repo again.") from error
@@ -163,8 +171,20 @@ def resolve_repo(path: Union[str, Path], repo: Optional[str] = None, *, revision
         snapshot_download(repo_id=repo, revision=revision, local_dir=local, token=token)
     except (HfHubHTTPError, HFValidationError, OSError) as error:
         raise RepoError(f"Downloading {repo!r} (revision {revision or 'default'}) into {local} failed: {error}") from error
+    verify_root_files(local)
     write_marker(local, DOWNLOAD_MARKER, {"repo": repo, "revision": revision})
     return local
+
+
+def verify_root_files(repo: Path) -> None:
+    """Check the files a published repo holds at its root beside its component folders (the LoRA published there by
+    `upload_repo(..., lora_at_root=True)`) against the root `filelist.txt`, when there is one.
+
+    Raises:
+        RepoError: A listed file is missing or changed.
+    """
+    if (repo / FILELIST).is_file():
+        verify_filelist(repo, listed_only=True)
 
 
 
@@ -200,9 +220,10 @@ def public_value(value: Any) -> Any:
     return value
 
 
-def _stage(repo: Path, staging: Path, card: str, redact) -> None:
+def _stage(repo: Path, staging: Path, card: str, redact, lora_at_root: bool = False) -> None:
     """Copy what is published from `repo` into `staging`: ignored files left out, JSON files with local paths or
-    secrets made public (and the filelists of their folders rewritten), the card as README.md unless the user wrote one."""
+    secrets made public (and the filelists of their folders rewritten), the card as README.md unless the user wrote one,
+    and with `lora_at_root` the LoRA file also at the root, listed in a root `filelist.txt`."""
     from huggingface_hub.utils import filter_repo_objects
 
     files = sorted(path.relative_to(repo).as_posix() for path in repo.rglob("*") if path.is_file())
@@ -231,10 +252,27 @@ def _stage(repo: Path, staging: Path, card: str, redact) -> None:
         write_filelist(staged)
     if not (staging / "README.md").exists():
         (staging / "README.md").write_text(card if card.endswith("\n") else card + "\n", encoding="utf-8")
+    if lora_at_root:
+        try:
+            os.link(repo / "model" / LORA_AT_ROOT, staging / LORA_AT_ROOT)
+        except OSError:
+            shutil.copyfile(repo / "model" / LORA_AT_ROOT, staging / LORA_AT_ROOT)
+        write_filelist(staging, [LORA_AT_ROOT])
+
+
+def _check_lora_at_root(repo: Path) -> None:
+    """Refuse `lora_at_root` for a repo without a LoRA file, or whose root already holds a file of that name."""
+    if not (repo / "model" / LORA_AT_ROOT).is_file():
+        raise RepoError(f"Publishing the LoRA at the repo root needs {repo / 'model' / LORA_AT_ROOT}, and {repo} holds "
+                        "no LoRA; leave out lora_at_root (--lora-at-root).")
+    for name in (LORA_AT_ROOT, FILELIST):
+        if (repo / name).exists():
+            raise RepoError(f"{repo / name} is the user's own file, which publishing the LoRA at the repo root would "
+                            "replace on the hub; move it, or leave out lora_at_root (--lora-at-root).")
 
 
 def upload_repo(repo: Path, repo_id: Optional[str], card_data: dict[str, Any], *, private: Optional[bool] = None,
-                token: Optional[str] = None, commit_message: Optional[str] = None) -> str:
+                token: Optional[str] = None, commit_message: Optional[str] = None, lora_at_root: bool = False) -> str:
     """Create the hub repo `repo_id` and upload the folder `repo` with a model card; `repo` itself is only read.
 
     Nothing touches the network before a token is known to exist. The token is handed to huggingface_hub
@@ -249,18 +287,24 @@ def upload_repo(repo: Path, repo_id: Optional[str], card_data: dict[str, Any], *
         private: Create the hub repo as private (None: the hub's default).
         token: A hub token; None uses the one `hf auth login` stored or `HF_TOKEN`.
         commit_message: The hub commit message.
+        lora_at_root: Also publish `model/pytorch_lora_weights.safetensors` at the repo root (listed in a root
+            `filelist.txt`), so that diffusers' `load_lora_weights("user/repo")` needs no `subfolder`.
 
     Returns:
         The URL of the hub repo.
 
     Raises:
-        RepoError: No `repo_id`, no token, or a failed push; the message says the local repo is intact.
+        RepoError: No `repo_id`, no token, `lora_at_root` for a repo without a LoRA (or whose root holds a file of
+            that name), or a failed push; the message says the local repo is intact.
     """
     import huggingface_hub
 
     # 1. Check what is needed before anything is written or sent.
     if not repo_id:
         raise RepoError(f"Publishing {repo} needs repo_id='user/name' (the hub repo to create or update).")
+    if lora_at_root:
+        _check_lora_at_root(repo)
+        card_data = {**card_data, "lora_at_root": True}
     stored_token = huggingface_hub.get_token()
     if token is None and stored_token is None:
         raise RepoError(f"Pushing {repo} to the hub as {repo_id!r} needs a Hugging Face token, and none was found; "
@@ -286,10 +330,10 @@ def upload_repo(repo: Path, repo_id: Optional[str], card_data: dict[str, Any], *
         staging_folder = tempfile.TemporaryDirectory(prefix=".tinypipe-upload-")
     with staging_folder as staging:
         try:
-            _stage(repo, Path(staging), card, redact)
+            _stage(repo, Path(staging), card, redact, lora_at_root)
             url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
             api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message or "Upload with tinypipe",
-                              ignore_patterns=list(UPLOAD_IGNORE_PATTERNS))
+                              ignore_patterns=list(UPLOAD_IGNORE_PATTERNS), delete_patterns=list(ROOT_LORA_FILES))
         except Exception as error:
             raise RepoError(redact(f"Pushing {repo} to the hub as {repo_id!r} failed ({type(error).__name__}: {error}). "
                                    f"{_login_hint(repo)}")) from error

@@ -1,0 +1,59 @@
+"""The `tinypipe export` command: a repo's LoRA as one file for A1111 / ComfyUI / kohya (see `tinypipe.export`).
+
+Registered from `tinypipe.cli.build_parser` with `add_export_commands(commands)`.
+"""
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional
+
+from .export import EXPORT_FORMATS
+
+__all__ = ["add_export_commands"]
+
+EXPORT_EPILOG = """formats:
+  kohya      kohya's key names (lora_unet_..., lora_te_...), .alpha tensors and ss_* metadata: A1111, Forge,
+             SD.Next, InvokeAI, kohya's sd-scripts, and diffusers' load_lora_weights(FILE) read it.
+  comfyui    the same kohya file: ComfyUI's LoRA loader reads it (put it in ComfyUI/models/loras/).
+  diffusers  the repo's own model/pytorch_lora_weights.safetensors (diffusers' keys), unchanged.
+Stable Diffusion 1/2 LoRAs are written in every format; other families (FLUX.1, ...) in the diffusers format only.
+"""
+
+
+def _export(arguments: argparse.Namespace) -> int:
+    from .config.hub import resolve_repo
+    from .export import export_lora
+    from .files import tinypipe_home
+
+    local = arguments.local_repo(arguments.repo)
+    if local is None:  # a hub id (an invalid one is refused by resolve_repo, naming it)
+        import tinypipe.models  # noqa: F401  (registers the built-in names a repo id may be)
+
+        cache = Path(arguments.cache_dir) if arguments.cache_dir else tinypipe_home() / "hub"
+        local = resolve_repo(cache, arguments.repo, revision=arguments.revision)
+    target = export_lora(local, arguments.format, arguments.to, overwrite=arguments.force)
+    print(f"Wrote {target} ({arguments.format} format) from {local}.")
+    return 0
+
+
+def add_export_commands(commands: "argparse._SubParsersAction", local_repo: Callable[[str], Optional[Path]]) -> None:
+    """Add `tinypipe export` to the sub-commands of the `tinypipe` parser.
+
+    Args:
+        commands: The parser's sub-commands.
+        local_repo: The CLI's reading of a REPO argument: the local repo folder it names (a folder, a job id), or
+            None for a hub id.
+    """
+    export = commands.add_parser(
+        "export", help="Write a repo's LoRA as one file for A1111, ComfyUI or kohya.", epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write the LoRA of a diffusion repo (a folder, a job id, or a Hub id) as one .safetensors file in "
+                    "the format another tool reads. The repo is only read; an existing file is not replaced without --force.")
+    export.add_argument("repo", metavar="REPO", help="A repo folder, a job id, or a Hub id.")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="kohya", help="The file format (default: kohya).")
+    export.add_argument("--to", metavar="FILE", help="The .safetensors file to write (default: <repo name>-<format>.safetensors here).")
+    export.add_argument("--force", action="store_true", help="Replace FILE if it exists.")
+    export.add_argument("--revision", help="Hub revision, for a Hub id.")
+    export.add_argument("--cache-dir", metavar="DIR", help="Where Hub repos are downloaded (default: the tinypipe home's hub/).")
+    export.set_defaults(handler=_export, local_repo=local_repo)

@@ -1,0 +1,125 @@
+"""Export a saved diffusion repo's LoRA as one file for another tool: `tinypipe export REPO --format kohya|comfyui|diffusers`.
+
+```python
+from tinypipe.export import export_lora
+
+export_lora("out", "kohya", "my-lora.safetensors")   # for A1111 / Forge / kohya's sd-scripts
+```
+
+Formats (`EXPORT_FORMATS`):
+- `kohya`: kohya's key names (`lora_unet_...`, `lora_te_...`), `.alpha` tensors and `ss_*` metadata
+  (`tinypipe.models.kohya_export`). A1111, Forge, SD.Next, InvokeAI and diffusers' `load_lora_weights` read it.
+- `comfyui`: the same file. ComfyUI's LoRA loader reads kohya-format Stable Diffusion LoRAs (put it in
+  `ComfyUI/models/loras/`), so there is no separate ComfyUI format to write.
+- `diffusers`: the repo's own `model/pytorch_lora_weights.safetensors`, unchanged (diffusers' keys and metadata).
+
+The repo is only read (its `model/filelist.txt` checked first). The file is written atomically and never replaces an
+existing file unless `overwrite=True` (`--force`); only safetensors files are written.
+"""
+
+import shutil
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .config.card import card_data_from_repo
+from .config.filelist import FILELIST, verify_filelist
+from .config.hub import public_value
+from .errors import ConfigError, RepoError, disk_full_as_error
+from .files import atomic_file, read_json
+
+__all__ = ["EXPORT_FORMATS", "export_lora", "default_export_name"]
+
+EXPORT_FORMATS = ("kohya", "comfyui", "diffusers")
+"""The LoRA file formats `export_lora` writes."""
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def default_export_name(repo: Union[str, Path], format: str) -> Path:
+    """The file `tinypipe export` writes when `--to` is not given: `<repo folder name>-<format>.safetensors`, here."""
+    return Path(f"{Path(repo).resolve().name}-{format}.safetensors")
+
+
+def _family(model_config: dict[str, Any], components: list[str]) -> str:
+    """The model family of a saved LoRA: the one its config records, else the one its components name."""
+    if isinstance(model_config.get("family"), str):
+        return model_config["family"]
+    if "transformer" in components:  # a transformer denoiser: FLUX.1 (and later families)
+        return "flux"
+    return "sdxl" if "text_encoder_2" in components else "sd"
+
+
+def export_lora(repo: Union[str, Path], format: str = "kohya", to: Optional[Union[str, Path]] = None, *,
+                overwrite: bool = False) -> Path:
+    """Write the LoRA of a saved diffusion repo as one safetensors file in the format another tool reads.
+
+    Args:
+        repo: The repo folder (`save_pretrained` / a trainer's `train(output_dir=...)`), holding
+            `model/pytorch_lora_weights.safetensors`.
+        format: `"kohya"` (A1111, Forge, kohya's sd-scripts, diffusers), `"comfyui"` (the same kohya file, which
+            ComfyUI's LoRA loader reads) or `"diffusers"` (the repo's own file).
+        to: The file to write (a `.safetensors` path); default `default_export_name(repo, format)`.
+        overwrite: Replace `to` if it exists (otherwise an existing file is refused).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigError: An unknown format, a target that is not `.safetensors` or exists, or a family whose LoRA has no
+            kohya layout yet (the message says only the diffusers format is offered).
+        RepoError: The repo has no LoRA, does not verify, or its LoRA file cannot be read.
+
+    Example:
+    ```python
+    export_lora("out", "comfyui", "ComfyUI/models/loras/sks-circle.safetensors")
+    ```
+    """
+    from .models.kohya_export import kohya_lora, kohya_metadata, lora_components, native_resolution, read_lora_file
+
+    # 1. Check the request before anything is read or written.
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"Unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}.")
+    repo = Path(repo)
+    target = Path(to) if to is not None else default_export_name(repo, format)
+    if target.suffix != ".safetensors":
+        raise ConfigError(f"The export target {target} must be a .safetensors file (tinypipe writes safetensors only); "
+                          "give a name ending in .safetensors.")
+    if target.exists() and not overwrite:
+        raise ConfigError(f"{target} already exists and is left as it is; choose another file, or pass overwrite=True "
+                          "(--force) to replace it.")
+
+    # 2. The repo: verified, a diffusion pipeline with a LoRA.
+    model = repo / "model"
+    if not (model / FILELIST).is_file():
+        raise RepoError(f"{model / FILELIST} is missing: {repo} is not a repo saved by tinypipe; give the folder "
+                        "save_pretrained or train(output_dir=...) wrote.")
+    verify_filelist(model)
+    config = read_json(model / "config.json")
+    if not isinstance(config, dict) or "lora_rank" not in config:
+        raise RepoError(f"{repo} is not a diffusion repo (model/config.json names {config.get('__module__') if isinstance(config, dict) else None}); "
+                        "export writes diffusion LoRAs. A causal-LM repo's model/ is already a PEFT adapter that peft loads.")
+    if config["lora_rank"] is None:
+        raise RepoError(f"{repo} holds no LoRA (its model/config.json records lora_rank null); export writes LoRA files. "
+                        "A DreamBooth repo's model/ is already a diffusers pipeline folder.")
+    source = model / LORA_FILE
+
+    # 3. Write the file beside its target, then rename it into place.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if format == "diffusers":
+        with disk_full_as_error(target, f"Writing {target}"), atomic_file(target) as staging:
+            shutil.copyfile(source, staging)
+        return target
+    from safetensors.torch import save_file
+
+    tensors, _ = read_lora_file(source)
+    family = _family(config, lora_components(tensors))
+    state_dict, settings = kohya_lora(source, family)
+    data = card_data_from_repo(repo)
+    arguments = data.get("training_arguments", {})
+    metadata = kohya_metadata(family, settings["rank"], settings["alpha"], state_dict,
+                              base_model=public_value(data.get("base_model")),
+                              resolution=arguments.get("resolution") or native_resolution(config.get("base_model")),
+                              title=target.stem, training_arguments=arguments)
+    with disk_full_as_error(target, f"Writing {target}"), atomic_file(target) as staging:
+        save_file(state_dict, str(staging), metadata=metadata)
+    return target
