@@ -127,7 +127,7 @@ def test_preflight_logs_one_example_with_its_loss_mask(caplog):
 
 
 def test_no_learned_eos_stops_before_training():
-    with pytest.raises(TrainingError, match=r"No training example would learn the end-of-sequence token '</s>'.*raise max_length"):
+    with pytest.raises(TrainingError, match=r"No training example would learn an end-of-turn token \('</s>'\).*raise max_length"):
         CausalLMTrainer().train(**FAST, max_length=20)
 
 
