@@ -135,7 +135,7 @@ def test_bad_settings_and_data_are_clear_errors(tmp_path):
     trainer = CausalLMTrainer()
     with pytest.raises(ConfigError, match="needs data"):
         trainer.train(max_train_steps=1)
-    with pytest.raises(DataError, match="No instruction examples"):
+    with pytest.raises(DataError, match="No records in the list of 0 records"):
         trainer.train(data=[], max_train_steps=1)
     with pytest.raises(DataError, match="record 0: the record has no 'output' key"):
         trainer.train(data=[{"instruction": "a"}], max_train_steps=1)

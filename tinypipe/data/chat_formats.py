@@ -180,8 +180,8 @@ def record_format(record: Any, field_map: Mapping[str, str]) -> Optional[str]:
         return "messages"
     if name("conversations") in record:
         return "sharegpt"
-    if name("instruction") in record and name("output") in record:
-        return "alpaca"
+    if name("instruction") in record or name("output") in record:
+        return "alpaca"  # one of the two missing is a clear error of its own (`check_instruction_record`)
     if name("text") in record:
         return "text"
     return None
