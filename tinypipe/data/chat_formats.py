@@ -88,14 +88,19 @@ class TrainingData:
         format: One of `DATA_FORMATS`.
         examples: `InstructionExample`s (alpaca), `ConversationExample`s (messages, sharegpt) or `TextExample`s (text).
         name: The data set, for messages (a file path, a built-in name, "the list of 40 records").
+        file_sha256: The sha256 of the file all of the examples were read from (with the field map), when they are all
+            of it; `digest` then needs not serialise them.
     """
 
     format: str
     examples: list
     name: str
+    file_sha256: Optional[str] = None
 
     def digest(self) -> str:
         """The sha256 of the examples' content (their format, fields and order), the key of their tokenized cache."""
+        if self.file_sha256 is not None:
+            return hashlib.sha256(f"{self.format} file {self.file_sha256}".encode()).hexdigest()
         digest = hashlib.sha256(self.format.encode())
         for example in self.examples:
             digest.update(json.dumps(example_fields(example), ensure_ascii=False, sort_keys=True).encode())
@@ -175,14 +180,13 @@ def record_format(record: Any, field_map: Mapping[str, str]) -> Optional[str]:
     """The format of one raw record from its fields (None when it has none of them)."""
     if not isinstance(record, Mapping):
         return None
-    name = lambda field: field_map.get(field, field)  # noqa: E731
-    if name("messages") in record:
+    if field_map.get("messages", "messages") in record:
         return "messages"
-    if name("conversations") in record:
+    if field_map.get("conversations", "conversations") in record:
         return "sharegpt"
-    if name("instruction") in record or name("output") in record:
+    if field_map.get("instruction", "instruction") in record or field_map.get("output", "output") in record:
         return "alpaca"  # one of the two missing is a clear error of its own (`check_instruction_record`)
-    if name("text") in record:
+    if field_map.get("text", "text") in record:
         return "text"
     return None
 
@@ -224,8 +228,9 @@ def _check_record(record: Any, source: str, data_format: str, field_map: Mapping
     """One raw record of the detected format as its example, or a `DataError` naming it."""
     name = lambda field: field_map.get(field, field)  # noqa: E731
     if data_format == "alpaca":
-        renamed = {field: record[name(field)] for field in ("instruction", "input", "output") if name(field) in record}
-        return check_instruction_record(renamed, source)
+        if field_map:
+            record = {field: record[name(field)] for field in ("instruction", "input", "output") if name(field) in record}
+        return check_instruction_record(record, source)
     if data_format == "text":
         text = record[name("text")]
         if not isinstance(text, str) or not text.strip():
@@ -313,7 +318,12 @@ def load_training_data(data: Any, field_map: Optional[Mapping[str, str]] = None,
         raise DataError(f"No examples left in {name} after filter_fn; keep at least one.")
     if log:
         logger.info("Data: %s, %d %s records%s.", name, len(examples), data_format, mapped)
-    return TrainingData(data_format, examples, name)
+    file_sha256 = None
+    if isinstance(data, (str, Path)) and Path(data).is_file() and filter_fn is None:
+        from ..config.filelist import sha256_file
+
+        file_sha256 = hashlib.sha256(f"{sha256_file(Path(data))} {json.dumps(field_map, sort_keys=True)}".encode()).hexdigest()
+    return TrainingData(data_format, examples, name, file_sha256)
 
 
 def as_training_data(data: Union[TrainingData, Any], **options: Any) -> TrainingData:

@@ -15,7 +15,9 @@ import hashlib
 import json
 import logging
 import tempfile
+from itertools import chain
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -24,17 +26,17 @@ from ..config.filelist import sha256_file
 from ..files import cached_folder
 from .chat_formats import TrainingData
 from .chat_templates import ChatTemplate
-from .instructions import TokenizedExample
+from .instructions import IGNORE_INDEX, TokenizedExample
 from .tokenization import TokenizedData, tokenize_training_data
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CACHE_AREA", "cached_tokenization", "tokenizer_digest", "tokens_digest"]
+__all__ = ["CACHE_AREA", "TokenizedExamples", "cached_tokenization", "tokenizer_digest", "tokens_digest"]
 
 CACHE_AREA = "tokenized"
 """The folder under the tinypipe home that holds the cached tokens."""
 
-_FORMAT_VERSION = 1  # bumped when the arrays or what the tokens mean change
+_FORMAT_VERSION = 2  # bumped when the arrays or what the tokens mean change
 _ARRAYS = ("input_ids", "labels", "lengths", "prompt_lengths", "turns_cut", "flags")
 
 
@@ -56,9 +58,10 @@ def tokens_digest(examples: list[TokenizedExample]) -> str:
 
 
 def _to_arrays(examples: list[TokenizedExample]) -> dict[str, np.ndarray]:
+    total = sum(len(example.input_ids) for example in examples)
     return {
-        "input_ids": np.fromiter((token for example in examples for token in example.input_ids), dtype=np.int64),
-        "labels": np.fromiter((label for example in examples for label in example.labels), dtype=np.int64),
+        "input_ids": np.fromiter(chain.from_iterable(example.input_ids for example in examples), dtype=np.int32, count=total),
+        "labels": np.fromiter(chain.from_iterable(example.labels for example in examples), dtype=np.int32, count=total),
         "lengths": np.array([len(example.input_ids) for example in examples], dtype=np.int64),
         "prompt_lengths": np.array([example.prompt_length for example in examples], dtype=np.int64),
         "turns_cut": np.array([example.turns_cut for example in examples], dtype=np.int64),
@@ -69,19 +72,47 @@ def _to_arrays(examples: list[TokenizedExample]) -> dict[str, np.ndarray]:
 def _digest_arrays(arrays: dict[str, np.ndarray]) -> str:
     digest = hashlib.sha256()
     for name in ("lengths", "input_ids", "labels"):
-        digest.update(np.ascontiguousarray(arrays[name], dtype="<i8").tobytes())
+        digest.update(np.ascontiguousarray(arrays[name], dtype="<i4").tobytes())
     return digest.hexdigest()
 
 
-def _from_arrays(arrays: dict[str, np.ndarray]) -> list[TokenizedExample]:
-    ids, labels = arrays["input_ids"].tolist(), arrays["labels"].tolist()
-    examples, start = [], 0
-    for length, prompt_length, turns_cut, (truncated, inside) in zip(arrays["lengths"].tolist(), arrays["prompt_lengths"].tolist(),
-                                                                     arrays["turns_cut"].tolist(), arrays["flags"].tolist()):
-        examples.append(TokenizedExample(ids[start:start + length], labels[start:start + length], prompt_length, truncated,
-                                         turns_cut, inside))
-        start += length
-    return examples
+class TokenizedExamples(Sequence):
+    """Tokenized examples held as flat NumPy arrays; `examples[i]` is a `TokenizedExample` built when it is read.
+
+    A 52k-example data set reads back from the cache in a fraction of a second, and the counts a run needs of all
+    of them (`lengths`, `learned_counts`, `count_learning`) are computed on the arrays.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+        self.starts = np.concatenate([[0], np.cumsum(arrays["lengths"])]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.arrays["lengths"])
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[position] for position in range(*index.indices(len(self)))]
+        index = range(len(self))[index]
+        start, end = int(self.starts[index]), int(self.starts[index + 1])
+        truncated, inside = self.arrays["flags"][index].tolist()
+        return TokenizedExample(self.arrays["input_ids"][start:end].tolist(), self.arrays["labels"][start:end].tolist(),
+                                int(self.arrays["prompt_lengths"][index]), truncated, int(self.arrays["turns_cut"][index]), inside)
+
+    def lengths(self) -> list[int]:
+        """The token count of every example."""
+        return self.arrays["lengths"].tolist()
+
+    def learned_counts(self) -> np.ndarray:
+        """How many tokens of each example are learned (its first token never is: nothing predicts it)."""
+        learned = self.arrays["labels"] != IGNORE_INDEX
+        learned[self.starts[:-1][self.arrays["lengths"] > 0]] = False
+        return np.add.reduceat(learned, self.starts[:-1]) * (self.arrays["lengths"] > 0) if len(self) else np.zeros(0, int)
+
+    def count_learning(self, token_ids: set[int]) -> int:
+        """How many examples learn at least one of `token_ids`."""
+        hits = np.isin(self.arrays["labels"], list(token_ids))
+        return int(np.count_nonzero(np.add.reduceat(hits, self.starts[:-1]) * (self.arrays["lengths"] > 0))) if len(self) else 0
 
 
 def cached_tokenization(data: TrainingData, tokenizer: Any, template: Optional[ChatTemplate], max_length: int,
@@ -117,12 +148,11 @@ def cached_tokenization(data: TrainingData, tokenizer: Any, template: Optional[C
 
     folder = cached_folder(key, fingerprint, build, area=CACHE_AREA)
     digest = (folder / "tokens_sha256.txt").read_text(encoding="ascii").strip()
-    if built:
-        return built[0], digest
+    if not built:
+        logger.info("Tokens of %s read from the cache (%s).", data.name, folder)
     arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
-    examples = _from_arrays(arrays)
-    truncated = [example for example in examples if example.truncated]
-    logger.info("Tokens of %s read from the cache (%s).", data.name, folder)
-    return TokenizedData(examples, [example.source for example in data.examples], len(truncated),
-                         sum(example.turns_cut for example in truncated),
-                         sum(example.cut_inside_turn for example in truncated)), digest
+    truncated = arrays["flags"][:, 0]
+    sources = [example.source for example in data.examples]
+    return TokenizedData(TokenizedExamples(arrays), sources, int(truncated.sum()), int(arrays["turns_cut"][truncated].sum()),
+                         int(arrays["flags"][:, 1][truncated].sum()),
+                         [sources[index] for index in np.flatnonzero(truncated)[:3].tolist()]), digest

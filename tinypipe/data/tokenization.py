@@ -54,13 +54,15 @@ class TokenizedData:
         truncated: How many examples were longer than `max_length`.
         turns_cut: Assistant turns dropped or cut short by truncation, over all examples.
         cut_inside_turn: Truncated examples whose first assistant turn (response) did not fit whole.
+        truncated_sources: Where the first few truncated examples came from.
     """
 
-    examples: list[TokenizedExample]
+    examples: Sequence[TokenizedExample]
     sources: list[str] = field(default_factory=list)
     truncated: int = 0
     turns_cut: int = 0
     cut_inside_turn: int = 0
+    truncated_sources: list[str] = field(default_factory=list)
 
 
 def _alpaca_separator(template: ChatTemplate) -> str:
@@ -214,17 +216,19 @@ def tokenize_training_data(data: TrainingData, tokenizer: Any, template: Optiona
             chunk = examples[start:start + _CHUNK]
             results += tokenize(chunk)
             progress.update(len(chunk))
-    truncated = [result for result in results if result.truncated]
+    truncated = [index for index, result in enumerate(results) if result.truncated]
     return TokenizedData(results, [example.source for example in examples], len(truncated),
-                         sum(result.turns_cut for result in truncated), sum(result.cut_inside_turn for result in truncated))
+                         sum(results[index].turns_cut for index in truncated),
+                         sum(results[index].cut_inside_turn for index in truncated),
+                         [examples[index].source for index in truncated[:3]])
 
 
 def log_truncation(tokenized: TokenizedData, max_length: int, what: str = "training") -> None:
     """Warn with the counts of what truncation to `max_length` cut (nothing when it cut nothing)."""
     if not tokenized.truncated:
         return
-    examples = [source for source, example in zip(tokenized.sources, tokenized.examples) if example.truncated][:3]
     cut = (f"; {tokenized.turns_cut} assistant turns were cut ({tokenized.cut_inside_turn} examples before the end of their "
            "first one, the others after their last whole turn)") if tokenized.turns_cut else ""
     logger.warning("%d of %d %s examples are longer than max_length=%d tokens and were truncated%s, e.g. %s. Raise max_length "
-                   "or shorten them.", tokenized.truncated, len(tokenized.examples), what, max_length, cut, ", ".join(examples))
+                   "or shorten them.", tokenized.truncated, len(tokenized.examples), what, max_length, cut,
+                   ", ".join(tokenized.truncated_sources))

@@ -250,11 +250,11 @@ class CausalLMTrainer(TrainerConfigMixin):
         self.metrics = list(resumed.state["metrics"]) if resumed is not None else []
 
         # 5. The loop: batches of similar length (with group_by_length), packed or padded; an eval loss per epoch.
-        lengths = [len(example.input_ids) for example in train_set]
+        lengths = lm_steps.example_lengths(train_set)
         # Each batch's summed token loss is divided by the average number of learned tokens per batch,
         # not by its own count: every token then weighs the same whichever batch it lands in, as in
         # randomly mixed batches, although length grouping puts short and long examples in different batches.
-        tokens_per_batch = sum(lm_steps.learned_tokens(example) for example in train_set) / -(-len(train_set) // train_batch_size)
+        tokens_per_batch = lm_steps.total_learned_tokens(train_set) / -(-len(train_set) // train_batch_size)
         make_batch = pack if packing else collate
 
         def epoch_batches(epoch_index: int) -> list[list[int]]:

@@ -11,13 +11,14 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from ..data.instructions import IGNORE_INDEX, TokenizedExample, collate, length_grouped_batches, render_loss_mask
+from ..data.token_cache import TokenizedExamples
 from ..errors import ConfigError, TrainingError
 from ..models.causal_lm import CausalLMPipeline
 from .settings import check_existing_lora
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["resolve_adapter_settings", "hold_out", "preflight", "log_data_summary", "summed_loss", "learned_tokens",
+__all__ = ["resolve_adapter_settings", "hold_out", "preflight", "log_data_summary", "summed_loss", "learned_tokens", "example_lengths", "total_learned_tokens",
            "evaluation_loss", "packing_isolates_examples"]
 
 
@@ -87,6 +88,18 @@ def learned_tokens(example: TokenizedExample) -> int:
     return sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
 
 
+def example_lengths(examples: Sequence[TokenizedExample]) -> list[int]:
+    """The token count of each example (read off the arrays of cached examples)."""
+    return examples.lengths() if isinstance(examples, TokenizedExamples) else [len(example.input_ids) for example in examples]
+
+
+def total_learned_tokens(examples: Sequence[TokenizedExample]) -> int:
+    """How many tokens of all the examples are learned (`learned_tokens`, summed)."""
+    if isinstance(examples, TokenizedExamples):
+        return int(examples.learned_counts().sum())
+    return sum(learned_tokens(example) for example in examples)
+
+
 @torch.no_grad()
 def evaluation_loss(model: torch.nn.Module, examples: list[TokenizedExample], pad_token_id: int, batch_size: int,
                     device: Union[str, torch.device] = "cpu") -> float:
@@ -142,7 +155,8 @@ def preflight(train_set: list[TokenizedExample], sources: Sequence[str], tokeniz
     """
     end_of_turn = end_of_turn or {tokenizer.eos_token_id}
     names = ", ".join(repr(tokenizer.convert_ids_to_tokens(token_id)) for token_id in sorted(end_of_turn))
-    learned_end = sum(1 for example in train_set if not end_of_turn.isdisjoint(example.labels))
+    learned_end = (train_set.count_learning(end_of_turn) if isinstance(train_set, TokenizedExamples)
+                   else sum(1 for example in train_set if not end_of_turn.isdisjoint(example.labels)))
     shown = next((index for index, example in enumerate(train_set[:500]) if _learned_segments(example) > 1), 0)
     example = train_set[shown]
     turns = _learned_segments(example)
