@@ -114,3 +114,16 @@ def test_train_lm_cli_reads_sharegpt_with_a_template_file_and_field_map(tmp_path
     assert recorded["chat_template"] == template.read_text(encoding="utf-8")  # the template itself, not a local path
     assert recorded["field_map"] == {"from": "speaker", "value": "text"}
     assert (tmp_path / "out" / "model" / "chat_template.jinja").read_text(encoding="utf-8") == template.read_text(encoding="utf-8")
+
+
+def test_a_chat_repo_trains_on_with_the_template_it_learned_and_refuses_another(chat_repo, tmp_path):
+    from tinypipe import ConfigError
+
+    _, output = chat_repo
+    pipeline = CausalLMPipeline.from_pretrained(output)
+    with pytest.raises(ConfigError, match="renders with chat_template='chatml' already"):
+        CausalLMTrainer().init_model(pipeline).train(data=TINY_CHATS, chat_template="llama-3", **FAST)
+    CausalLMTrainer().init_model(pipeline).train(data=TINY_CHATS, output_dir=str(tmp_path / "more"), **FAST)
+    recorded = json.loads((tmp_path / "more" / "trainer" / "train_config" / "config.json").read_text())
+    assert recorded["chat_template"] == "chatml"
+    assert len(pipeline.tokenizer) == pipeline.model.get_input_embeddings().weight.shape[0]  # no tokens added twice

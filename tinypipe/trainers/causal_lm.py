@@ -17,9 +17,9 @@ The data may be alpaca, messages, ShareGPT or text records (`data.chat_formats`,
 Records are rendered with a template (`data.chat_templates`: alpaca records with Stanford's alpaca template,
 conversations with the tokenizer's own chat template or chatml, or the `chat_template` chosen), which the saved repo
 keeps; only the responses / assistant turns and their end-of-turn tokens are learned unless `train_on_inputs`
-(`data.tokenization`). The tokens are cached (`data.token_cache`), so a second run on the same data starts at once. The examples of each batch are packed into as
-few rows as fit (`packing`), with no attention across examples, so little compute goes to padding while
-every step sees the same examples and loss as a padded batch would.
+(`data.tokenization`). The tokens are cached (`data.token_cache`), so a second run on the same data starts at once.
+The examples of each batch are packed into as few rows as fit (`packing`), with no attention across examples, so
+little compute goes to padding while every step sees the same examples and loss as a padded batch would.
 """
 
 import json
@@ -138,8 +138,9 @@ class CausalLMTrainer(TrainerConfigMixin):
             max_length: Longest sequence in tokens; longer examples are truncated, with a warning that counts them.
             train_on_inputs: Also learn the prompt tokens, system and user turns (by default only the responses and
                 assistant turns with their end-of-turn tokens are learned).
-            chat_template: The template records are rendered with: None (alpaca records: `"alpaca"`, Stanford's;
-                conversations: the tokenizer's own chat template, or `"chatml"` when it has none), `"tokenizer"`,
+            chat_template: The template records are rendered with: None (the pipeline's own when it was trained with
+                one; else for alpaca records `"alpaca"`, Stanford's, and for conversations the tokenizer's own chat
+                template, or `"chatml"` when it has none), `"tokenizer"`,
                 `"alpaca"`, `"alpaca-lora"`, `"chatml"`, `"llama-3"`, a Jinja template, or a `.jinja` file. Special
                 tokens the template needs are added to the tokenizer and their embedding rows trained. The template is
                 saved with the model (its tokenizer files), and recorded here by name or as its Jinja text.
@@ -202,6 +203,8 @@ class CausalLMTrainer(TrainerConfigMixin):
             kept, held_out = lm_steps.hold_out(train_data.examples, validation_split, seed)
             train_data, validation = (TrainingData(train_data.format, kept, train_data.name),
                                       TrainingData(train_data.format, held_out, train_data.name))
+        if chat_template is None and train_data.format != "text":
+            chat_template = pipeline.config.get("chat_template")  # a repo trained before keeps the template it learned
         template = resolve_chat_template(chat_template, train_data.format, tokenizer)
         if template is not None:
             pipeline.set_chat_template(template.recorded)  # adds the template's missing special tokens; saved with the model
