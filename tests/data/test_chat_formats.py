@@ -98,3 +98,20 @@ def test_field_map_option_is_parsed_and_checked():
         parse_field_map("instruction")
     with pytest.raises(ConfigError, match="field_map key 'prompt' is not a field tinypipe reads"):
         parse_field_map("prompt=question")
+
+
+def test_a_file_checked_before_and_unchanged_is_read_only_when_its_examples_are_used(tmp_path, monkeypatch):
+    from tinypipe.data import chat_formats
+
+    path = tmp_path / "chats.jsonl"
+    path.write_text(json.dumps(MESSAGES) + "\n" + json.dumps(MESSAGES) + "\n", encoding="utf-8")
+    first = load_training_data(path)
+    reads = []
+    read = chat_formats.read_records_file
+    monkeypatch.setattr(chat_formats, "read_records_file", lambda file: reads.append(file) or read(file))
+    second = load_training_data(path)
+    assert second.format == "messages" and second.digest() == first.digest() and reads == []
+    assert second.examples == first.examples and len(reads) == 1
+    path.write_text(json.dumps(MESSAGES) + "\n" + json.dumps(ALPACA) + "\n", encoding="utf-8")  # changed: checked again
+    with pytest.raises(DataError, match="chats.jsonl line 2 is alpaca"):
+        load_training_data(path)

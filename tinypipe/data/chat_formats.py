@@ -80,22 +80,30 @@ class TextExample:
     source: str = ""
 
 
-@dataclass(frozen=True)
 class TrainingData:
     """The checked records of a data set and the format they were detected as.
 
     Args:
         format: One of `DATA_FORMATS`.
-        examples: `InstructionExample`s (alpaca), `ConversationExample`s (messages, sharegpt) or `TextExample`s (text).
+        examples: `InstructionExample`s (alpaca), `ConversationExample`s (messages, sharegpt) or `TextExample`s (text);
+            None when they are read on first use (`load`).
         name: The data set, for messages (a file path, a built-in name, "the list of 40 records").
         file_sha256: The sha256 of the file all of the examples were read from (with the field map), when they are all
             of it; `digest` then needs not serialise them.
+        load: Reads the examples, when `examples` is None (a file checked before, whose tokens are likely cached).
     """
 
-    format: str
-    examples: list
-    name: str
-    file_sha256: Optional[str] = None
+    def __init__(self, format: str, examples: Optional[list], name: str, file_sha256: Optional[str] = None,
+                 load: Optional[Callable[[], list]] = None):
+        self.format, self.name, self.file_sha256 = format, name, file_sha256
+        self._examples, self._load = examples, load
+
+    @property
+    def examples(self) -> list:
+        """The examples, in order (read now if they were not yet)."""
+        if self._examples is None:
+            self._examples = self._load()
+        return self._examples
 
     def digest(self) -> str:
         """The sha256 of the examples' content (their format, fields and order), the key of their tokenized cache."""
@@ -270,6 +278,9 @@ def load_training_data(data: Any, field_map: Optional[Mapping[str, str]] = None,
                        filter_fn: Optional[Callable[[Any], bool]] = None, log: bool = True) -> TrainingData:
     """Read, detect and check causal-LM training records.
 
+    A file that was checked whole before and has not changed since (the same sha256, kept under the tinypipe home)
+    is not read again until its examples are used: a run whose tokens are cached starts without parsing it.
+
     Args:
         data: A `.json` file (a list of records), a `.jsonl` file (one record per line), a list of dicts, a
             `datasets.Dataset`, or a built-in data set (`"tinypipe/tiny-instructions"`, `"tinypipe/tiny-chats"`).
@@ -294,6 +305,37 @@ def load_training_data(data: Any, field_map: Optional[Mapping[str, str]] = None,
         ```
     """
     field_map = check_field_map(field_map)
+    # A file checked whole before, unchanged since (the same sha256): its records are read only if they are used.
+    file_sha256 = checked = None
+    if isinstance(data, (str, Path)) and Path(data).is_file() and filter_fn is None:
+        from ..config.filelist import sha256_file
+
+        file_sha256 = hashlib.sha256(f"{sha256_file(Path(data))} {json.dumps(field_map, sort_keys=True)}".encode()).hexdigest()
+        checked = _checked_record(file_sha256)
+    if checked is not None and checked.get("format") in DATA_FORMATS:
+        if log:
+            logger.info("Data: %s, %s %s records (checked before, unchanged).", data, checked.get("count"), checked["format"])
+        return TrainingData(checked["format"], None, str(data), file_sha256,
+                            load=lambda: _load_records(data, field_map, None, False, file_sha256).examples)
+    return _load_records(data, field_map, filter_fn, log, file_sha256)
+
+
+def _checked_record(file_sha256: str) -> Optional[dict]:
+    """What an earlier full check of the file with this sha256 found (`{"format", "count"}`), or None."""
+    from ..files import read_marker
+
+    return read_marker(_checked_folder(), f"{file_sha256}.json")
+
+
+def _checked_folder() -> Path:
+    from ..files import tinypipe_home
+
+    return tinypipe_home() / "tokenized" / "checked"
+
+
+def _load_records(data: Any, field_map: dict, filter_fn: Optional[Callable[[Any], bool]], log: bool,
+                  file_sha256: Optional[str]) -> TrainingData:
+    """Read and check every record (see `load_training_data`)."""
     raw, name = _raw_records(data)
     if not raw:
         raise DataError(f"No records in {name}; the data set must hold at least one.")
@@ -318,11 +360,11 @@ def load_training_data(data: Any, field_map: Optional[Mapping[str, str]] = None,
         raise DataError(f"No examples left in {name} after filter_fn; keep at least one.")
     if log:
         logger.info("Data: %s, %d %s records%s.", name, len(examples), data_format, mapped)
-    file_sha256 = None
-    if isinstance(data, (str, Path)) and Path(data).is_file() and filter_fn is None:
-        from ..config.filelist import sha256_file
+    if file_sha256 is not None:
+        from ..files import write_marker
 
-        file_sha256 = hashlib.sha256(f"{sha256_file(Path(data))} {json.dumps(field_map, sort_keys=True)}".encode()).hexdigest()
+        _checked_folder().mkdir(parents=True, exist_ok=True)
+        write_marker(_checked_folder(), f"{file_sha256}.json", {"format": data_format, "count": len(examples)})
     return TrainingData(data_format, examples, name, file_sha256)
 
 

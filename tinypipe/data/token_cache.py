@@ -36,7 +36,7 @@ __all__ = ["CACHE_AREA", "TokenizedExamples", "cached_tokenization", "tokenizer_
 CACHE_AREA = "tokenized"
 """The folder under the tinypipe home that holds the cached tokens."""
 
-_FORMAT_VERSION = 2  # bumped when the arrays or what the tokens mean change
+_FORMAT_VERSION = 3  # bumped when the arrays or what the tokens mean change
 _ARRAYS = ("input_ids", "labels", "lengths", "prompt_lengths", "turns_cut", "flags")
 
 
@@ -143,6 +143,7 @@ def cached_tokenization(data: TrainingData, tokenizer: Any, template: Optional[C
         arrays = _to_arrays(tokenized.examples)
         for name in _ARRAYS:
             np.save(folder / f"{name}.npy", arrays[name], allow_pickle=False)
+        np.save(folder / "sources.npy", np.array(tokenized.sources, dtype=str), allow_pickle=False)
         (folder / "tokens_sha256.txt").write_text(_digest_arrays(arrays) + "\n", encoding="ascii")
         built.append(tokenized)
 
@@ -152,7 +153,7 @@ def cached_tokenization(data: TrainingData, tokenizer: Any, template: Optional[C
         logger.info("Tokens of %s read from the cache (%s).", data.name, folder)
     arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
     truncated = arrays["flags"][:, 0]
-    sources = [example.source for example in data.examples]
+    sources = np.load(folder / "sources.npy", allow_pickle=False).tolist()
     return TokenizedData(TokenizedExamples(arrays), sources, int(truncated.sum()), int(arrays["turns_cut"][truncated].sum()),
                          int(arrays["flags"][:, 1][truncated].sum()),
                          [sources[index] for index in np.flatnonzero(truncated)[:3].tolist()]), digest
