@@ -74,8 +74,8 @@ def _tokenize_alpaca(examples: Sequence[InstructionExample], tokenizer: Any, tem
     """Alpaca records with an alpaca template: prompt and response tokenized separately, in two batched calls."""
     separator = _alpaca_separator(template)
     prompts = tokenizer([render_prompt(example.instruction, example.input, separator) for example in examples],
-                        add_special_tokens=True)["input_ids"]
-    responses = tokenizer([example.output for example in examples], add_special_tokens=False)["input_ids"]
+                        add_special_tokens=True, verbose=False)["input_ids"]
+    responses = tokenizer([example.output for example in examples], add_special_tokens=False, verbose=False)["input_ids"]
     eos = tokenizer.eos_token_id
     results = []
     for prompt_ids, response_ids in zip(prompts, responses):
@@ -92,7 +92,7 @@ def _tokenize_text(texts: Sequence[str], tokenizer: Any, max_length: int) -> lis
     """Text records: every token learned, then `<eos>`."""
     eos = tokenizer.eos_token_id
     results = []
-    for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]:
+    for ids in tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]:
         ids = ids + [eos]
         results.append(TokenizedExample(ids[:max_length], list(ids[:max_length]), 0, len(ids) > max_length))
     return results
@@ -159,7 +159,7 @@ def _tokenize_conversations(conversations: Sequence[list[dict]], sources: Sequen
     spans = [assistant_spans(messages, text, *per_example[index], sources[index])
              for index, (messages, text) in enumerate(zip(conversations, texts))]
     # 3. Tokens, their characters, and what is learned; a too-long conversation keeps whole turns where it can.
-    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     results = []
     for ids, offsets, example_spans in zip(encoded["input_ids"], encoded["offset_mapping"], spans):
         offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
