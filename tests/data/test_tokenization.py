@@ -145,3 +145,11 @@ def test_a_second_tokenization_of_the_same_data_is_read_from_the_cache(monkeypat
     monkeypatch.setattr(token_cache, "tokenize_training_data", tokenization.tokenize_training_data)
     other, other_digest = cached_tokenization(data, tokenizer, template, max_length=48)
     assert other_digest != digest and other.truncated > 0
+
+
+def test_a_conversation_that_ends_with_a_user_turn_keeps_it_unlearned():
+    tokenizer, template = prepared("chatml")
+    data = load_training_data([{"messages": CONVERSATION + [{"role": "user", "content": "Bye."}]}], log=False)
+    example = tokenize_training_data(data, tokenizer, template, max_length=512).examples[0]
+    assert tokenizer.decode(example.input_ids).endswith("<|im_start|>user\nBye.<|im_end|>\n")
+    assert learned_text(example, tokenizer) == ["Paris.<|im_end|>", "Rome.<|im_end|>"]

@@ -148,9 +148,14 @@ def _tokenize_conversations(conversations: Sequence[list[dict]], sources: Sequen
                 turn_requests.append(messages[:position + 1])
                 owners.append(index)
     owner_sources = [sources[index] for index in owners]
-    texts = render_conversations(conversations, tokenizer, sources=sources)
     prefixes = render_conversations(prefix_requests, tokenizer, add_generation_prompt=True, sources=owner_sources)
     turns = render_conversations(turn_requests, tokenizer, sources=owner_sources)
+    # A conversation that ends with an assistant turn is rendered already: up to and including that turn.
+    last_turn = {owner: turn for owner, turn in zip(owners, turns)}
+    unfinished = [index for index, messages in enumerate(conversations) if messages[-1]["role"] != "assistant"]
+    rendered = dict(zip(unfinished, render_conversations([conversations[index] for index in unfinished], tokenizer,
+                                                         sources=[sources[index] for index in unfinished])))
+    texts = [rendered[index] if index in rendered else last_turn[index] for index in range(len(conversations))]
     # 2. The characters of every assistant turn.
     per_example: list[tuple[list[str], list[str]]] = [([], []) for _ in conversations]
     for owner, prefix, turn in zip(owners, prefixes, turns):
