@@ -143,7 +143,7 @@ def test_an_empty_image_folder_is_refused(capsys, tmp_path):
 def test_an_empty_instruction_file_is_refused(capsys, tmp_path):
     (tmp_path / "data.json").write_text("[]")
     code, error = run(capsys, "train-lm", "run", "tinypipe/tiny-llama", str(tmp_path / "data.json"))
-    assert code == 2 and "No instruction examples" in error and no_jobs()
+    assert code == 2 and "No records in" in error and no_jobs()
 
 
 def test_a_zipped_data_set_whose_member_escapes_is_refused_before_extracting(capsys, tmp_path):

@@ -19,6 +19,7 @@ from .version import __version__
 from .cli_arguments import (
     TRAIN_DIFFUSER_EPILOG,
     OneLineParser,
+    add_chat_data_options,
     dataset_path,
     diffuser_train_arguments,
     lm_train_arguments,
@@ -332,16 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     lm = commands.add_parser(
         "train-lm", help="Fine-tune a causal language model with a PEFT LoRA.", formatter_class=raw,
-        description="Fine-tune a causal LM (Llama-style) on instruction records with a PEFT LoRA.\n"
+        description="Fine-tune a causal LM on instruction or chat records with a PEFT LoRA.\n"
                     "The run is recorded as a job.",
-        epilog="DATASET is a .json list or .jsonl file of alpaca records {\"instruction\", \"input\", \"output\"}, or the\n"
-               f"built-in {TINY_INSTRUCTIONS}. Example:\n"
+        epilog="DATASET is a .json list or .jsonl file of alpaca {\"instruction\", \"input\", \"output\"}, messages\n"
+               "{\"messages\": [{\"role\", \"content\"}]}, ShareGPT {\"conversations\": [{\"from\", \"value\"}]} or {\"text\"} records,\n"
+               f"or the built-in {' or '.join(builtin_names('instructions'))}. Example:\n"
                f"  tinypipe train-lm my-lm {TINY_LLAMA} {TINY_INSTRUCTIONS} --training-args '{{\"num_train_epochs\": 3}}'\n"
                + training_arguments_epilog(diffusion=False))
     lm.add_argument("name", metavar="NAME", help="A name for this run.")
     lm.add_argument("model", metavar="MODEL", help="Base model: a Hub id, a local transformers folder, or the built-in "
                                                    f"{' or '.join(builtin_names('causal-lm'))}.")
-    lm.add_argument("dataset", metavar="DATASET", help=f"Instruction records: .json / .jsonl, or {' or '.join(builtin_names('instructions'))}.")
+    lm.add_argument("dataset", metavar="DATASET", help=f"Training records: .json / .jsonl, or {' or '.join(builtin_names('instructions'))}.")
+    add_chat_data_options(lm)
     lm.add_argument("--lora-rank", type=positive_int, metavar="R", help="LoRA rank (default 8).")
     lm.add_argument("--lora-alpha", type=positive_float, metavar="ALPHA", help="LoRA alpha (default 16).")
     lm.add_argument("--lora-dropout", type=probability, metavar="P", help="LoRA dropout (default 0.05).")

@@ -157,6 +157,17 @@ def diffuser_train_arguments(arguments: argparse.Namespace) -> dict:
     return train
 
 
+def add_chat_data_options(parser: argparse.ArgumentParser) -> None:
+    """The train-lm options of the data's format and template: --chat-template, --field-map."""
+    parser.add_argument("--chat-template", metavar="NAME|FILE",
+                        help="Template the records are rendered with: tokenizer (the model's own), alpaca, alpaca-lora, chatml, "
+                             "llama-3, or a .jinja file (default: alpaca for alpaca records; for conversations the "
+                             "tokenizer's own, or chatml when it has none).")
+    parser.add_argument("--field-map", metavar="STANDARD=YOURS,...",
+                        help="Your records' field names, e.g. instruction=question,output=answer (standard names: "
+                             "instruction, input, output, messages, conversations, text, role, content, from, value).")
+
+
 def lm_train_arguments(arguments: argparse.Namespace) -> dict:
     """`train()` keyword arguments of a train-lm command."""
     from .errors import ConfigError
@@ -171,7 +182,21 @@ def lm_train_arguments(arguments: argparse.Namespace) -> dict:
             raise ConfigError(f"--target-modules {modules!r} has an empty name; give comma-separated module names such as "
                               "'q_proj,v_proj', or all-linear.")
         options["target_modules"] = modules if modules == "all-linear" else names
-    flags = {"r": "--lora-rank", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout", "target_modules": "--target-modules"}
+    if arguments.chat_template:
+        path = Path(arguments.chat_template)
+        # A file is named by its absolute path, so that a job that runs elsewhere (--detach) reads the same one.
+        from .data.chat_templates import CHAT_TEMPLATES
+
+        if not path.is_file() and arguments.chat_template not in (*CHAT_TEMPLATES, "tokenizer"):
+            raise ConfigError(f"--chat-template {arguments.chat_template!r} is neither a template name ({', '.join(CHAT_TEMPLATES)}, "
+                              "tokenizer) nor a Jinja template file.")
+        options["chat_template"] = str(path.resolve()) if path.is_file() else arguments.chat_template
+    if arguments.field_map:
+        from .data.chat_formats import parse_field_map
+
+        options["field_map"] = parse_field_map(arguments.field_map)
+    flags = {"r": "--lora-rank", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout", "target_modules": "--target-modules",
+             "chat_template": "--chat-template", "field_map": "--field-map"}
     for key, value in options.items():
         if value is not None:
             _set_option(train, key, value, flags[key])

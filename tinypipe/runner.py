@@ -148,9 +148,9 @@ def _example(expected: type, default: Any) -> Any:
 
 def _check_dataset(request: TrainRequest) -> None:
     if request.kind == "train-lm":
-        from .data.instructions import load_instruction_examples
+        from .data.chat_formats import load_training_data
 
-        load_instruction_examples(request.dataset)
+        load_training_data(request.dataset, field_map=request.train_arguments.get("field_map"), log=False)
         return
     from .builtin import builtin_names
     from .data.images import load_image_examples

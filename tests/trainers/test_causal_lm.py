@@ -127,7 +127,7 @@ def test_preflight_logs_one_example_with_its_loss_mask(caplog):
 
 
 def test_no_learned_eos_stops_before_training():
-    with pytest.raises(TrainingError, match=r"No training example would learn the end-of-sequence token '</s>'.*raise max_length"):
+    with pytest.raises(TrainingError, match=r"No training example would learn an end-of-turn token \('</s>'\).*raise max_length"):
         CausalLMTrainer().train(**FAST, max_length=20)
 
 
@@ -135,7 +135,7 @@ def test_bad_settings_and_data_are_clear_errors(tmp_path):
     trainer = CausalLMTrainer()
     with pytest.raises(ConfigError, match="needs data"):
         trainer.train(max_train_steps=1)
-    with pytest.raises(DataError, match="No instruction examples"):
+    with pytest.raises(DataError, match="No records in the list of 0 records"):
         trainer.train(data=[], max_train_steps=1)
     with pytest.raises(DataError, match="record 0: the record has no 'output' key"):
         trainer.train(data=[{"instruction": "a"}], max_train_steps=1)

@@ -31,6 +31,9 @@ __all__ = [
     "ALPACA_PROMPT_WITH_INPUT",
     "IGNORE_INDEX",
     "InstructionExample",
+    "check_instruction_record",
+    "is_dataset",
+    "read_records_file",
     "TokenizedExample",
     "collate",
     "length_grouped_batches",
@@ -88,16 +91,22 @@ class TokenizedExample:
         labels: Same length; `IGNORE_INDEX` where the token is not learned.
         prompt_length: How many leading tokens are the prompt.
         truncated: The example was cut to `max_length` (its end, including `<eos>`, was dropped).
+        turns_cut: Of an example cut to `max_length`, how many assistant turns (responses) were dropped or cut short.
+        cut_inside_turn: Not even the first assistant turn (response) fits whole: its end is not learned.
     """
 
     input_ids: list[int]
     labels: list[int]
     prompt_length: int
     truncated: bool
+    turns_cut: int = 0
+    cut_inside_turn: bool = False
 
 
-def render_prompt(instruction: str, input: str = "") -> str:
+def render_prompt(instruction: str, input: str = "", response_separator: str = "") -> str:
     """The alpaca prompt of a record: the with-input template when `input` is non-empty, else the no-input one.
+
+    `response_separator` follows `### Response:` (`"\\n"` for alpaca-lora's template; Stanford's has none).
 
     Example:
         ```py
@@ -106,14 +115,14 @@ def render_prompt(instruction: str, input: str = "") -> str:
         ```
     """
     if input:
-        return ALPACA_PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
-    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+        return ALPACA_PROMPT_WITH_INPUT.format(instruction=instruction, input=input) + response_separator
+    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction) + response_separator
 
 
 # -- loading --------------------------------------------------------------------------------------------
 
 
-def _check_record(record: Any, source: str) -> InstructionExample:
+def check_instruction_record(record: Any, source: str) -> InstructionExample:
     """Turn one raw record into an `InstructionExample`, or raise `DataError` naming the record and key."""
     if not isinstance(record, dict):
         raise DataError(f"{source}: a record must be a JSON object with 'instruction', 'output' and optionally 'input', "
@@ -136,7 +145,7 @@ def _check_record(record: Any, source: str) -> InstructionExample:
     return InstructionExample(source=source, **values)
 
 
-def _read_json_file(path: Path) -> list[tuple[Any, str]]:
+def read_records_file(path: Path) -> list[tuple[Any, str]]:
     """The records of a `.json` file (a list of objects) or a `.jsonl` file (one object per line)."""
     if path.suffix == ".jsonl":
         return [(record, f"{path.name} line {number}") for number, record in read_json_lines(path)]
@@ -187,9 +196,9 @@ def load_instruction_examples(
                             f"dicts, a datasets.Dataset, or {TINY_INSTRUCTIONS!r}.")
         if path.suffix not in (".json", ".jsonl"):
             raise DataError(f"{path}: instruction data must be a .json (list of records) or .jsonl (one record per line) file.")
-        raw = _read_json_file(path)
+        raw = read_records_file(path)
         name = str(path)
-    elif _is_dataset(data) or isinstance(data, (list, tuple)):
+    elif is_dataset(data) or isinstance(data, (list, tuple)):
         raw = [(record, f"record {index}") for index, record in enumerate(data)]
         name = f"the {type(data).__name__} of {len(raw)} records"
     else:
@@ -197,7 +206,7 @@ def load_instruction_examples(
                         f"dicts, a datasets.Dataset, or {TINY_INSTRUCTIONS!r}.")
 
     # 2. Check every record; keep what the filter keeps.
-    examples = [_check_record(record, source) for record, source in raw]
+    examples = [check_instruction_record(record, source) for record, source in raw]
     if filter_fn is not None:
         examples = [example for example in examples if filter_fn(example)]
     if not examples:
@@ -206,7 +215,7 @@ def load_instruction_examples(
     return examples
 
 
-def _is_dataset(data: Any) -> bool:
+def is_dataset(data: Any) -> bool:
     """Whether `data` is a `datasets.Dataset` (checked without importing `datasets`)."""
     return type(data).__name__ == "Dataset" and type(data).__module__.startswith("datasets")
 

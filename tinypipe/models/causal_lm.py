@@ -59,6 +59,12 @@ class CausalLMPipeline(ConfigMixin):
             (`models.lora_targets.default_lora_targets`), and the config records the names picked.
         quantization: Load the base model in `"8bit"` or `"4bit"` through bitsandbytes (CUDA only), or None.
         torch_dtype: dtype the base model is loaded in.
+        chat_template: The prompt template the tokenizer renders conversations with: a name (`"chatml"`, `"llama-3"`,
+            `"alpaca"`, `"alpaca-lora"`) or a Jinja template; None keeps the tokenizer's own. Special tokens the
+            template needs and the tokenizer lacks (chatml's `<|im_start|>`, `<|im_end|>`) are added, the embeddings
+            grow to hold them, and a LoRA adapter then trains (and saves) their embedding rows. With a template, the
+            saved `model/` also holds the tokenizer files (with `chat_template`), so transformers renders prompts
+            from it as training did.
         device: Where to run (not recorded); `cuda` when available, else `cpu`.
         token: Hub token for a private base model (not recorded).
 
@@ -82,11 +88,15 @@ class CausalLMPipeline(ConfigMixin):
         lora_target_modules: Union[tuple, str, None] = None,
         quantization: Optional[str] = None,
         torch_dtype: torch.dtype = torch.float32,
+        chat_template: Optional[str] = None,
         device: Ignore = None,
         token: Ignore = None,
     ):
         self.base_model, self.revision = base_model, revision
         self.model, self.tokenizer = load_base_model(base_model, revision, torch_dtype, quantization, token)
+        self.added_token_ids: list[int] = []
+        if chat_template is not None:
+            self._use_chat_template(chat_template)
         if quantization is None:
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
             self.model.to(self.device)
@@ -95,6 +105,54 @@ class CausalLMPipeline(ConfigMixin):
         self.model.eval()
         if lora_rank is not None:
             self._add_lora(lora_rank, lora_alpha, lora_dropout, lora_target_modules)
+
+    # -- the chat template ----------------------------------------------------------------------------
+
+    def _use_chat_template(self, chat_template: str) -> None:
+        from ..data.chat_templates import prepare_tokenizer, resolve_chat_template
+
+        added = prepare_tokenizer(self.tokenizer, resolve_chat_template(chat_template, "messages", self.tokenizer))
+        if added:
+            with torch.random.fork_rng(devices=[]):  # the new rows start the same on every run (they are trained)
+                torch.manual_seed(0)
+                self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+            self.added_token_ids = self.tokenizer.convert_tokens_to_ids(added)
+
+    def set_chat_template(self, chat_template: str) -> None:
+        """Render conversations with `chat_template` from now on, as the constructor's `chat_template` does; recorded.
+
+        Raises:
+            ConfigError: The pipeline already has another template, or it has an adapter and the template needs
+                tokens the tokenizer lacks (the adapter could not train their embeddings).
+        """
+        current = self.config.get("chat_template")
+        if current == chat_template:
+            return
+        if current is not None:
+            raise ConfigError(f"This pipeline renders with chat_template={current!r} already; it cannot switch to "
+                              f"{chat_template!r}. Train with its own template, or start from the base model.")
+        if self.has_lora:
+            from ..data.chat_templates import resolve_chat_template
+
+            template = resolve_chat_template(chat_template, "messages", self.tokenizer)
+            missing = [token for token in template.special_tokens if token not in self.tokenizer.get_vocab()]
+            if missing:
+                raise ConfigError(f"chat_template={chat_template!r} needs the tokens {missing}, which the tokenizer lacks, and "
+                                  "this pipeline's adapter has no embedding rows for them; start from the base model, or "
+                                  "use a template made of the tokenizer's own tokens.")
+        self._use_chat_template(chat_template)
+        self._record(chat_template=chat_template)
+
+    def _trainable_token_indices(self) -> Optional[dict[str, list[int]]]:
+        """peft's `trainable_token_indices` for the tokens the chat template added: their input and output embedding rows."""
+        if not self.added_token_ids:
+            return None
+        names = {module: name.rsplit(".", 1)[-1] for name, module in self.model.named_modules()}
+        inputs, outputs = self.model.get_input_embeddings(), self.model.get_output_embeddings()
+        indices = {names[inputs]: list(self.added_token_ids)}
+        if outputs is not None and outputs.weight is not inputs.weight:  # untied: the output head's rows learn too
+            indices[names[outputs]] = list(self.added_token_ids)
+        return indices
 
     # -- the adapter --------------------------------------------------------------------------------
 
@@ -108,6 +166,7 @@ class CausalLMPipeline(ConfigMixin):
 
         return LoraConfig(task_type="CAUSAL_LM", r=rank, lora_alpha=alpha or rank, lora_dropout=dropout,
                           target_modules=targets if isinstance(targets, str) else list(targets),
+                          trainable_token_indices=self._trainable_token_indices(),
                           base_model_name_or_path=self.base_model, revision=self.revision)
 
     def default_lora_targets(self) -> tuple[str, ...]:
@@ -294,7 +353,8 @@ class CausalLMPipeline(ConfigMixin):
         inputs = [input] * len(instructions) if isinstance(input, str) else list(input)
         if len(inputs) != len(instructions):
             raise ConfigError(f"generate() got {len(instructions)} instructions but {len(inputs)} inputs.")
-        return [render_prompt(text, context or "") for text, context in zip(instructions, inputs)], single
+        separator = "\n" if self.config.get("chat_template") == "alpaca-lora" else ""  # the template it was trained with
+        return [render_prompt(text, context or "", separator) for text, context in zip(instructions, inputs)], single
 
     def generate_ids(self, prompts: Sequence[str], max_new_tokens: int = 64, do_sample: bool = False,
                      temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = 0) -> list[list[int]]:
@@ -388,6 +448,8 @@ class CausalLMPipeline(ConfigMixin):
         settings = self.model.peft_config["default"].to_dict()
         settings.update(base_model_name_or_path=self.base_model, revision=self.revision)
         write_adapter_files(folder, settings, self.adapter_state_dict())
+        if self.config.get("chat_template") is not None:
+            self.tokenizer.save_pretrained(folder)  # with its chat template: what transformers / peft users load
 
     @classmethod
     def _build_from_folder(cls, folder: Path, arguments: Mapping[str, Any], overrides: Mapping[str, Any]) -> "CausalLMPipeline":

@@ -1,4 +1,4 @@
-"""`CausalLMTrainer`: fine-tune a causal language model with a PEFT LoRA adapter on alpaca instruction data.
+"""`CausalLMTrainer`: fine-tune a causal language model with a PEFT LoRA adapter on instruction or chat data.
 
 ```python
 from tinypipe.trainers import CausalLMTrainConfig, finetune
@@ -13,10 +13,13 @@ pipeline.generate(instruction="What is the capital of France?")
 arguments of the run, so `AutoTrainerPipeline.from_pretrained("out").train()` re-runs it), `metrics.json`
 (train and eval loss per epoch) and `checkpoints/`.
 
-Each record is rendered with the alpaca template; prompt tokens are masked with -100 unless
-`train_on_inputs`, and `<eos>` is appended and learned. The examples of each batch are packed into as
-few rows as fit (`packing`), with no attention across examples, so little compute goes to padding while
-every step sees the same examples and loss as a padded batch would.
+The data may be alpaca, messages, ShareGPT or text records (`data.chat_formats`, the format is detected and logged).
+Records are rendered with a template (`data.chat_templates`: alpaca records with Stanford's alpaca template,
+conversations with the tokenizer's own chat template or chatml, or the `chat_template` chosen), which the saved repo
+keeps; only the responses / assistant turns and their end-of-turn tokens are learned unless `train_on_inputs`
+(`data.tokenization`). The tokens are cached (`data.token_cache`), so a second run on the same data starts at once.
+The examples of each batch are packed into as few rows as fit (`packing`), with no attention across examples, so
+little compute goes to padding while every step sees the same examples and loss as a padded batch would.
 """
 
 import json
@@ -29,13 +32,17 @@ import torch
 
 from ..builtin.tiny_llama import TINY_LLAMA
 from ..config import BaseArgsFromConfig, FromConfig, Ignore, TrainerConfigMixin, copy_signature, save_config, set_from_config
-from ..data.instructions import collate, length_grouped_batches, load_instruction_examples, pack, tokenize_examples
+from ..data.chat_formats import TrainingData, load_training_data
+from ..data.chat_templates import end_of_turn_ids, resolve_chat_template
+from ..data.instructions import collate, length_grouped_batches, pack
+from ..data.token_cache import cached_tokenization
+from ..data.tokenization import log_truncation
 from ..errors import ConfigError
 from ..models.causal_lm import CausalLMPipeline
 from ..training import arguments as shared, causal_lm_steps as lm_steps, loop
 from ..training.causal_lm_steps import evaluation_loss
 from ..training.resume import RunCheckpoints, resume_run
-from ..training.run_fingerprint import content_digest, run_fingerprint
+from ..training.run_fingerprint import run_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +52,8 @@ __all__ = ["CausalLMTrainer", "CausalLMTrainConfig", "finetune", "evaluation_los
 class CausalLMTrainer(TrainerConfigMixin):
     """Fine-tunes a `CausalLMPipeline` with a PEFT LoRA adapter on instruction data.
 
-    The records are rendered with the alpaca template, packed into rows, and only the adapter's weights train. A
+    The records are rendered with their template, packed into rows, and only the adapter's weights train (and the
+    embedding rows of special tokens a chat template added). A
     `train` argument not given at call time comes from the constructor's `train_config`
     (`CausalLMTrainer(train_config=CausalLMTrainConfig(...))`).
 
@@ -80,6 +88,8 @@ class CausalLMTrainer(TrainerConfigMixin):
         validation_epochs: FromConfig = 1,
         max_length: FromConfig = 512,
         train_on_inputs: FromConfig = False,
+        chat_template: FromConfig = None,
+        field_map: FromConfig = None,
         packing: FromConfig = True,
         group_by_length: FromConfig = False,
         num_train_epochs: shared.NumTrainEpochs = 3,
@@ -116,15 +126,26 @@ class CausalLMTrainer(TrainerConfigMixin):
         """Fine-tune the pipeline on `data` and return it (with its LoRA adapter trained).
 
         Args:
-            data: Alpaca records: a `.json` list or `.jsonl` file, a list of dicts, a `datasets.Dataset`,
-                or the built-in `"tinypipe/tiny-instructions"`.
-            filter_fn: Keeps the `InstructionExample`s it returns True for (the preprocessing filter).
+            data: Alpaca `{"instruction", "input", "output"}`, messages `{"messages": [{"role", "content"}]}`, ShareGPT
+                `{"conversations": [{"from", "value"}]}` or text `{"text"}` records (detected, all of one format): a
+                `.json` list or `.jsonl` file, a list of dicts, a `datasets.Dataset`, or the built-in
+                `"tinypipe/tiny-instructions"` / `"tinypipe/tiny-chats"`.
+            filter_fn: Keeps the examples (`InstructionExample`, `ConversationExample`, `TextExample`) it returns True for.
             revision: Hub revision of `base_model`.
             validation_data: Records to compute the eval loss on (same forms as `data`).
             validation_split: Instead, hold out this fraction of `data` (seeded) for the eval loss; 0 for none.
             validation_epochs: Compute the eval loss every this many epochs (and at the end).
             max_length: Longest sequence in tokens; longer examples are truncated, with a warning that counts them.
-            train_on_inputs: Also learn the prompt tokens (by default they are masked with -100).
+            train_on_inputs: Also learn the prompt tokens, system and user turns (by default only the responses and
+                assistant turns with their end-of-turn tokens are learned).
+            chat_template: The template records are rendered with: None (the pipeline's own when it was trained with
+                one; else for alpaca records `"alpaca"`, Stanford's, and for conversations the tokenizer's own chat
+                template, or `"chatml"` when it has none), `"tokenizer"`,
+                `"alpaca"`, `"alpaca-lora"`, `"chatml"`, `"llama-3"`, a Jinja template, or a `.jinja` file. Special
+                tokens the template needs are added to the tokenizer and their embedding rows trained. The template is
+                saved with the model (its tokenizer files), and recorded here by name or as its Jinja text.
+            field_map: `{standard field: your field}` for records whose fields are named otherwise, e.g.
+                `{"instruction": "question", "output": "answer"}`.
             packing: Pack each batch's examples into as few rows as fit, without attention across examples
                 (the same loss as padded rows, with far less compute spent on padding). Used when the model
                 supports it (checked once); otherwise batches are padded, and a warning says so.
@@ -150,8 +171,9 @@ class CausalLMTrainer(TrainerConfigMixin):
         """
         arguments = {name: value for name, value in locals().items() if name in CausalLMTrainConfig._valid_argument_names()}
         # 1. Check every setting before any heavy work.
-        accelerator = loop.start_run(arguments, "CausalLMTrainer.train()", data_forms="a .json/.jsonl file of alpaca "
-                                     "records, a list of dicts, a datasets.Dataset, or 'tinypipe/tiny-instructions'")
+        accelerator = loop.start_run(arguments, "CausalLMTrainer.train()", data_forms="a .json/.jsonl file of alpaca, "
+                                     "messages, ShareGPT or text records, a list of dicts, a datasets.Dataset, or "
+                                     "'tinypipe/tiny-instructions' / 'tinypipe/tiny-chats'")
         train_batch_size = batch_size if batch_size is not None else train_batch_size
         if validation_data is not None and validation_split:
             raise ConfigError("Give either validation_data or validation_split, not both.")
@@ -171,15 +193,30 @@ class CausalLMTrainer(TrainerConfigMixin):
                                         r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules)
         output = Path(output_dir) if output_dir is not None else None
 
-        # 2. Data: read and check every record, hold out the validation examples, tokenize.
-        examples = load_instruction_examples(data, filter_fn=filter_fn)
-        validation_examples = load_instruction_examples(validation_data) if validation_data is not None else []
+        # 2. Data: read and check every record, hold out the validation examples, render and tokenize (or read the cache).
+        train_data = load_training_data(data, field_map=field_map, filter_fn=filter_fn)
+        validation = load_training_data(validation_data, field_map=field_map, log=False) if validation_data is not None else None
+        if validation is not None and validation.format != train_data.format:
+            raise ConfigError(f"validation_data is {validation.format} records but data is {train_data.format}; give both in "
+                              "one format.")
         if validation_split:
-            examples, validation_examples = lm_steps.hold_out(examples, validation_split, seed)
-        train_set = tokenize_examples(examples, tokenizer, max_length, train_on_inputs)
-        validation_set = tokenize_examples(validation_examples, tokenizer, max_length, train_on_inputs)
-        lm_steps.preflight(train_set, examples, tokenizer)
-        lm_steps.log_data_summary(train_set, validation_set, examples[0].source, max_length)
+            kept, held_out = lm_steps.hold_out(train_data.examples, validation_split, seed)
+            train_data, validation = (TrainingData(train_data.format, kept, train_data.name),
+                                      TrainingData(train_data.format, held_out, train_data.name))
+        if chat_template is None and train_data.format != "text":
+            chat_template = pipeline.config.get("chat_template")  # a repo trained before keeps the template it learned
+        template = resolve_chat_template(chat_template, train_data.format, tokenizer)
+        if template is not None:
+            pipeline.set_chat_template(template.recorded)  # adds the template's missing special tokens; saved with the model
+        arguments["chat_template"] = template.recorded if template is not None else None
+        logger.info("Template: %s.", template.name if template is not None else "none (text records are learned as they are)")
+        tokenized, tokens_sha256 = cached_tokenization(train_data, tokenizer, template, max_length, train_on_inputs)
+        train_set = tokenized.examples
+        validation_set = (cached_tokenization(validation, tokenizer, template, max_length, train_on_inputs)[0].examples
+                          if validation is not None else [])
+        log_truncation(tokenized, max_length)
+        lm_steps.preflight(train_set, tokenized.sources, tokenizer, end_of_turn_ids(tokenizer, template))
+        lm_steps.log_data_summary(train_set, validation_set, tokenized.sources[0], max_length)
 
         # 3. Model: add (or keep) the LoRA adapter; only its weights train.
         if not pipeline.has_lora:
@@ -191,7 +228,9 @@ class CausalLMTrainer(TrainerConfigMixin):
         model = pipeline.model
         packing = packing and lm_steps.packing_isolates_examples(model, accelerator.device)
         arguments["packing"] = packing  # what runs: padded batches where the model cannot keep packed examples apart
-        trainable = {name: parameter for name, parameter in model.named_parameters() if "lora_" in name}
+        # The LoRA matrices, and the embedding rows of the tokens a chat template added (peft's trainable tokens).
+        trainable = {name: parameter for name, parameter in model.named_parameters()
+                     if "lora_" in name or "trainable_tokens_delta" in name}
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name in trainable)
         use_cache = pipeline.model.config.use_cache
@@ -207,18 +246,18 @@ class CausalLMTrainer(TrainerConfigMixin):
         model = setup.models[0]
         run = run_fingerprint(arguments, total_steps=setup.plan.total_steps, train_batch_size=train_batch_size,
                               num_processes=accelerator.num_processes,
-                              data_sha256=content_digest(json.dumps([example.input_ids, example.labels]) for example in train_set))
+                              data_sha256=tokens_sha256)
         checkpoints = RunCheckpoints(output, checkpointing_steps, checkpoints_total_limit, run, trainable,
                                      "r, target_modules and the adapter of the pipeline given")
         resumed = resume_run(checkpoints, resume_from_checkpoint, setup)
         self.metrics = list(resumed.state["metrics"]) if resumed is not None else []
 
         # 5. The loop: batches of similar length (with group_by_length), packed or padded; an eval loss per epoch.
-        lengths = [len(example.input_ids) for example in train_set]
+        lengths = lm_steps.example_lengths(train_set)
         # Each batch's summed token loss is divided by the average number of learned tokens per batch,
         # not by its own count: every token then weighs the same whichever batch it lands in, as in
         # randomly mixed batches, although length grouping puts short and long examples in different batches.
-        tokens_per_batch = sum(lm_steps.learned_tokens(example) for example in train_set) / -(-len(train_set) // train_batch_size)
+        tokens_per_batch = lm_steps.total_learned_tokens(train_set) / -(-len(train_set) // train_batch_size)
         make_batch = pack if packing else collate
 
         def epoch_batches(epoch_index: int) -> list[list[int]]:

@@ -6,18 +6,19 @@ Each is a plain function, as `diffusion_steps.py` is for the diffusion recipes.
 
 import logging
 import random
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
 from ..data.instructions import IGNORE_INDEX, TokenizedExample, collate, length_grouped_batches, render_loss_mask
+from ..data.token_cache import TokenizedExamples
 from ..errors import ConfigError, TrainingError
 from ..models.causal_lm import CausalLMPipeline
 from .settings import check_existing_lora
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["resolve_adapter_settings", "hold_out", "preflight", "log_data_summary", "summed_loss", "learned_tokens",
+__all__ = ["resolve_adapter_settings", "hold_out", "preflight", "log_data_summary", "summed_loss", "learned_tokens", "example_lengths", "total_learned_tokens",
            "evaluation_loss", "packing_isolates_examples"]
 
 
@@ -63,7 +64,7 @@ def summed_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple
 @torch.no_grad()
 def packing_isolates_examples(model: torch.nn.Module, device: torch.device) -> bool:
     """Whether this model keeps packed examples apart (transformers' packed-sequence masks); warns when it does not."""
-    vocab = model.get_input_embeddings().num_embeddings
+    vocab = model.get_input_embeddings().weight.shape[0]
     first, second = torch.arange(5, device=device) % vocab, torch.arange(7, 11, device=device) % vocab
     was_training = model.training
     model.eval()
@@ -85,6 +86,18 @@ def packing_isolates_examples(model: torch.nn.Module, device: torch.device) -> b
 def learned_tokens(example: TokenizedExample) -> int:
     """How many of an example's tokens are learned (predicted from the token before them)."""
     return sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
+
+
+def example_lengths(examples: Sequence[TokenizedExample]) -> list[int]:
+    """The token count of each example (read off the arrays of cached examples)."""
+    return examples.lengths() if isinstance(examples, TokenizedExamples) else [len(example.input_ids) for example in examples]
+
+
+def total_learned_tokens(examples: Sequence[TokenizedExample]) -> int:
+    """How many tokens of all the examples are learned (`learned_tokens`, summed)."""
+    if isinstance(examples, TokenizedExamples):
+        return int(examples.learned_counts().sum())
+    return sum(learned_tokens(example) for example in examples)
 
 
 @torch.no_grad()
@@ -120,19 +133,42 @@ def resolve_adapter_settings(pipeline: CausalLMPipeline, r: Optional[int], lora_
     return own["r"], own["lora_alpha"], own["lora_dropout"], own["target_modules"]
 
 
-def preflight(train_set: list[TokenizedExample], examples: list, tokenizer: Any) -> None:
-    """Log one rendered example with its loss mask; stop when no example would learn `<eos>`."""
-    eos = tokenizer.eos_token_id
-    learned_eos = sum(1 for example in train_set if eos in example.labels)
-    first = train_set[0]
-    learned = sum(1 for label in first.labels if label != IGNORE_INDEX)
-    logger.info("Preflight: %s, %d tokens, %d learned (in [brackets]):\n%s", examples[0].source, len(first.input_ids), learned,
-                render_loss_mask(first, tokenizer))
-    if learned_eos == 0:
+def _learned_segments(example: TokenizedExample) -> int:
+    """How many separate runs of learned tokens an example has (its assistant turns)."""
+    return sum(1 for index, label in enumerate(example.labels)
+               if label != IGNORE_INDEX and (index == 0 or example.labels[index - 1] == IGNORE_INDEX))
+
+
+def preflight(train_set: list[TokenizedExample], sources: Sequence[str], tokenizer: Any,
+              end_of_turn: Optional[set[int]] = None) -> None:
+    """Log an example with its loss mask (a multi-turn one when there is one); stop when no end-of-turn token is learned.
+
+    Args:
+        train_set: The tokenized training examples.
+        sources: Where each came from (its record or line).
+        tokenizer: The tokenizer.
+        end_of_turn: The ids that end an assistant turn (default: the end-of-sequence token).
+
+    Raises:
+        TrainingError: No example learns an end-of-turn token: all are truncated before it, or the template ends
+            assistant turns with no token that is learned.
+    """
+    end_of_turn = end_of_turn or {tokenizer.eos_token_id}
+    names = ", ".join(repr(tokenizer.convert_ids_to_tokens(token_id)) for token_id in sorted(end_of_turn))
+    learned_end = (train_set.count_learning(end_of_turn) if isinstance(train_set, TokenizedExamples)
+                   else sum(1 for example in train_set if not end_of_turn.isdisjoint(example.labels)))
+    shown = next((index for index, example in enumerate(train_set[:500]) if _learned_segments(example) > 1), 0)
+    example = train_set[shown]
+    turns = _learned_segments(example)
+    logger.info("Preflight: %s, %d tokens, %d learned (in [brackets])%s:\n%s", sources[shown], len(example.input_ids),
+                sum(1 for label in example.labels if label != IGNORE_INDEX),
+                f", {turns} assistant turns" if turns > 1 else "", render_loss_mask(example, tokenizer))
+    if learned_end == 0:
         raise TrainingError(
-            f"No training example would learn the end-of-sequence token {tokenizer.eos_token!r} (id {eos}): all {len(train_set)} are "
-            "truncated before it (raise max_length) or it is masked out. The model would never learn to stop."
+            f"No training example would learn an end-of-turn token ({names}): all {len(train_set)} are truncated before it "
+            "(raise max_length), it is masked out, or the chat template ends assistant turns without one (end them with "
+            "{{ eos_token }}). The model would never learn to stop."
         )
-    if learned_eos < len(train_set):
-        logger.warning("%d of %d examples do not learn %r (truncated by max_length).", len(train_set) - learned_eos, len(train_set),
-                       tokenizer.eos_token)
+    if learned_end < len(train_set):
+        logger.warning("%d of %d examples do not learn an end-of-turn token (%s): truncated by max_length.",
+                       len(train_set) - learned_end, len(train_set), names)
