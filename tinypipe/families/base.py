@@ -87,6 +87,10 @@ class ModelFamily:
 
         return getattr(diffusers, self.pipeline_class_names[0])
 
+    def pipeline_load_arguments(self) -> dict[str, Any]:
+        """Extra keyword arguments for the pipeline class's `from_pretrained` (SD 1/2: no safety checker); none by default."""
+        return {}
+
     def tokenize(self, pipe: Any, captions: Sequence[str]) -> dict[str, torch.Tensor]:
         """Token ids of each caption for each tokenizer: `{tokenizer_component: LongTensor[N, L]}`."""
         raise NotImplementedError

@@ -1,9 +1,10 @@
 """A diffusers pipeline folder: loading a base one (a built-in name, a local folder or a hub id), saving a fine-tuned one.
 
-`load_base_pipeline` is what `DiffusionPipeline` builds on: it refuses a local folder whose `model_index.json`
+`load_base_pipeline` is what `DiffusionPipeline` builds on: it loads the pipeline class of the model's family
+(`families.family_of` its `model_index.json`), and refuses a local folder whose `model_index.json`
 names components from libraries other than diffusers and transformers (diffusers would import them, running
 their code, and a base model folder gives no consent to that). `save_pipeline_folder` writes a folder that
-diffusers' `StableDiffusionPipeline.from_pretrained` reads, with transformers 4.x as well as 5.
+the family's diffusers pipeline class (`StableDiffusionPipeline`, ...) reads, with transformers 4.x as well as 5.
 """
 
 import contextlib
@@ -17,9 +18,10 @@ import torch
 from ..files import read_json
 from ..errors import ConfigError
 from ..builtin.tiny_sd import is_builtin
+from ..families import ModelFamily, family_of
 from .base_models import base_model_load_error, base_model_source
 
-__all__ = ["default_device", "load_base_pipeline", "quiet_loading", "save_pipeline_folder", "write_vocabulary_files"]
+__all__ = ["base_model_family", "default_device", "load_base_pipeline", "quiet_loading", "save_pipeline_folder", "write_vocabulary_files"]
 
 
 def default_device() -> str:
@@ -61,22 +63,46 @@ def _check_component_libraries(model_index: Path) -> None:
                               "would import; tinypipe builds base models from diffusers and transformers components only.")
 
 
-def load_base_pipeline(base_model: str, revision: Optional[str] = None, torch_dtype: torch.dtype = torch.float32, token: Optional[str] = None):
-    """Load a diffusers `StableDiffusionPipeline`: a built-in name, a local diffusers folder, or a hub id.
+def base_model_family(base_model: str, revision: Optional[str] = None, token: Optional[str] = None) -> ModelFamily:
+    """The model family of a diffusion base model (a built-in name, a local diffusers folder or a hub id), from the
+    `_class_name` of its `model_index.json`.
 
     Raises:
-        ConfigError: A local folder that is not a diffusers pipeline, or a hub id that cannot be had.
+        ConfigError: The model cannot be had, or its pipeline class is of no supported family (the message lists them).
     """
-    from diffusers import StableDiffusionPipeline
+    source = base_model_source(base_model, "diffusion")
+    if isinstance(source, Path):
+        return family_of(source / "model_index.json")
+    from diffusers import DiffusionPipeline as AnyDiffusersPipeline
 
+    try:
+        with quiet_loading():
+            model_index = AnyDiffusersPipeline.load_config(source, revision=revision, token=token)
+    except OSError as error:
+        raise base_model_load_error(base_model, revision, error, "diffusion") from error
+    class_name = model_index.get("_class_name")
+    if not isinstance(class_name, str):
+        raise ConfigError(f"The model_index.json of {base_model!r} has no '_class_name': it is not a diffusers pipeline.")
+    return family_of(class_name)
+
+
+def load_base_pipeline(base_model: str, revision: Optional[str] = None, torch_dtype: torch.dtype = torch.float32, token: Optional[str] = None):
+    """Load a diffusion base model in its family's diffusers pipeline class (`StableDiffusionPipeline`,
+    `StableDiffusionXLPipeline`, ...): a built-in name, a local diffusers folder, or a hub id.
+
+    Raises:
+        ConfigError: A local folder that is not a diffusers pipeline, a hub id that cannot be had, or a pipeline class
+            of no supported family.
+    """
     source = base_model_source(base_model, "diffusion")
     if isinstance(source, Path) and not is_builtin(base_model):
         _check_component_libraries(source / "model_index.json")
+    family = base_model_family(base_model, revision, token)
     try:
         with quiet_loading():
-            return StableDiffusionPipeline.from_pretrained(
+            return family.pipeline_class.from_pretrained(
                 source, revision=revision if not isinstance(source, Path) else None, torch_dtype=torch_dtype, token=token,
-                safety_checker=None, requires_safety_checker=False,
+                **family.pipeline_load_arguments(),
             )
     except OSError as error:
         raise base_model_load_error(base_model, revision, error, "diffusion") from error

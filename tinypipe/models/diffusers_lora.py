@@ -48,14 +48,15 @@ LORA_SETTINGS = ("lora_rank", "lora_alpha", "lora_target_modules", "text_encoder
 UNRECORDED_LORA_SETTINGS = ("use_dora", "use_rslora", "lora_bias", "layers_to_transform", "modules_to_save", "rank_pattern", "alpha_pattern")
 
 
-def lora_configs(config: Mapping[str, Any]) -> dict[str, Any]:
+def lora_configs(config: Mapping[str, Any], text_encoders: Sequence[str] = ("text_encoder",)) -> dict[str, Any]:
     """The peft `LoraConfig` of each model a pipeline config gives a LoRA: `{"unet": ..., "text_encoder": ...}`.
 
     Args:
         config: A `DiffusionPipeline` config (its `LORA_SETTINGS` keys are read).
+        text_encoders: The pipeline's text encoders (its family's: SDXL has `text_encoder` and `text_encoder_2`).
 
     Returns:
-        `{}` when `lora_rank` is None, else a config for the UNet and, with `text_encoder_lora`, the text encoder.
+        `{}` when `lora_rank` is None, else a config for the UNet and, with `text_encoder_lora`, each text encoder.
     """
     from peft import LoraConfig
 
@@ -65,8 +66,9 @@ def lora_configs(config: Mapping[str, Any]) -> dict[str, Any]:
     configs = {"unet": LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
                                   target_modules=list(config["lora_target_modules"]))}
     if config["text_encoder_lora"]:
-        configs["text_encoder"] = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                             target_modules=list(config["text_encoder_lora_target_modules"]))
+        for name in text_encoders:
+            configs[name] = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                       target_modules=list(config["text_encoder_lora_target_modules"]))
     return configs
 
 
@@ -82,29 +84,29 @@ def lora_state_dicts(pipe: Any, components: Sequence[str]) -> dict[str, dict[str
 
     layers = {name: convert_state_dict_to_diffusers(get_peft_model_state_dict(getattr(pipe, name), adapter_name=ADAPTER_NAME))
               for name in components}
-    if "text_encoder" in layers:
-        layers["text_encoder"] = {key.replace(".lora_A.", ".lora_linear_layer.down.").replace(".lora_B.", ".lora_linear_layer.up."): value
-                                  for key, value in layers["text_encoder"].items()}
+    for name in layers:
+        if name.startswith("text_encoder"):
+            layers[name] = {key.replace(".lora_A.", ".lora_linear_layer.down.").replace(".lora_B.", ".lora_linear_layer.up."): value
+                            for key, value in layers[name].items()}
     return layers
 
 
 def save_lora_file(pipe: Any, folder: Path, configs: Mapping[str, Any]) -> None:
-    """Write `folder/pytorch_lora_weights.safetensors` with diffusers' `save_lora_weights` (the configs in its metadata).
+    """Write `folder/pytorch_lora_weights.safetensors` with the pipeline class's own `save_lora_weights` (the configs in
+    its metadata): `StableDiffusionPipeline.save_lora_weights(unet_lora_layers=, text_encoder_lora_layers=)`,
+    `StableDiffusionXLPipeline.save_lora_weights(..., text_encoder_2_lora_layers=)`.
 
     Args:
         pipe: The diffusers pipeline whose components carry the adapter.
         folder: Where the file goes.
         configs: The `LoraConfig` of each component with a LoRA, as `lora_configs` gives them.
     """
-    from diffusers import StableDiffusionPipeline
-
     layers = lora_state_dicts(pipe, list(configs))
-    StableDiffusionPipeline.save_lora_weights(
-        folder, unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers.get("text_encoder"),
-        weight_name=LORA_WEIGHTS_NAME, safe_serialization=True,
-        unet_lora_adapter_metadata=configs["unet"].to_dict(),
-        text_encoder_lora_adapter_metadata=configs["text_encoder"].to_dict() if "text_encoder" in configs else None,
-    )
+    parts = {}
+    for name, config in configs.items():
+        parts[f"{name}_lora_layers"] = layers[name]
+        parts[f"{name}_lora_adapter_metadata"] = config.to_dict()
+    type(pipe).save_lora_weights(folder, weight_name=LORA_WEIGHTS_NAME, safe_serialization=True, **parts)
 
 
 def load_lora_file(pipe: Any, weights: Path, base_model: str) -> None:
@@ -121,26 +123,32 @@ def load_lora_file(pipe: Any, weights: Path, base_model: str) -> None:
         raise RepoError(f"{weights} does not fit the base model {base_model!r}: {reason}") from error
 
 
-def loaded_lora_settings(pipe: Any, weights: Path) -> dict[str, Any]:
+def loaded_lora_settings(pipe: Any, weights: Path, text_encoders: Sequence[str] = ("text_encoder",)) -> dict[str, Any]:
     """The `LORA_SETTINGS` of the LoRA diffusers just loaded from `weights`; refuse one a config cannot describe.
 
     Whatever a config records is what a reload builds (`lora_configs`), so a LoRA whose layers the config
     could not name (per-layer ranks, DoRA, a target pattern, ...) is refused rather than saved partly. A
-    text-encoder part none of whose entries matched a layer is taken off again.
+    text-encoder part none of whose entries matched a layer is taken off again. With several text encoders (SDXL), a
+    config records one LoRA for all of them: a file with a LoRA on some but not all is refused.
 
     Raises:
         ConfigError: The LoRA has no UNet part, or uses settings a tinypipe config does not record.
     """
-    loaded = {name: getattr(pipe, name).peft_config[ADAPTER_NAME] for name in ("unet", "text_encoder")
+    loaded = {name: getattr(pipe, name).peft_config[ADAPTER_NAME] for name in ("unet", *text_encoders)
               if ADAPTER_NAME in (getattr(getattr(pipe, name), "peft_config", None) or {})}
+    text_encoder_configs = [loaded[name] for name in text_encoders if name in loaded]
     unet = loaded.get("unet")
     problem = None
     if unet is None:
         problem = "it holds no UNet LoRA"
     elif any(isinstance(config.target_modules, str) for config in loaded.values()):
         problem = "its target modules are a pattern, not a list of module names"
-    elif "text_encoder" in loaded and (loaded["text_encoder"].r, loaded["text_encoder"].lora_alpha) != (unet.r, unet.lora_alpha):
+    elif any((config.r, config.lora_alpha) != (unet.r, unet.lora_alpha) for config in text_encoder_configs):
         problem = "its text-encoder LoRA has another rank or alpha than its UNet LoRA"
+    elif text_encoder_configs and len(text_encoder_configs) != len(text_encoders):
+        problem = f"it has a LoRA on some of the text encoders {list(text_encoders)} but not all"
+    elif len({tuple(sorted(config.target_modules)) for config in text_encoder_configs}) > 1:
+        problem = "its text encoders' LoRAs wrap different modules"
     else:
         unrecorded = sorted({f"{name}.{setting}" for name, config in loaded.items() for setting in UNRECORDED_LORA_SETTINGS
                              if getattr(config, setting, None) not in (None, False, {}, [], "none")})
@@ -150,14 +158,15 @@ def loaded_lora_settings(pipe: Any, weights: Path) -> dict[str, Any]:
         raise ConfigError(f"{weights} cannot be used as this pipeline's LoRA: {problem}. Use a LoRA saved by tinypipe "
                           "or by diffusers' training scripts.")
     targets = _wrapped_targets(pipe, "unet", unet.target_modules, weights)
-    text_encoder = loaded.get("text_encoder")
-    text_encoder_targets = (_wrapped_targets(pipe, "text_encoder", text_encoder.target_modules, weights) if text_encoder is not None
-                            else set(TEXT_ENCODER_LORA_TARGETS))
+    text_encoder = text_encoder_configs[0] if text_encoder_configs else None
+    text_encoder_targets = (set.union(*(_wrapped_targets(pipe, name, loaded[name].target_modules, weights) for name in text_encoders))
+                            if text_encoder is not None else set(TEXT_ENCODER_LORA_TARGETS))
     if not targets:
         raise ConfigError(f"{weights} cannot be used as this pipeline's LoRA: none of its UNet entries matches a layer of "
                           "the UNet. Use a LoRA saved by tinypipe or by diffusers' training scripts.")
     if text_encoder is not None and not text_encoder_targets:  # nothing of it was applied: no text-encoder LoRA
-        pipe.text_encoder.delete_adapter(ADAPTER_NAME)
+        for name in text_encoders:
+            getattr(pipe, name).delete_adapter(ADAPTER_NAME)
         text_encoder, text_encoder_targets = None, set(TEXT_ENCODER_LORA_TARGETS)
     return dict(lora_rank=unet.r, lora_alpha=unet.lora_alpha, text_encoder_lora=text_encoder is not None,
                 lora_target_modules=UNET_LORA_TARGETS if targets == set(UNET_LORA_TARGETS) else tuple(sorted(targets)),

@@ -2,7 +2,8 @@
 
 diffusers (`load_textual_inversion`) stores one `{token: tensor[num_vectors, dim]}` per file and names the
 extra vectors of a multi-vector token `<token>_1 ... <token>_{n-1}`; stable-diffusion-webui (A1111) stores
-`{"string_to_param": {"*": tensor}, "name": token}`. Pickled files are read with `torch.load(weights_only=True)`,
+`{"string_to_param": {"*": tensor}, "name": token}`. For SDXL, A1111, ComfyUI and diffusers' SDXL scripts store one
+tensor per text encoder: `{"clip_l": tensor[n, 768], "clip_g": tensor[n, 1280]}`. Pickled files are read with `torch.load(weights_only=True)`,
 so nothing in them runs.
 """
 
@@ -14,10 +15,12 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["TEXTUAL_INVERSION_NAME", "check_new_token", "read_textual_inversion", "textual_inversion_file_name",
+__all__ = ["MULTI_ENCODER_KEYS", "TEXTUAL_INVERSION_NAME", "check_new_token", "read_textual_inversion", "textual_inversion_file_name",
            "vector_token_names"]
 
 TEXTUAL_INVERSION_NAME = "learned_embeds.safetensors"
+MULTI_ENCODER_KEYS = ("clip_l", "clip_g")
+"""The keys of an SDXL embedding file (A1111 / ComfyUI / diffusers): the vectors of each text encoder."""
 
 
 def vector_token_names(token: str, count: int) -> list[str]:
@@ -47,8 +50,12 @@ def check_new_token(tokenizer, token: str) -> None:
                           "using it mean. Choose a new token, e.g. '<my-concept>'.")
 
 
-def read_textual_inversion(embedding: Union[str, Path, torch.Tensor, Mapping[str, Any]], token: Optional[str] = None) -> tuple[str, torch.Tensor]:
+def read_textual_inversion(embedding: Union[str, Path, torch.Tensor, Mapping[str, Any]],
+                           token: Optional[str] = None) -> tuple[str, Union[torch.Tensor, dict[str, torch.Tensor]]]:
     """Read a textual-inversion embedding into `(token, tensor[num_vectors, dim])`, without running any code.
+
+    An SDXL file (`{"clip_l": ..., "clip_g": ...}`, no token name in it) gives `(token, {"clip_l": ..., "clip_g": ...})`
+    and needs `token`.
 
     Args:
         embedding: A `.safetensors` file, a `.bin`/`.pt` file (read with `torch.load(weights_only=True)`), a
@@ -79,6 +86,14 @@ def read_textual_inversion(embedding: Union[str, Path, torch.Tensor, Mapping[str
         if token is None:
             raise ConfigError(f"{source} is an A1111 embedding with no 'name'; pass token='<my-token>' (placeholder_token= "
                               "with derive_pipeline, --placeholder-token with tinypipe derive).")
+    elif len(embedding) > 1 and set(map(str, embedding)) <= set(MULTI_ENCODER_KEYS):  # SDXL: one tensor per text encoder
+        if token is None:
+            raise ConfigError(f"{source} holds one embedding per text encoder ({sorted(embedding)}) and no token name; pass "
+                              "token='<my-token>' (placeholder_token= with derive_pipeline, --placeholder-token with tinypipe "
+                              "derive).")
+        if not all(isinstance(value, torch.Tensor) for value in embedding.values()):
+            raise ConfigError(f"{source}: the embedding of {token!r} holds something other than tensors.")
+        return token, dict(embedding)
     elif len(embedding) == 1:  # diffusers
         stored, vectors = next(iter(embedding.items()))
         token = token or stored
