@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tinypipe.families import TrainingObjective
 from tinypipe.models import DiffusionPipeline
 from tinypipe.builtin import tiny_sd as builtin
 from tinypipe.builtin.tiny_sd import shapes_dataset
@@ -70,11 +71,11 @@ def denoising_loss(pipeline: DiffusionPipeline, prompt: str) -> float:
     examples = load_image_examples([image for image, _ in RED_CIRCLES], default_caption=prompt)
     cache = steps.encode_examples(pipeline, examples, 64, center_crop=True, random_flip=False, seed=0, cache_text=True,
                                   device=torch.device("cpu"))
-    scheduler = steps.training_noise_scheduler(pipeline)
     generator = torch.Generator("cpu").manual_seed(7)
+    objective = TrainingObjective()
     with torch.no_grad():
-        losses = [steps.denoising_losses(pipeline.unet, pipeline.text_encoder, scheduler, cache, list(range(len(examples))), generator,
-                                         snr_gamma=None, noise_offset=0.0, device=torch.device("cpu")).mean().item()
+        losses = [steps.denoising_losses(pipeline, pipeline.unet, pipeline.text_encoders, cache, list(range(len(examples))), generator,
+                                         objective=objective, device=torch.device("cpu")).mean().item()
                   for _ in range(16)]
     return float(np.mean(losses))
 

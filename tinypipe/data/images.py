@@ -23,8 +23,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import DataError
 from .image_sources import BUILTIN_DATASETS, IMAGE_EXTENSIONS, METADATA_FILE, collect_records, list_some
 
-__all__ = ["BUILTIN_DATASETS", "IMAGE_EXTENSIONS", "ImageExample", "check_caption_lengths", "image_to_tensor", "load_image",
-           "load_image_examples"]
+__all__ = ["BUILTIN_DATASETS", "IMAGE_EXTENSIONS", "ImageExample", "check_caption_lengths", "cropped_image_tensor", "image_to_tensor", "load_image",
+           "load_image_examples", "resized_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -241,15 +241,41 @@ def image_to_tensor(
         torch.Size([3, 512, 512])
         ```
     """
+    pixels, _ = cropped_image_tensor(image, resolution, center_crop=center_crop, random_flip=random_flip, generator=generator)
+    return pixels
+
+
+def resized_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
+    """The `(width, height)` an image of `size` is resized to before its square crop: shorter side `resolution`."""
+    width, height = size
+    scale = resolution / min(width, height)
+    if scale == 1:
+        return size
+    return max(resolution, round(width * scale)), max(resolution, round(height * scale))
+
+
+def cropped_image_tensor(
+    image: Image.Image,
+    resolution: int,
+    center_crop: bool = True,
+    random_flip: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """`image_to_tensor`, also giving the `(top, left)` of the crop in the resized image: what SDXL conditions on.
+
+    With a flip, the crop is given as it lies in the flipped resized image (the flip comes after the crop, which is
+    the same as cropping the mirrored image there).
+
+    Returns:
+        `(pixels, (top, left))`: the `(3, resolution, resolution)` tensor in [-1, 1] and the crop's top-left corner.
+    """
     if resolution < 1:
         raise ValueError(f"resolution must be a positive number of pixels, got {resolution}.")
     if image.mode != "RGB":
         image = _to_rgb(image, "image")
     # 1. Resize so the shorter side is `resolution`.
-    width, height = image.size
-    scale = resolution / min(width, height)
-    if scale != 1:
-        size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    size = resized_size(image.size, resolution)
+    if size != image.size:
         image = image.resize(size, Image.Resampling.BILINEAR)
     # 2. Crop a square.
     width, height = image.size
@@ -262,9 +288,10 @@ def image_to_tensor(
     # 3. Flip.
     if random_flip and torch.rand(1, generator=generator).item() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        left = width - resolution - left
     # 4. HWC uint8 -> CHW float in [-1, 1].
     pixels = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).contiguous()
-    return pixels / 127.5 - 1.0
+    return pixels / 127.5 - 1.0, (top, left)
 
 
 def _read_image(path: Path) -> tuple[Image.Image, int]:

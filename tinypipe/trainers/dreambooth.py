@@ -1,4 +1,5 @@
-"""`DreamBoothTrainer`: teach a Stable-Diffusion pipeline a subject bound to a rare token, with prior preservation.
+"""`DreamBoothTrainer`: teach a diffusion pipeline (SD 1/2, SDXL, ...) a subject bound to a rare token, with prior
+preservation.
 
 ```python
 from tinypipe.models import DiffusionPipeline
@@ -158,6 +159,11 @@ class DreamBoothTrainer(TrainerConfigMixin):
         if self.model is None:
             self.init_model(base_model)
         pipeline = self.model
+        if not use_lora and "dreambooth_full" not in pipeline.family.methods:
+            raise ConfigError(f"A full DreamBooth fine-tune (every weight) is not supported for the {pipeline.family.title} "
+                              "family on one machine; train a DreamBooth LoRA instead: use_lora=True (tinypipe train-diffuser "
+                              "--method dreambooth --training-args '{\"use_lora\": true}').")
+        pipeline.family.check_method("dreambooth_lora" if use_lora else "dreambooth_full")
         if not use_lora and pipeline.has_lora:
             raise ConfigError("This pipeline has a LoRA; a full DreamBooth fine-tune needs one without. "
                               "Pass use_lora=True to train its LoRA instead.")
@@ -179,7 +185,7 @@ class DreamBoothTrainer(TrainerConfigMixin):
 
         # 3. The result: the trained pipeline (a full fine-tune saves its models whole), and the repo.
         if not use_lora:
-            pipeline.mark_fine_tuned([name for name, on in (("unet", True), ("text_encoder", train_text_encoder)) if on])
+            pipeline.mark_fine_tuned([pipeline.family.denoiser] + (list(pipeline.family.text_encoders) if train_text_encoder else []))
         self.set_method_config("train_config", DreamBoothTrainConfig(**arguments))
         output = Path(output_dir) if output_dir is not None else None
         loop.save_run(self, pipeline, accelerator, output,

@@ -1,5 +1,5 @@
-"""`LoRATrainer`: fine-tune a Stable-Diffusion pipeline with LoRA on the UNet attention projections, optionally with
-prior preservation (DreamBooth-LoRA).
+"""`LoRATrainer`: fine-tune a diffusion pipeline (SD 1/2, SDXL, ...) with LoRA on the denoiser's attention projections,
+optionally with prior preservation (DreamBooth-LoRA).
 
 ```python
 from tinypipe.models import DiffusionPipeline
@@ -135,6 +135,7 @@ class LoRATrainer(TrainerConfigMixin):
                                      "of images, a datasets.Dataset, or 'tinypipe/shapes'")
         check_prior_preservation(arguments)
         pipeline = self.model if self.model is not None else self.init_model(base_model).model
+        pipeline.family.check_method("dreambooth_lora" if with_prior_preservation else "lora")
         rank, lora_alpha = steps.resolve_lora_settings(pipeline, rank=rank, lora_alpha=lora_alpha,
                                                        train_text_encoder=train_text_encoder)
         loop.record_effective_arguments(arguments, "LoRA", base_model=pipeline.config["base_model"], rank=rank,

@@ -1,4 +1,5 @@
-"""`TextualInversionTrainer`: teach a Stable-Diffusion pipeline a new token for a concept, training only its embedding.
+"""`TextualInversionTrainer`: teach a diffusion pipeline (SD 1/2, SDXL) a new token for a concept, training only its
+embedding (in each text encoder: SDXL learns one set of vectors per encoder, as diffusers' `textual_inversion_sdxl.py`).
 
 ```python
 from tinypipe.models import DiffusionPipeline
@@ -13,7 +14,8 @@ pipeline.generate("a photo of a <cat-toy> on the beach")
 Only the embedding rows of the new token(s) train; every other weight of every model - every other row of
 the text encoder's embedding matrix included - stays bit-identical. `out/model/learned_embeds.safetensors`
 holds `{placeholder_token: tensor[num_vectors, dim]}`, which diffusers reads with
-`pipe.load_textual_inversion("out/model")`.
+`pipe.load_textual_inversion("out/model")`; for SDXL it holds `{"clip_l": ..., "clip_g": ...}` (two
+`load_textual_inversion` calls in diffusers; A1111 and ComfyUI read it as it is).
 
 The loop follows diffusers' `textual_inversion.py` (prompt templates, `repeats`, AdamW on the embedding),
 with the VAE latents computed once instead of every step; the text encoder runs every step, since its
@@ -185,15 +187,19 @@ class TextualInversionTrainer(TrainerConfigMixin):
         if self.model is None:
             self.init_model(base_model)
         pipeline = self.model
-        tokenizer, text_encoder = pipeline.tokenizer, pipeline.text_encoder
-        initializer_ids = tokenizer.encode(initializer_token, add_special_tokens=False)
-        if len(initializer_ids) != 1:
-            pieces = tokenizer.convert_ids_to_tokens(initializer_ids)
-            raise ConfigError(f"initializer_token {initializer_token!r} is {len(initializer_ids)} tokens {pieces} for this "
-                              "tokenizer; it must be exactly one. Choose a single common word close to the concept.")
+        pipeline.family.check_method("textual_inversion")
+        initializer_ids = {}
+        for component, tokenizer in zip(pipeline.family.text_encoders, pipeline.tokenizers.values()):
+            ids = tokenizer.encode(initializer_token, add_special_tokens=False)
+            if len(ids) != 1:
+                pieces = tokenizer.convert_ids_to_tokens(ids)
+                raise ConfigError(f"initializer_token {initializer_token!r} is {len(ids)} tokens {pieces} for this "
+                                  "tokenizer; it must be exactly one. Choose a single common word close to the concept.")
+            initializer_ids[component] = ids[0]
         token_names = vector_token_names(placeholder_token, num_vectors)
-        for name in token_names:
-            check_new_token(tokenizer, name)
+        for tokenizer in pipeline.tokenizers.values():
+            for name in token_names:
+                check_new_token(tokenizer, name)
         loop.record_effective_arguments(arguments, "Textual inversion", base_model=pipeline.config["base_model"])
         output = Path(output_dir) if output_dir is not None else None
 
@@ -206,43 +212,52 @@ class TextualInversionTrainer(TrainerConfigMixin):
         templates = TEMPLATES[learnable_property]
         validation = steps.Validation.of(arguments, default_prompt=templates[0].format(placeholder_token))
 
-        # 3. Model: add the token(s), started from the initializer's embedding; only their rows train.
-        initial = text_encoder.get_input_embeddings().weight[initializer_ids[0]].detach().clone()
-        new_ids = pipeline.add_textual_inversion(placeholder_token, initial.repeat(num_vectors, 1))
-        template_ids = steps.tokenize(tokenizer, [template.format(" ".join(token_names)) for template in templates])
+        # 3. Model: add the token(s) to each text encoder, started from the initializer's embedding; only their rows train.
+        text_encoders = pipeline.text_encoders
+        initial = {component: encoder.get_input_embeddings().weight[initializer_ids[component]].detach().clone().repeat(num_vectors, 1)
+                   for component, encoder in text_encoders.items()}
+        keys = pipeline.family.embedding_keys
+        pipeline.add_textual_inversion(placeholder_token, {keys[name]: rows for name, rows in initial.items()} if keys
+                                       else initial[pipeline.family.text_encoders[0]])
+        prompts = [template.format(" ".join(token_names)) for template in templates]
+        template_ids = pipeline.family.tokenize(pipeline.pipe, prompts)
         before = validation.images(pipeline) if accelerator.is_main_process else []
-        for model in (pipeline.unet, pipeline.vae, text_encoder):
+        for model in (pipeline.denoiser, pipeline.vae, *text_encoders.values()):
             model.requires_grad_(False)
-        original_embedding = text_encoder.get_input_embeddings()
-        token_rows = TrainableTokenRows(original_embedding, new_ids[0], num_vectors)
-        text_encoder.set_input_embeddings(token_rows)
+        original_embeddings, token_rows = {}, {}
+        for (component, encoder), tokenizer in zip(text_encoders.items(), pipeline.tokenizers.values()):
+            original_embeddings[component] = encoder.get_input_embeddings()
+            token_rows[component] = TrainableTokenRows(original_embeddings[component],
+                                                       tokenizer.convert_tokens_to_ids(placeholder_token), num_vectors)
+            encoder.set_input_embeddings(token_rows[component])
         if gradient_checkpointing:
-            pipeline.unet.enable_gradient_checkpointing()
+            pipeline.denoiser.enable_gradient_checkpointing()
 
         # 4. Steps, optimizer and schedule; resume from a checkpoint of this run (never another run's).
         epoch_length = len(examples) * repeats
-        setup = loop.set_up_training(accelerator, arguments, example_count=epoch_length, models=[text_encoder],
-                                     parameters=[token_rows.new_rows], use_8bit_adam=use_8bit_adam)
-        noise_scheduler = steps.training_noise_scheduler(pipeline)
+        setup = loop.set_up_training(accelerator, arguments, example_count=epoch_length, models=list(text_encoders.values()),
+                                     parameters=[rows.new_rows for rows in token_rows.values()], use_8bit_adam=use_8bit_adam)
+        wrapped_encoders = dict(zip(text_encoders, setup.models))
+        objective = steps.training_objective(arguments)
         generator = torch.Generator("cpu").manual_seed(seed + 1_000_003 * accelerator.process_index)
         run = run_fingerprint(arguments, total_steps=setup.plan.total_steps, num_processes=accelerator.num_processes,
                               data_sha256=steps.examples_digest(examples))
         checkpoints = RunCheckpoints(output, checkpointing_steps, checkpoints_total_limit, run,
-                                     steps.trainable_parameters(pipeline, [text_encoder]), "placeholder_token, num_vectors",
-                                     {"noise": generator})
+                                     steps.trainable_parameters(pipeline, list(text_encoders.values())),
+                                     "placeholder_token, num_vectors", {"noise": generator})
         resumed = resume_run(checkpoints, resume_from_checkpoint, setup)
 
-        # 5. The loop: a random template per example, the text encoder run with the learned rows, the denoising loss.
+        # 5. The loop: a random template per example, the text encoders run with the learned rows, the denoising loss.
         def epoch_batches(epoch_index: int) -> list[list[int]]:
             order = [index % len(examples) for index in steps.epoch_order(epoch_length, seed, epoch_index)]
             return loop.shard_batches(steps.full_batches(order, train_batch_size, accelerator.num_processes), accelerator)
 
         def batch_loss(batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             chosen = torch.randint(0, len(templates), (len(batch),), generator=generator)
-            text_embeddings = setup.models[0](template_ids[chosen].to(accelerator.device))[0]
-            loss = steps.denoising_losses(pipeline.unet, None, noise_scheduler, cache, batch, generator, snr_gamma=snr_gamma,
-                                          noise_offset=noise_offset, device=accelerator.device,
-                                          text_embeddings=text_embeddings).mean()
+            conditioning = pipeline.family.encode_prompts(pipeline.pipe, {name: ids[chosen] for name, ids in template_ids.items()},
+                                                          wrapped_encoders)
+            loss = steps.denoising_losses(pipeline, pipeline.denoiser, None, cache, batch, generator, objective=objective,
+                                          device=accelerator.device, conditioning=conditioning).mean()
             return loss, loss
 
         try:
@@ -250,13 +265,15 @@ class TextualInversionTrainer(TrainerConfigMixin):
                             batch_loss=batch_loss, end_of_epoch=validation.at_epoch_end(pipeline, accelerator, output),
                             description="Textual inversion")
         finally:
-            # 6. Put the learned rows into the embedding matrix and the original embedding module back.
-            with torch.no_grad():
-                original_embedding.weight[new_ids] = token_rows.new_rows.detach().to(original_embedding.weight.dtype)
-            text_encoder.set_input_embeddings(original_embedding)
-            text_encoder.eval()
+            # 6. Put the learned rows into each embedding matrix and the original embedding modules back.
+            for component, encoder in text_encoders.items():
+                original, rows = original_embeddings[component], token_rows[component]
+                with torch.no_grad():
+                    original.weight[rows.first_id:rows.first_id + rows.count] = rows.new_rows.detach().to(original.weight.dtype)
+                encoder.set_input_embeddings(original)
+                encoder.eval()
             if gradient_checkpointing:
-                pipeline.unet.disable_gradient_checkpointing()
+                pipeline.denoiser.disable_gradient_checkpointing()
         accelerator.wait_for_everyone()
 
         # 7. The result: the pipeline with the token, and the repo with the effective configuration.

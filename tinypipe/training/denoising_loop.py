@@ -1,11 +1,12 @@
 """The denoising fine-tune that `LoRATrainer` and `DreamBoothTrainer` share; each recipe says only what differs.
 
-Both train a Stable-Diffusion pipeline on instance images, with prior preservation when asked for (the DreamBooth
+Both train a diffusion pipeline of any family (`tinypipe.families`) on instance images, with prior preservation when asked for (the DreamBooth
 paper, section 4.2): class images train beside the instance images, in the same batch, and the loss is
 `instance loss + prior_loss_weight * class loss`. What trains is the one difference (`use_lora`): a LoRA on the
-UNet (and text encoder), or the full UNet (and text encoder). The loop follows diffusers' `train_dreambooth.py` and
-`train_dreambooth_lora.py`, with the VAE latents (and the text embeddings, when the text encoder is frozen) of every
-image computed once instead of every step.
+denoiser (and text encoders), or every weight of them. The loop follows diffusers' `train_dreambooth.py` and
+`train_dreambooth_lora.py` (`train_dreambooth_lora_sdxl.py` for SDXL), with the VAE latents (and the family's text
+conditioning, when the text encoders are frozen) of every image computed once instead of every step; the family
+gives the conditioning and the loss.
 """
 
 import logging
@@ -52,7 +53,7 @@ def train_denoiser(pipeline: DiffusionPipeline, settings: Mapping[str, Any], *, 
         data: The instance images, in any form `load_image_examples` reads.
         filter_fn: Keeps the instance `ImageExample`s it returns True for.
         accelerator: The run's accelerator.
-        use_lora: Train a LoRA (else every weight of the UNet, and of the text encoder with `train_text_encoder`).
+        use_lora: Train a LoRA (else every weight of the denoiser, and of the text encoders with `train_text_encoder`).
         use_8bit_adam: Whether 8-bit Adam was asked for.
         resume_settings: The settings that decide what a checkpoint holds, named when one does not fit.
         description: The recipe's name, for the progress bar.
@@ -77,7 +78,8 @@ def train_denoiser(pipeline: DiffusionPipeline, settings: Mapping[str, Any], *, 
             num_class_images=settings["num_class_images"], resolution=resolution, seed=seed,
             sample_batch_size=settings["sample_batch_size"], inference_steps=settings["class_inference_steps"],
             guidance_scale=settings["class_guidance_scale"], accelerator=accelerator)
-    check_caption_lengths(examples + class_examples, pipeline.tokenizer)
+    for tokenizer in pipeline.tokenizers.values():
+        check_caption_lengths(examples + class_examples, tokenizer)
     cache = steps.encode_examples(pipeline, examples + class_examples, resolution, center_crop=settings["center_crop"],
                                   random_flip=settings["random_flip"], seed=seed, cache_text=not train_text_encoder,
                                   device=accelerator.device)
@@ -85,10 +87,10 @@ def train_denoiser(pipeline: DiffusionPipeline, settings: Mapping[str, Any], *, 
     steps.log_data_summary(examples, class_examples, resolution=resolution, center_crop=settings["center_crop"],
                            random_flip=settings["random_flip"])
 
-    # 2. Model: what trains - a LoRA on the UNet (and text encoder), or their every weight.
+    # 2. Model: what trains - a LoRA on the denoiser (and text encoders), or their every weight.
     validation = steps.Validation.of(settings, default_prompt=settings["instance_prompt"] or examples[0].caption)
     before = validation.images(pipeline) if accelerator.is_main_process else []
-    trainable_models = [pipeline.unet] + ([pipeline.text_encoder] if train_text_encoder else [])
+    trainable_models = steps.trainable_models(pipeline, train_text_encoder)
     if use_lora:
         if not pipeline.has_lora:
             pipeline.add_lora(rank=settings["rank"], alpha=settings["lora_alpha"], text_encoder=train_text_encoder)
@@ -96,14 +98,15 @@ def train_denoiser(pipeline: DiffusionPipeline, settings: Mapping[str, Any], *, 
     else:
         parameters = steps.mark_fully_trainable(pipeline, trainable_models)
     if settings["gradient_checkpointing"]:
-        pipeline.unet.enable_gradient_checkpointing()
+        pipeline.denoiser.enable_gradient_checkpointing()
 
     # 3. Steps, optimizer and schedule; accelerate wraps the models (DDP) and the optimizer (mixed precision).
     epoch_length = max(instance_count, class_count)
     setup = set_up_training(accelerator, settings, example_count=epoch_length, models=trainable_models, parameters=parameters,
                             use_8bit_adam=use_8bit_adam)
-    unet, text_encoder = setup.models[0], (setup.models[1] if train_text_encoder else pipeline.text_encoder)
-    noise_scheduler = steps.training_noise_scheduler(pipeline)
+    denoiser = setup.models[0]
+    text_encoders = dict(zip(pipeline.text_encoders, setup.models[1:])) if train_text_encoder else pipeline.text_encoders
+    objective = steps.training_objective(settings)
     generator = torch.Generator("cpu").manual_seed(seed + 1_000_003 * accelerator.process_index)
 
     # 4. Resume from a checkpoint of this run (never another run's).
@@ -122,9 +125,8 @@ def train_denoiser(pipeline: DiffusionPipeline, settings: Mapping[str, Any], *, 
     def batch_loss(batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         instance_batch = [index % instance_count for index in batch]
         class_batch = [instance_count + index % class_count for index in batch] if class_count else []
-        losses = steps.denoising_losses(unet, text_encoder, noise_scheduler, cache, instance_batch + class_batch, generator,
-                                        snr_gamma=settings["snr_gamma"], noise_offset=settings["noise_offset"],
-                                        device=accelerator.device)
+        losses = steps.denoising_losses(pipeline, denoiser, text_encoders, cache, instance_batch + class_batch, generator,
+                                        objective=objective, device=accelerator.device)
         loss = losses[:len(instance_batch)].mean()
         if class_batch:
             loss = loss + settings["prior_loss_weight"] * losses[len(instance_batch):].mean()
@@ -139,5 +141,5 @@ def train_denoiser(pipeline: DiffusionPipeline, settings: Mapping[str, Any], *, 
         model.eval()
         model.requires_grad_(False)
     if settings["gradient_checkpointing"]:
-        pipeline.unet.disable_gradient_checkpointing()
+        pipeline.denoiser.disable_gradient_checkpointing()
     return validation, before

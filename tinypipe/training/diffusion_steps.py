@@ -1,8 +1,9 @@
 """Small pieces shared by the diffusion trainers (LoRA, DreamBooth, textual inversion).
 
 Each is a plain function; the trainers read top to bottom and call these for the parts that are the
-same in all of them: the LoRA settings, caching VAE latents and text embeddings, what trains, the data
-order and batches, the denoising loss, and validation images.
+same in all of them: the LoRA settings, caching VAE latents and the family's conditioning, what trains, the data
+order and batches, the denoising loss (the family's objective), and validation images. Nothing here knows a
+model family: the pipeline's `family` (`tinypipe.families`) says how prompts and images condition its denoiser.
 """
 
 import logging
@@ -11,11 +12,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ConfigError
-from ..data.images import ImageExample, image_to_tensor
+from ..data.images import ImageExample, cropped_image_tensor, resized_size
+from ..families import TrainingObjective
 from .loop import EpochEnd, end_of_epoch_due
 from .run_fingerprint import content_digest
 from .settings import check_existing_lora
@@ -23,9 +24,9 @@ from .settings import check_existing_lora
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ExampleCache", "resolve_lora_settings", "log_data_summary", "native_resolution", "tokenize", "encode_examples",
-    "examples_digest",
-    "mark_lora_trainable", "mark_fully_trainable", "trainable_parameters", "training_noise_scheduler", "epoch_order",
+    "ExampleCache", "resolve_lora_settings", "log_data_summary", "native_resolution", "training_objective", "tokenize",
+    "encode_text", "encode_examples", "examples_digest",
+    "mark_lora_trainable", "mark_fully_trainable", "trainable_models", "trainable_parameters", "epoch_order",
     "full_batches", "denoising_losses", "Validation", "validation_images", "image_grid", "save_images", "save_before_after",
 ]
 
@@ -63,28 +64,39 @@ def log_data_summary(examples: Sequence[ImageExample], class_examples: Sequence[
 
 
 def native_resolution(pipeline) -> int:
-    """The image size the base model was trained at: UNet sample size x VAE downscale."""
-    return int(pipeline.unet.config.sample_size) * int(pipeline.pipe.vae_scale_factor)
+    """The image size the base model was trained at: the denoiser's sample size x VAE downscale, else the family's
+    default (SD 512, SDXL 1024)."""
+    sample_size = getattr(pipeline.denoiser.config, "sample_size", None)
+    if isinstance(sample_size, int):
+        return sample_size * int(pipeline.pipe.vae_scale_factor)
+    return pipeline.family.default_resolution
+
+
+def training_objective(settings: Mapping[str, Any]) -> TrainingObjective:
+    """The loss settings of a run (`snr_gamma`, `noise_offset`) that the family's `training_losses` honours or refuses."""
+    return TrainingObjective(snr_gamma=settings["snr_gamma"], noise_offset=settings["noise_offset"])
 
 
 @dataclass
 class ExampleCache:
-    """What the loop needs of each example, computed once: VAE posterior and text conditioning.
+    """What the loop needs of each example, computed once: VAE posterior, token ids, text and image conditioning.
 
-    `latent_mean`/`latent_std` are `[N, C, h, w]` (with `random_flip`, `[2N, ...]`: the flipped
-    copies follow); `text_embeddings` is `[N, tokens, dim]` when the text encoder is frozen, else
-    `input_ids` `[N, tokens]`.
+    `latent_mean`/`latent_std` are `[N, C, h, w]` (with `random_flip`, `[2N, ...]`: the flipped copies follow), and so
+    is each `image_conditioning` tensor (SDXL's `add_time_ids`, from each image's original size and crop); `input_ids`
+    holds `{tokenizer: [N, tokens]}`; `text_conditioning` the family's encoded prompts `{name: [N, ...]}` when the
+    text encoders are frozen, else None (they run every step).
     """
 
     latent_mean: torch.Tensor
     latent_std: torch.Tensor
-    scaling_factor: float
-    text_embeddings: Optional[torch.Tensor]
-    input_ids: torch.Tensor
+    vae: Any
+    input_ids: dict[str, torch.Tensor]
+    text_conditioning: Optional[dict[str, torch.Tensor]]
+    image_conditioning: dict[str, torch.Tensor]
     flipped: bool
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(next(iter(self.input_ids.values())))
 
 
 def tokenize(tokenizer, captions: Sequence[str]) -> torch.Tensor:
@@ -93,31 +105,44 @@ def tokenize(tokenizer, captions: Sequence[str]) -> torch.Tensor:
                      truncation=True, return_tensors="pt").input_ids
 
 
+def encode_text(pipeline, input_ids: Mapping[str, torch.Tensor], batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """The family's text conditioning of every row of `input_ids`, by batches, in float32 (frozen text encoders)."""
+    count = len(next(iter(input_ids.values())))
+    parts = [pipeline.family.encode_prompts(pipeline.pipe, {name: ids[start:start + batch_size] for name, ids in input_ids.items()},
+                                            pipeline.text_encoders)
+             for start in range(0, count, batch_size)]
+    return {name: torch.cat([part[name].float() for part in parts]) for name in parts[0]}
+
+
 @torch.no_grad()
 def encode_examples(pipeline, examples: Sequence[ImageExample], resolution: int, *, center_crop: bool, random_flip: bool,
                     seed: int, cache_text: bool, device: torch.device, batch_size: int = 8) -> ExampleCache:
-    """Run the frozen VAE (and text encoder) over every example once.
+    """Run the frozen VAE (and text encoders) over every example once; record each image's size and crop.
 
-    With `random_flip`, both orientations are encoded, so a flip costs nothing per step. With
-    `center_crop=False`, each image's random crop is drawn once (seeded) rather than every step.
+    With `random_flip`, both orientations are encoded, so a flip costs nothing per step (a flipped copy's crop is where
+    it lies in the mirrored image). With `center_crop=False`, each image's random crop is drawn once (seeded) rather
+    than every step.
     """
     generator = torch.Generator("cpu").manual_seed(seed)
-    pixels = torch.stack([image_to_tensor(example.image, resolution, center_crop=center_crop, generator=generator)
-                          for example in examples])
+    crops = [cropped_image_tensor(example.image, resolution, center_crop=center_crop, generator=generator) for example in examples]
+    pixels = torch.stack([tensor for tensor, _ in crops])
+    original_sizes = [(example.image.height, example.image.width) for example in examples]
+    corners = [corner for _, corner in crops]
     if random_flip:
         pixels = torch.cat([pixels, pixels.flip(-1)])
+        original_sizes = original_sizes + original_sizes
+        corners = corners + [(top, resized_size(example.image.size, resolution)[0] - resolution - left)
+                             for example, (top, left) in zip(examples, corners)]
     vae = pipeline.vae
     means, stds = [], []
     for start in range(0, len(pixels), batch_size):
         posterior = vae.encode(pixels[start:start + batch_size].to(device, vae.dtype)).latent_dist
         means.append(posterior.mean.float())
         stds.append(posterior.std.float())
-    input_ids = tokenize(pipeline.tokenizer, [example.caption for example in examples])
-    embeddings = None
-    if cache_text:
-        embeddings = torch.cat([pipeline.text_encoder(input_ids[start:start + batch_size].to(device))[0].float()
-                                for start in range(0, len(input_ids), batch_size)])
-    return ExampleCache(torch.cat(means), torch.cat(stds), float(vae.config.scaling_factor), embeddings, input_ids, random_flip)
+    input_ids = pipeline.family.tokenize(pipeline.pipe, [example.caption for example in examples])
+    text_conditioning = encode_text(pipeline, input_ids, batch_size) if cache_text else None
+    image_conditioning = pipeline.family.image_conditioning(original_sizes, corners, resolution)
+    return ExampleCache(torch.cat(means), torch.cat(stds), vae, input_ids, text_conditioning, image_conditioning, random_flip)
 
 
 def examples_digest(examples: Sequence[ImageExample]) -> str:
@@ -126,10 +151,14 @@ def examples_digest(examples: Sequence[ImageExample]) -> str:
                           (example.image.mode, str(example.image.size), example.image.tobytes(), example.caption or ""))
 
 
+def _freeze_pipeline(pipeline) -> None:
+    for model in (pipeline.denoiser, pipeline.vae, *pipeline.text_encoders.values()):
+        model.requires_grad_(False)
+
+
 def mark_lora_trainable(pipeline, trainable_models: Sequence[torch.nn.Module]) -> list[torch.nn.Parameter]:
     """Freeze the whole pipeline, then let only the LoRA weights of `trainable_models` train (in fp32)."""
-    for model in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
-        model.requires_grad_(False)
+    _freeze_pipeline(pipeline)
     parameters = []
     for model in trainable_models:
         for name, parameter in model.named_parameters():
@@ -142,8 +171,7 @@ def mark_lora_trainable(pipeline, trainable_models: Sequence[torch.nn.Module]) -
 
 def mark_fully_trainable(pipeline, trainable_models: Sequence[torch.nn.Module]) -> list[torch.nn.Parameter]:
     """Freeze the whole pipeline, then let every weight of `trainable_models` train (in fp32), as a full fine-tune."""
-    for model in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
-        model.requires_grad_(False)
+    _freeze_pipeline(pipeline)
     parameters = []
     for model in trainable_models:
         if any(parameter.dtype != torch.float32 for parameter in model.parameters()):
@@ -153,18 +181,17 @@ def mark_fully_trainable(pipeline, trainable_models: Sequence[torch.nn.Module]) 
     return parameters
 
 
+def trainable_models(pipeline, train_text_encoder: bool) -> list[torch.nn.Module]:
+    """What trains in a denoising fine-tune: the denoiser, and with `train_text_encoder` every text encoder."""
+    return [pipeline.denoiser] + (list(pipeline.text_encoders.values()) if train_text_encoder else [])
+
+
 def trainable_parameters(pipeline, trainable_models: Sequence[torch.nn.Module]) -> dict[str, torch.nn.Parameter]:
-    """The parameters that train, by name (`unet.<param>`, `text_encoder.<param>`), as checkpoints store them."""
-    names = {id(pipeline.unet): "unet", id(pipeline.text_encoder): "text_encoder"}
+    """The parameters that train, by name (`unet.<param>`, `text_encoder.<param>`, ...), as checkpoints store them."""
+    names = {id(model): name for name, model in pipeline.text_encoders.items()}
+    names[id(pipeline.denoiser)] = pipeline.family.denoiser
     return {f"{names[id(model)]}.{name}": parameter for model in trainable_models
             for name, parameter in model.named_parameters() if parameter.requires_grad}
-
-
-def training_noise_scheduler(pipeline):
-    """A DDPM scheduler with the base model's noise schedule, as the diffusers training scripts use."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(pipeline.pipe.scheduler.config)
 
 
 def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
@@ -184,50 +211,39 @@ def full_batches(order: Sequence[int], batch_size: int, num_processes: int) -> l
     return [padded[start:start + batch_size] for start in range(0, count, batch_size)]
 
 
-def denoising_losses(unet, text_encoder, noise_scheduler, cache: ExampleCache, batch: Sequence[int], generator: torch.Generator,
-                     *, snr_gamma: Optional[float], noise_offset: float, device: torch.device,
-                     text_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The per-example denoising loss of one batch (DDPM training objective, as diffusers computes it).
+def denoising_losses(pipeline, denoiser, text_encoders: Optional[Mapping[str, torch.nn.Module]], cache: ExampleCache,
+                     batch: Sequence[int], generator: torch.Generator, *, objective: TrainingObjective, device: torch.device,
+                     conditioning: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
+    """The per-example denoising loss of one batch: the family's training objective on cached latents.
 
     Args:
-        cache: Cached latents and text conditioning. `batch`: example indices into it.
-        generator: CPU generator for every random draw of the step (posterior sample, flip, noise, timesteps).
-        snr_gamma: Min-SNR-gamma weighting; None for plain MSE.
-        noise_offset: Offset-noise strength.
-        text_embeddings: Conditioning to use instead of the cache's (textual inversion computes its own).
+        pipeline: The `DiffusionPipeline` (its family, VAE config and scheduler config).
+        denoiser: The denoiser to call (accelerate-wrapped when it trains).
+        text_encoders: The text encoders to run when the cache holds no text conditioning (wrapped when they train).
+        cache: Cached latents and conditioning. `batch`: example indices into it.
+        generator: CPU generator for every random draw of the step (flip, posterior sample, then the family's noise
+            and timesteps).
+        objective: The run's loss settings (`training_objective`).
+        conditioning: Text conditioning to use instead of the cache's (textual inversion computes its own).
 
     Returns:
         A `[len(batch)]` tensor of losses.
     """
+    family = pipeline.family
     index = torch.tensor(list(batch))
     if cache.flipped:
         index = index + len(cache) * torch.randint(0, 2, (len(index),), generator=generator)
     mean, std = cache.latent_mean[index], cache.latent_std[index]
-    latents = (mean + std * torch.randn(mean.shape, generator=generator)) * cache.scaling_factor
-    noise = torch.randn(latents.shape, generator=generator)
-    if noise_offset:
-        noise = noise + noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator)
-    latents, noise, timesteps = latents.to(device), noise.to(device), timesteps.to(device)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    if text_embeddings is None:
+    latents = family.latents(cache.vae, mean + std * torch.randn(mean.shape, generator=generator)).to(device)
+    if conditioning is None:
         ids = torch.tensor(list(batch))
-        text_embeddings = cache.text_embeddings[ids].to(device) if cache.text_embeddings is not None else \
-            text_encoder(cache.input_ids[ids].to(device))[0]
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
-    prediction = unet(noisy, timesteps, text_embeddings.to(noisy.dtype), return_dict=False)[0]
-    losses = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    if snr_gamma is not None:
-        from diffusers.training_utils import compute_snr
-
-        snr = compute_snr(noise_scheduler, timesteps)
-        weights = torch.minimum(snr, torch.full_like(snr, snr_gamma))
-        weights = weights / snr if noise_scheduler.config.prediction_type == "epsilon" else weights / (snr + 1)
-        losses = losses * weights
-    return losses
+        if cache.text_conditioning is not None:
+            conditioning = {name: value[ids].to(device) for name, value in cache.text_conditioning.items()}
+        else:
+            conditioning = family.encode_prompts(pipeline.pipe, {name: value[ids] for name, value in cache.input_ids.items()},
+                                                 text_encoders)
+    conditioning = {**conditioning, **{name: value[index].to(device) for name, value in cache.image_conditioning.items()}}
+    return family.training_losses(pipeline.pipe, denoiser, latents, conditioning, generator, objective)
 
 
 @dataclass(frozen=True)
