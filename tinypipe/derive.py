@@ -208,7 +208,7 @@ def _check_base_model(pipeline: ConfigMixin, replacement: Path, component: str, 
 def _check_embedding_token(pipeline: DiffusionPipeline, path: Path, placeholder_token: Optional[str]) -> None:
     """Refuse an embedding stored under a token the pipeline lacks, naming the argument and option that rename it."""
     tokens = list(pipeline.config["textual_inversion_tokens"])
-    stored, _ = read_textual_inversion(path, placeholder_token)
+    stored, _ = read_textual_inversion(path, placeholder_token, default_token=tokens[0] if len(tokens) == 1 else None)
     if tokens and stored not in tokens:
         raise ConfigError(f"{path} holds an embedding for the token {stored!r}, but {tokens} are this pipeline's "
                           f"textual-inversion tokens. To put it in place of one, pass placeholder_token={tokens[0]!r} "

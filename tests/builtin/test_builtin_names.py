@@ -3,11 +3,11 @@
 import pytest
 
 from tinypipe.builtin import (BUILTIN_NAMES, SHAPES_DATA, TINY_CHATS, TINY_INSTRUCTIONS, TINY_LLAMA, TINY_LLAMA_CHAT, TINY_SD,
-                              builtin_names, is_builtin)
+                              TINY_SDXL, builtin_names, is_builtin)
 
 
 def test_each_kind_lists_its_names():
-    assert builtin_names("diffusion") == [TINY_SD]
+    assert builtin_names("diffusion") == [TINY_SD, TINY_SDXL]
     assert builtin_names("causal-lm") == [TINY_LLAMA, TINY_LLAMA_CHAT]
     assert builtin_names("images") == [SHAPES_DATA]
     assert builtin_names("instructions") == [TINY_CHATS, TINY_INSTRUCTIONS]

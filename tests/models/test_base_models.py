@@ -34,4 +34,4 @@ def test_an_unknown_base_model_names_the_closest_built_in_and_no_unseen_stacktra
 
     with pytest.raises(ConfigError) as raised:
         DiffusionPipeline("tinypipe/tiny-sdd")
-    assert "Did you mean 'tinypipe/tiny-sd'?" in str(raised.value) and "stacktrace" not in str(raised.value)
+    assert "Did you mean 'tinypipe/tiny-sd'" in str(raised.value) and "stacktrace" not in str(raised.value)

@@ -1,12 +1,12 @@
-"""The LoRA of a Stable-Diffusion pipeline in diffusers' file format: `pytorch_lora_weights.safetensors`.
+"""The LoRA of a diffusion pipeline (SD 1/2, SDXL) in diffusers' file format: `pytorch_lora_weights.safetensors`.
 
-The file is the one diffusers' training scripts write and `load_lora_weights` reads: the UNet's (and the text
+The file is the one diffusers' training scripts write and `load_lora_weights` reads: the UNet's (and each text
 encoder's) LoRA layers under diffusers' keys, with each adapter's `LoraConfig` in the safetensors metadata, so
 plain diffusers loads it unchanged. tinypipe records one rank, one alpha and a list of target modules per LoRA;
 `loaded_lora_settings` refuses a loaded file those cannot describe rather than save it partly.
 
 ```python
-configs = lora_configs(pipeline.config)                  # {"unet": LoraConfig, "text_encoder": LoraConfig}
+configs = lora_configs(pipeline.config, ("text_encoder", "text_encoder_2"))   # {"unet": ..., "text_encoder": ..., ...}
 save_lora_file(pipeline.pipe, folder, configs)           # folder/pytorch_lora_weights.safetensors
 load_lora_file(pipeline.pipe, folder / LORA_WEIGHTS_NAME, "tinypipe/tiny-sd")
 ```

@@ -150,7 +150,7 @@ class TextualInversionTokens:
                 embedding does not fit this text encoder (nothing is changed then).
         """
         tokens = tuple(self.config["textual_inversion_tokens"])
-        token, vectors = read_textual_inversion(embedding, token if token is not None or len(tokens) != 1 else tokens[0])
+        token, vectors = read_textual_inversion(embedding, token, default_token=tokens[0] if len(tokens) == 1 else None)
         if token not in tokens:
             if tokens:
                 raise ConfigError(f"The embedding is for the token {token!r}, but this pipeline's textual-inversion tokens are "

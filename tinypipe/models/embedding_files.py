@@ -50,8 +50,8 @@ def check_new_token(tokenizer, token: str) -> None:
                           "using it mean. Choose a new token, e.g. '<my-concept>'.")
 
 
-def read_textual_inversion(embedding: Union[str, Path, torch.Tensor, Mapping[str, Any]],
-                           token: Optional[str] = None) -> tuple[str, Union[torch.Tensor, dict[str, torch.Tensor]]]:
+def read_textual_inversion(embedding: Union[str, Path, torch.Tensor, Mapping[str, Any]], token: Optional[str] = None,
+                           default_token: Optional[str] = None) -> tuple[str, Union[torch.Tensor, dict[str, torch.Tensor]]]:
     """Read a textual-inversion embedding into `(token, tensor[num_vectors, dim])`, without running any code.
 
     An SDXL file (`{"clip_l": ..., "clip_g": ...}`, no token name in it) gives `(token, {"clip_l": ..., "clip_g": ...})`
@@ -61,14 +61,18 @@ def read_textual_inversion(embedding: Union[str, Path, torch.Tensor, Mapping[str
         embedding: A `.safetensors` file, a `.bin`/`.pt` file (read with `torch.load(weights_only=True)`), a
             tensor, or a state dict in the diffusers (`{token: tensor}`) or A1111 (`string_to_param`) layout.
         token: The token; wins over the name in the file, and is required for a bare tensor.
+        default_token: The token of an embedding that stores no name (a bare tensor, an SDXL file) when `token` is
+            None (a pipeline replacing its only token passes that token).
 
     Raises:
         ConfigError: An unreadable or refused file, or a layout that is not one of the above.
     """
     source = repr(str(embedding)) if isinstance(embedding, (str, Path)) else "the embedding"
+    unnamed_token = token if token is not None else default_token
     if isinstance(embedding, (str, Path)):
         embedding = _read_embedding_file(Path(embedding))
     if isinstance(embedding, torch.Tensor):
+        token = unnamed_token
         if token is None:
             raise ConfigError(f"{source} is a bare tensor with no token name; pass token='<my-token>' (placeholder_token= with "
                               "derive_pipeline, --placeholder-token with tinypipe derive).")
@@ -87,6 +91,7 @@ def read_textual_inversion(embedding: Union[str, Path, torch.Tensor, Mapping[str
             raise ConfigError(f"{source} is an A1111 embedding with no 'name'; pass token='<my-token>' (placeholder_token= "
                               "with derive_pipeline, --placeholder-token with tinypipe derive).")
     elif len(embedding) > 1 and set(map(str, embedding)) <= set(MULTI_ENCODER_KEYS):  # SDXL: one tensor per text encoder
+        token = unnamed_token
         if token is None:
             raise ConfigError(f"{source} holds one embedding per text encoder ({sorted(embedding)}) and no token name; pass "
                               "token='<my-token>' (placeholder_token= with derive_pipeline, --placeholder-token with tinypipe "

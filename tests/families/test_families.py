@@ -1,0 +1,60 @@
+"""The family layer: detection from model_index.json, and SDXL's conditioning computed as diffusers computes it."""
+
+import json
+
+import pytest
+import torch
+
+from tinypipe.builtin.tiny_sdxl import TINY_SDXL
+from tinypipe.errors import ConfigError
+from tinypipe.families import family_named, family_of
+from tinypipe.models.diffusion import DiffusionPipeline
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    return DiffusionPipeline(TINY_SDXL)
+
+
+def test_the_family_is_detected_from_model_index_and_recorded(sdxl):
+    assert sdxl.family is family_named("sdxl") and sdxl.config["family"] == "sdxl"
+    assert family_of("StableDiffusionPipeline").name == "sd"
+    assert sdxl.family.text_encoders == ("text_encoder", "text_encoder_2") and sdxl.family.denoiser == "unet"
+
+
+def test_an_unknown_pipeline_class_is_a_clear_error_listing_the_families(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyV22Pipeline", "unet": ["diffusers", "UNet2DConditionModel"]}))
+    with pytest.raises(ConfigError, match=r"'KandinskyV22Pipeline' is not a supported model family; tinypipe trains: sd .*sdxl"):
+        DiffusionPipeline(str(tmp_path))
+    with pytest.raises(ConfigError, match="Unknown model family 'sd3'"):
+        family_named("sd3")
+
+
+def test_a_config_recording_another_family_is_refused():
+    with pytest.raises(ConfigError, match="records the model family 'sd'.*Stable Diffusion XL"):
+        DiffusionPipeline(TINY_SDXL, family="sd")
+
+
+def test_add_time_ids_are_those_diffusers_computes(sdxl):
+    """Original (height, width), crop (top, left), target size: StableDiffusionXLPipeline._get_add_time_ids."""
+    ours = sdxl.family.image_conditioning([(48, 40), (32, 64)], [(3, 5), (0, 17)], 32)["add_time_ids"]
+    projection = sdxl.pipe.text_encoder_2.config.projection_dim
+    theirs = torch.cat([sdxl.pipe._get_add_time_ids(size, crop, (32, 32), torch.float32, text_encoder_projection_dim=projection)
+                        for size, crop in (((48, 40), (3, 5)), ((32, 64), (0, 17)))])
+    assert torch.equal(ours, theirs)
+
+
+def test_sdxl_prompt_conditioning_is_the_pipelines_own(sdxl):
+    """Penultimate states of both encoders concatenated, pooled from text_encoder_2: StableDiffusionXLPipeline.encode_prompt."""
+    prompts = ["a photo of sks circle", "a red square"]
+    ours = sdxl.family.encode_prompts(sdxl.pipe, sdxl.family.tokenize(sdxl.pipe, prompts), sdxl.text_encoders)
+    with torch.no_grad():
+        embeds, _, pooled, _ = sdxl.pipe.encode_prompt(prompts, do_classifier_free_guidance=False)
+    assert torch.equal(ours["prompt_embeds"], embeds) and torch.equal(ours["pooled_prompt_embeds"], pooled)
+
+
+def test_a_method_the_family_lacks_is_refused_naming_the_others(sdxl, monkeypatch):
+    monkeypatch.setattr(type(sdxl.family), "methods", frozenset({"lora", "dreambooth_lora"}))
+    with pytest.raises(ConfigError, match="textual inversion is not supported for the Stable Diffusion XL family; it supports: "
+                                          "dreambooth_lora, lora"):
+        sdxl.family.check_method("textual_inversion")
