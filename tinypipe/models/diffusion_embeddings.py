@@ -6,8 +6,9 @@ family with several (SDXL) learns one set of vectors per encoder and stores them
 the layout A1111 and ComfyUI read and diffusers loads with one `load_textual_inversion` call per encoder:
 
 ```python
-pipe.load_textual_inversion(file, token="<tok>", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)     # "clip_l"
-pipe.load_textual_inversion(file, token="<tok>", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2) # "clip_g"
+state_dict = safetensors.torch.load_file("out/model/learned_embeds.safetensors")
+pipe.load_textual_inversion(state_dict["clip_l"], token="<tok>", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+pipe.load_textual_inversion(state_dict["clip_g"], token="<tok>", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
 ```
 """
 
