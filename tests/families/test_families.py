@@ -58,3 +58,23 @@ def test_a_method_the_family_lacks_is_refused_naming_the_others(sdxl, monkeypatc
     with pytest.raises(ConfigError, match="textual inversion is not supported for the Stable Diffusion XL family; it supports: "
                                           "dreambooth_lora, lora"):
         sdxl.family.check_method("textual_inversion")
+
+
+def test_sdxl_add_time_ids_record_each_images_original_size_and_its_real_crop(sdxl):
+    """A 80x48 image at 32 px: resized to 53x32, cropped at (0, 10) (center) or a seeded random place; a flipped copy
+    records its crop where it lies in the mirrored image."""
+    from PIL import Image
+
+    from tinypipe.data.images import ImageExample, cropped_image_tensor
+    from tinypipe.training.diffusion_steps import encode_examples
+
+    image = Image.new("RGB", (80, 48), (200, 30, 30))
+    examples = [ImageExample(image=image, caption="a photo of sks circle", source="wide.png")]
+    centered = encode_examples(sdxl, examples, 32, center_crop=True, random_flip=True, seed=0, cache_text=True,
+                               device=torch.device("cpu"))
+    assert centered.image_conditioning["add_time_ids"].tolist() == [[48, 80, 0, 10, 32, 32], [48, 80, 0, 11, 32, 32]]
+    cropped = encode_examples(sdxl, examples, 32, center_crop=False, random_flip=False, seed=5, cache_text=True,
+                              device=torch.device("cpu"))
+    _, (top, left) = cropped_image_tensor(image, 32, center_crop=False, generator=torch.Generator("cpu").manual_seed(5))
+    assert cropped.image_conditioning["add_time_ids"].tolist() == [[48, 80, top, left, 32, 32]]
+    assert cropped.text_conditioning["prompt_embeds"].shape[-1] == 32 + 48

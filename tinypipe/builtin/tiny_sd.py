@@ -246,10 +246,7 @@ def builtin_model_folder(name: str) -> Path:
         raise ConfigError(f"{name!r} is not a built-in model; the built-in models are {known}. Use one of those.")
 
     if name != TINY_SD:  # another family's built-in model: its own module builds it
-        from .tiny_sdxl import TINY_SDXL, builtin_sdxl_folder
-
-        if name == TINY_SDXL:
-            return builtin_sdxl_folder()
+        raise ConfigError(f"{name!r} is not built here; builtin_diffusion_folder (builtin/diffusion_folders.py) builds every built-in diffusion model.")
 
     def build(staging: Path) -> None:
         build_tiny_stable_diffusion().save_pretrained(staging, safe_serialization=True)

@@ -22,7 +22,8 @@ from typing import Optional, Union
 
 from ..builtin import builtin_names
 from ..builtin.tiny_llama import TINY_LLAMA, builtin_lm_folder, is_builtin_lm
-from ..builtin.tiny_sd import TINY_SD, builtin_model_folder, is_builtin
+from ..builtin.diffusion_folders import builtin_diffusion_folder
+from ..builtin.tiny_sd import TINY_SD, is_builtin
 from ..errors import ConfigError, RepoError
 
 __all__ = ["BASE_MODEL_KINDS", "base_model_load_error", "base_model_source", "builtin_hint", "check_base_model",
@@ -120,7 +121,7 @@ def refuse_other_base_model(message: str, recorded: str, allow_other_base: bool)
 def _builtin_folder(name: str) -> Optional[Path]:
     """The folder of a built-in model name, or None for any other name."""
     if is_builtin(name):
-        return Path(builtin_model_folder(name))
+        return Path(builtin_diffusion_folder(name))
     if is_builtin_lm(name):
         return Path(builtin_lm_folder(name))
     return None
@@ -140,7 +141,7 @@ def base_model_source(base_model: str, kind: str) -> Union[str, Path]:
         ConfigError: A local path that is not a folder of `kind` (it lacks `model_index.json` / `config.json`).
     """
     if kind == "diffusion" and is_builtin(base_model):
-        return Path(builtin_model_folder(base_model))
+        return Path(builtin_diffusion_folder(base_model))
     if kind == "causal-lm" and is_builtin_lm(base_model):
         return Path(builtin_lm_folder(base_model))
     if not Path(base_model).exists():

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
 from ..files import atomic_file, cached_folder
-from ..builtin.tiny_sd import builtin_model_folder, is_builtin
+from ..builtin.diffusion_folders import builtin_diffusion_folder
+from ..builtin.tiny_sd import is_builtin
 from ..models.diffusion import DiffusionPipeline
 from ..data.images import IMAGE_EXTENSIONS, ImageExample, load_image, load_image_examples
 
@@ -56,7 +57,7 @@ def class_images_cache_key(pipeline: DiffusionPipeline, *, class_prompt: str, re
 
 def _local_weights_fingerprint(base_model: str) -> Optional[str]:
     """A stamp of a built-in or local model's files (names, sizes, modification times); None for a hub id."""
-    folder = builtin_model_folder(base_model) if is_builtin(base_model) else Path(base_model)
+    folder = builtin_diffusion_folder(base_model) if is_builtin(base_model) else Path(base_model)
     if not folder.is_dir():
         return None
     stamp = hashlib.sha256()
