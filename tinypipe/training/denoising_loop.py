@@ -78,8 +78,8 @@ def train_denoiser(pipeline: DiffusionPipeline, settings: Mapping[str, Any], *, 
             num_class_images=settings["num_class_images"], resolution=resolution, seed=seed,
             sample_batch_size=settings["sample_batch_size"], inference_steps=settings["class_inference_steps"],
             guidance_scale=settings["class_guidance_scale"], accelerator=accelerator)
-    for tokenizer in pipeline.tokenizers.values():
-        check_caption_lengths(examples + class_examples, tokenizer)
+    for tokenizer in {tokenizer.model_max_length: tokenizer for tokenizer in pipeline.tokenizers.values()}.values():
+        check_caption_lengths(examples + class_examples, tokenizer)  # once per length (SDXL's two CLIPs cut alike)
     cache = steps.encode_examples(pipeline, examples + class_examples, resolution, center_crop=settings["center_crop"],
                                   random_flip=settings["random_flip"], seed=seed, cache_text=not train_text_encoder,
                                   device=accelerator.device)
