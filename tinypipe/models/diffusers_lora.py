@@ -48,22 +48,23 @@ LORA_SETTINGS = ("lora_rank", "lora_alpha", "lora_target_modules", "text_encoder
 UNRECORDED_LORA_SETTINGS = ("use_dora", "use_rslora", "lora_bias", "layers_to_transform", "modules_to_save", "rank_pattern", "alpha_pattern")
 
 
-def lora_configs(config: Mapping[str, Any], text_encoders: Sequence[str] = ("text_encoder",)) -> dict[str, Any]:
+def lora_configs(config: Mapping[str, Any], text_encoders: Sequence[str] = ("text_encoder",), denoiser: str = "unet") -> dict[str, Any]:
     """The peft `LoraConfig` of each model a pipeline config gives a LoRA: `{"unet": ..., "text_encoder": ...}`.
 
     Args:
         config: A `DiffusionPipeline` config (its `LORA_SETTINGS` keys are read).
         text_encoders: The pipeline's text encoders (its family's: SDXL has `text_encoder` and `text_encoder_2`).
+        denoiser: The component the main LoRA goes on (the family's: `"unet"`, `"transformer"`).
 
     Returns:
-        `{}` when `lora_rank` is None, else a config for the UNet and, with `text_encoder_lora`, each text encoder.
+        `{}` when `lora_rank` is None, else a config for the denoiser and, with `text_encoder_lora`, each text encoder.
     """
     from peft import LoraConfig
 
     if config["lora_rank"] is None:
         return {}
     rank, alpha = config["lora_rank"], config["lora_alpha"] or config["lora_rank"]
-    configs = {"unet": LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+    configs = {denoiser: LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
                                   target_modules=list(config["lora_target_modules"]))}
     if config["text_encoder_lora"]:
         for name in text_encoders:
@@ -123,7 +124,8 @@ def load_lora_file(pipe: Any, weights: Path, base_model: str) -> None:
         raise RepoError(f"{weights} does not fit the base model {base_model!r}: {reason}") from error
 
 
-def loaded_lora_settings(pipe: Any, weights: Path, text_encoders: Sequence[str] = ("text_encoder",)) -> dict[str, Any]:
+def loaded_lora_settings(pipe: Any, weights: Path, text_encoders: Sequence[str] = ("text_encoder",),
+                         denoiser: str = "unet") -> dict[str, Any]:
     """The `LORA_SETTINGS` of the LoRA diffusers just loaded from `weights`; refuse one a config cannot describe.
 
     Whatever a config records is what a reload builds (`lora_configs`), so a LoRA whose layers the config
@@ -134,10 +136,10 @@ def loaded_lora_settings(pipe: Any, weights: Path, text_encoders: Sequence[str] 
     Raises:
         ConfigError: The LoRA has no UNet part, or uses settings a tinypipe config does not record.
     """
-    loaded = {name: getattr(pipe, name).peft_config[ADAPTER_NAME] for name in ("unet", *text_encoders)
+    loaded = {name: getattr(pipe, name).peft_config[ADAPTER_NAME] for name in (denoiser, *text_encoders)
               if ADAPTER_NAME in (getattr(getattr(pipe, name), "peft_config", None) or {})}
     text_encoder_configs = [loaded[name] for name in text_encoders if name in loaded]
-    unet = loaded.get("unet")
+    unet = loaded.get(denoiser)  # the denoiser's LoRA (named for SD's UNet)
     problem = None
     if unet is None:
         problem = "it holds no UNet LoRA"
@@ -157,7 +159,7 @@ def loaded_lora_settings(pipe: Any, weights: Path, text_encoders: Sequence[str] 
     if problem is not None:
         raise ConfigError(f"{weights} cannot be used as this pipeline's LoRA: {problem}. Use a LoRA saved by tinypipe "
                           "or by diffusers' training scripts.")
-    targets = _wrapped_targets(pipe, "unet", unet.target_modules, weights)
+    targets = _wrapped_targets(pipe, denoiser, unet.target_modules, weights)
     text_encoder = text_encoder_configs[0] if text_encoder_configs else None
     text_encoder_targets = (set.union(*(_wrapped_targets(pipe, name, loaded[name].target_modules, weights) for name in text_encoders))
                             if text_encoder is not None else set(TEXT_ENCODER_LORA_TARGETS))

@@ -174,7 +174,7 @@ class DiffusionPipeline(TextualInversionTokens, ConfigMixin):
 
     def lora_configs(self) -> dict[str, Any]:
         """The peft `LoraConfig` of each model that has a LoRA: `{"unet": ..., "text_encoder": ...}`."""
-        return lora_configs(self.config, self.family.text_encoders)
+        return lora_configs(self.config, self.family.text_encoders, self.family.denoiser)
 
     def _add_lora(self, rank: int, alpha: Optional[float], targets: Sequence[str], text_encoder_lora: bool,
                   text_encoder_targets: Sequence[str] = TEXT_ENCODER_LORA_TARGETS) -> None:
@@ -242,7 +242,7 @@ class DiffusionPipeline(TextualInversionTokens, ConfigMixin):
                 self._record(lora_rank=None)
             try:
                 load_lora_file(self.pipe, weights, self.config["base_model"])
-                self._record(**loaded_lora_settings(self.pipe, weights, self.family.text_encoders))
+                self._record(**loaded_lora_settings(self.pipe, weights, self.family.text_encoders, self.family.denoiser))
             except TinypipeError:
                 self.pipe.delete_adapters(ADAPTER_NAME)  # what a half-done load left (a no-op when nothing)
                 if previous is not None:
