@@ -2,11 +2,21 @@
 
 import pytest
 
-from tinypipe.builtin import BUILTIN_NAMES, SHAPES_DATA, TINY_INSTRUCTIONS, TINY_LLAMA, TINY_SD, builtin_names, is_builtin
+from tinypipe.builtin import (
+    BUILTIN_NAMES,
+    SHAPES_DATA,
+    TINY_FLUX,
+    TINY_FLUX_SCHNELL,
+    TINY_INSTRUCTIONS,
+    TINY_LLAMA,
+    TINY_SD,
+    builtin_names,
+    is_builtin,
+)
 
 
 def test_each_kind_lists_its_names():
-    assert builtin_names("diffusion") == [TINY_SD]
+    assert builtin_names("diffusion") == sorted([TINY_SD, TINY_FLUX, TINY_FLUX_SCHNELL])
     assert builtin_names("causal-lm") == [TINY_LLAMA]
     assert builtin_names("images") == [SHAPES_DATA]
     assert builtin_names("instructions") == [TINY_INSTRUCTIONS]

@@ -227,7 +227,7 @@ def builtin_model_folder(name: str) -> Path:
 
     Args:
         name (`str`):
-            A built-in diffusion model name (`TINY_SD`).
+            A built-in diffusion model name (`TINY_SD`; the FLUX ones are built by `tiny_flux.builtin_flux_folder`).
 
     Returns:
         The folder.
@@ -244,6 +244,10 @@ def builtin_model_folder(name: str) -> Path:
     if not is_builtin(name):
         known = builtin_names("diffusion")
         raise ConfigError(f"{name!r} is not a built-in model; the built-in models are {known}. Use one of those.")
+    if name != TINY_SD:  # a tiny model of another family: its own module builds it
+        from .tiny_flux import builtin_flux_folder
+
+        return builtin_flux_folder(name)
 
     def build(staging: Path) -> None:
         build_tiny_stable_diffusion().save_pretrained(staging, safe_serialization=True)
