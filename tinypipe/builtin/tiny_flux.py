@@ -28,13 +28,12 @@ image = pipe("a photo of sks dog", height=32, width=32, num_inference_steps=2).i
 import json
 from pathlib import Path
 
-import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
 
 from ..errors import ConfigError
 from . import TINY_FLUX, TINY_FLUX_SCHNELL, cached_builtin_folder
-from .tiny_sd import CLIP_VOCAB_FOLDER, load_clip_tokenizer
+from .clip_tokenizer import CLIP_VOCAB_FOLDER, load_clip_tokenizer, seeded
 
 __all__ = ["TINY_FLUX", "TINY_FLUX_SCHNELL", "TINY_FLUX_RESOLUTION", "T5_VOCAB_FOLDER", "load_t5_tokenizer",
            "build_tiny_flux", "builtin_flux_folder"]
@@ -79,14 +78,6 @@ def load_t5_tokenizer() -> T5TokenizerFast:
     return T5TokenizerFast.from_pretrained(T5_VOCAB_FOLDER)
 
 
-def _seeded(seed: int, build):
-    """Run `build` with the torch RNG seeded to `seed`, leaving the caller's RNG state untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        module = build()
-    return module.eval()
-
-
 def build_tiny_flux(guidance_embeds: bool = True) -> FluxPipeline:
     """Build a tiny FLUX.1 pipeline: fresh objects on every call, with the same (seeded random) weights on every call.
 
@@ -118,7 +109,7 @@ def build_tiny_flux(guidance_embeds: bool = True) -> FluxPipeline:
         feed_forward_proj="gated-gelu", pad_token_id=t5_tokenizer.pad_token_id, eos_token_id=t5_tokenizer.eos_token_id,
         decoder_start_token_id=t5_tokenizer.pad_token_id, is_encoder_decoder=False, use_cache=False,
     )
-    transformer = _seeded(0, lambda: FluxTransformer2DModel(
+    transformer = seeded(0, lambda: FluxTransformer2DModel(
         patch_size=1,
         in_channels=16 * 4,  # 16 latent channels in 2x2 patches
         num_layers=1,
@@ -130,7 +121,7 @@ def build_tiny_flux(guidance_embeds: bool = True) -> FluxPipeline:
         guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
     ))
-    vae = _seeded(1, lambda: AutoencoderKL(
+    vae = seeded(1, lambda: AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,
@@ -145,8 +136,8 @@ def build_tiny_flux(guidance_embeds: bool = True) -> FluxPipeline:
         use_quant_conv=False,
         use_post_quant_conv=False,
     ))
-    text_encoder = _seeded(2, lambda: CLIPTextModel(clip_config))
-    text_encoder_2 = _seeded(3, lambda: T5EncoderModel(t5_config))
+    text_encoder = seeded(2, lambda: CLIPTextModel(clip_config))
+    text_encoder_2 = seeded(3, lambda: T5EncoderModel(t5_config))
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, **_SCHEDULER_SETTINGS[guidance_embeds])
     return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer,
                         text_encoder_2=text_encoder_2, tokenizer_2=t5_tokenizer, transformer=transformer)
