@@ -6,10 +6,10 @@ What a trainer needs to know, as `diffusers.FluxPipeline` and diffusers' `train_
   hidden states over `max_sequence_length` (512) tokens are `prompt_embeds` `[N, 512, 4096]`; `text_ids` are zeros.
 - **Latents**: `(sample - shift_factor) * scaling_factor` of the VAE posterior; the transformer sees them packed into
   2x2 patches (`[N, h/2 * w/2, 4C]`) with one `(0, row, column)` id per patch, so `h` and `w` must be even.
-- **Objective**: flow matching. A timestep index is drawn from `compute_density_for_timestep_sampling` (uniform,
-  logit-normal or mode density), its sigma read off the scheduler's training schedule (shifted as the scheduler's
-  config says), `noisy = (1 - sigma) * latents + sigma * noise`, the target is the velocity `noise - latents`,
-  weighted by `compute_loss_weighting_for_sd3`. FLUX.1-dev is guidance-distilled: its transformer takes the
+- **Objective**: flow matching (`families.flow_matching`): a timestep index drawn from
+  `compute_density_for_timestep_sampling`, its sigma read off the scheduler's training schedule,
+  `noisy = (1 - sigma) * latents + sigma * noise`, the target the velocity `noise - latents`, weighted by
+  `compute_loss_weighting_for_sd3`; the transformer's input is packed and its output unpacked. FLUX.1-dev is guidance-distilled: its transformer takes the
   guidance scale as an input (`guidance_embeds`), filled with the run's `guidance_scale`; schnell has none.
 - **Methods**: LoRA and DreamBooth-LoRA on the transformer, optionally on the CLIP text encoder. Textual inversion
   and full fine-tuning are refused (see `check_method`).
@@ -31,15 +31,13 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..errors import ConfigError
-from .base import ModelFamily, TrainingObjective
+from .base import TrainingObjective
+from .flow_matching import FlowMatchingFamily, weighted_losses
 
-__all__ = ["FluxFamily", "FAMILY", "WEIGHTING_SCHEMES"]
-
-WEIGHTING_SCHEMES = ("none", "sigma_sqrt", "logit_normal", "mode", "cosmap")
-"""The `weighting_scheme`s diffusers' `compute_density_for_timestep_sampling` / `compute_loss_weighting_for_sd3` know."""
+__all__ = ["FluxFamily", "FAMILY"]
 
 
-class FluxFamily(ModelFamily):
+class FluxFamily(FlowMatchingFamily):
     """FLUX.1-dev and FLUX.1-schnell (and their fine-tunes): `FluxPipeline` folders.
 
     Attributes (beyond `ModelFamily`'s):
@@ -52,25 +50,12 @@ class FluxFamily(ModelFamily):
     name = "flux"
     title = "FLUX.1"
     pipeline_class_names = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
-    denoiser = "transformer"
     text_encoders = ("text_encoder", "text_encoder_2")
     tokenizers = ("tokenizer", "tokenizer_2")
     default_resolution = 1024
-    methods = frozenset({"lora", "dreambooth_lora"})
-    # diffusers' train_dreambooth_lora_flux.py: the attention projections of the image and the text stream.
-    denoiser_lora_targets = ("to_k", "to_q", "to_v", "to_out.0", "add_k_proj", "add_q_proj", "add_v_proj", "to_add_out")
-    text_encoder_lora_targets = ("q_proj", "k_proj", "v_proj", "out_proj")
     embedding_keys: Mapping[str, str] = {}
     max_sequence_length = 512
     lora_text_encoders = ("text_encoder",)
-
-    _ALTERNATIVES = {
-        "textual_inversion": "FLUX.1 prompts go through a T5 encoder whose embeddings diffusers' FLUX pipeline cannot "
-                             "load; teach the concept with a LoRA instead (method lora, or dreambooth_lora with an "
-                             "identifier token such as 'sks' in the captions)",
-        "dreambooth_full": "fine-tuning every weight of FLUX.1's 12B-parameter transformer does not fit one machine; "
-                           "use DreamBooth-LoRA instead (method dreambooth_lora, with prior preservation as before)",
-    }
 
     def native_resolution(self, pipe: Any) -> int:
         """The image size the model was made for: its VAE config's `sample_size` (1024 for FLUX.1, 32 for the tiny
@@ -87,17 +72,6 @@ class FluxFamily(ModelFamily):
         if resolution % multiple:
             raise ConfigError(f"resolution={resolution}: a {self.title} model packs its latents into 2x2 patches, so "
                               f"the resolution must be a multiple of {multiple}; use {resolution // multiple * multiple or multiple}.")
-
-    def check_method(self, method: str) -> None:
-        """Refuse textual inversion and full fine-tuning, naming the LoRA method that does the job.
-
-        Raises:
-            ConfigError: `method` is not `"lora"` or `"dreambooth_lora"`.
-        """
-        if method in self._ALTERNATIVES:
-            raise ConfigError(f"{method.replace('_', ' ')} is not supported for the {self.title} family: "
-                              f"{self._ALTERNATIVES[method]}.")
-        super().check_method(method)
 
     def tokenize(self, pipe: Any, captions: Sequence[str]) -> dict[str, torch.Tensor]:
         """CLIP ids padded to 77 and T5 ids padded to `max_sequence_length`, as `FluxPipeline.encode_prompt` pads them."""
@@ -145,7 +119,6 @@ class FluxFamily(ModelFamily):
                 height or width is odd.
         """
         from diffusers import FluxPipeline
-        from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
         guidance_embeds = bool(pipe.transformer.config.guidance_embeds)
         self.check_objective(objective, guidance_embeds=guidance_embeds)
@@ -155,28 +128,17 @@ class FluxFamily(ModelFamily):
                               f"resolution must be a multiple of {2 * int(pipe.vae_scale_factor)}.")
         device, dtype = latents.device, latents.dtype
 
-        # 1. Noise and timesteps, drawn on the CPU from the run's generator.
-        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
-        density = compute_density_for_timestep_sampling(
-            weighting_scheme=objective.weighting_scheme, batch_size=batch, logit_mean=objective.logit_mean,
-            logit_std=objective.logit_std, mode_scale=objective.mode_scale, device="cpu", generator=generator)
-        timesteps, sigmas = self.training_schedule(pipe)
-        # The "mode" density can reach 1.0 exactly; the schedule has no index past its last.
-        indices = (density * len(timesteps)).long().clamp(0, len(timesteps) - 1)
-        timesteps, sigmas = timesteps[indices].to(device), sigmas[indices].to(device, dtype).view(batch, 1, 1, 1)
-        noise = noise.to(device, dtype)
-
-        # 2. The noisy latents on the straight path from the data to the noise, packed into 2x2 patches.
-        noisy = (1.0 - sigmas) * latents + sigmas * noise
-        packed = FluxPipeline._pack_latents(noisy, batch, channels, height, width)
+        # 1. Noise and timesteps from the run's generator; the noisy latents packed into 2x2 patches.
+        draw = self.draw(pipe, latents, generator, objective)
+        packed = FluxPipeline._pack_latents(draw.noisy, batch, channels, height, width)
         image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, device, dtype)
         guidance = torch.full((batch,), float(objective.guidance_scale), device=device) if guidance_embeds else None
 
-        # 3. The predicted velocity, unpacked, against the true one.
+        # 2. The predicted velocity, unpacked, against the true one.
         transformer_dtype = pipe.transformer.dtype
         prediction = denoiser(
             hidden_states=packed.to(transformer_dtype),
-            timestep=timesteps / 1000,  # the transformer scales it back by 1000
+            timestep=draw.timesteps / 1000,  # the transformer scales it back by 1000
             guidance=guidance,
             pooled_projections=conditioning["pooled_prompt_embeds"].to(device, transformer_dtype),
             encoder_hidden_states=conditioning["prompt_embeds"].to(device, transformer_dtype),
@@ -187,44 +149,7 @@ class FluxFamily(ModelFamily):
         vae_scale_factor = int(pipe.vae_scale_factor)
         prediction = FluxPipeline._unpack_latents(prediction, height * vae_scale_factor, width * vae_scale_factor,
                                                   vae_scale_factor)
-        target = noise - latents
-        weighting = compute_loss_weighting_for_sd3(weighting_scheme=objective.weighting_scheme, sigmas=sigmas)
-        return (weighting.float() * (prediction.float() - target.float()) ** 2).reshape(batch, -1).mean(dim=1)
-
-    def training_schedule(self, pipe: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """The `(timesteps, sigmas)` a flow-matching run trains on, `[num_train_timesteps]` each: those of a fresh
-        `FlowMatchEulerDiscreteScheduler` with the pipeline's scheduler config (shifted unless the config shifts
-        dynamically at sampling time, as FLUX.1-dev's does), as the diffusers script's copy of the scheduler has them.
-        The pipeline's own scheduler is not read: sampling resets its timesteps."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
-        return scheduler.timesteps.clone(), scheduler.sigmas.clone()
-
-    def check_objective(self, objective: TrainingObjective, *, guidance_embeds: bool) -> None:
-        """Refuse the loss settings flow matching cannot honour (call it before heavy work; `training_losses` does).
-
-        Args:
-            objective: The run's loss settings.
-            guidance_embeds: Whether the transformer takes a guidance input (FLUX.1-dev: `transformer.config.guidance_embeds`).
-
-        Raises:
-            ConfigError: Naming the setting and the fix.
-        """
-        if objective.snr_gamma is not None:
-            raise ConfigError(f"snr_gamma={objective.snr_gamma}: Min-SNR weighting is for DDPM noise prediction and does "
-                              f"not apply to {self.title}'s flow matching. Remove snr_gamma; to weight timesteps use "
-                              f"weighting_scheme (one of {', '.join(WEIGHTING_SCHEMES)}).")
-        if objective.noise_offset:
-            raise ConfigError(f"noise_offset={objective.noise_offset}: offset noise is for DDPM noise schedules and does "
-                              f"not apply to {self.title}'s flow matching. Set noise_offset=0.")
-        if objective.weighting_scheme not in WEIGHTING_SCHEMES:
-            raise ConfigError(f"weighting_scheme={objective.weighting_scheme!r} is not one diffusers knows; use one of "
-                              f"{', '.join(WEIGHTING_SCHEMES)}.")
-        if not guidance_embeds and objective.guidance_scale != 1.0:
-            raise ConfigError(f"guidance_scale={objective.guidance_scale}: this {self.title} transformer has no guidance "
-                              "embedding (guidance_embeds=False, as FLUX.1-schnell), so nothing would use it. Leave "
-                              "guidance_scale at 1.0, or train a guidance-distilled model such as FLUX.1-dev.")
+        return weighted_losses(draw.weighting, prediction, draw.noise - latents)
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
