@@ -10,13 +10,14 @@ from tinypipe.builtin import (
     TINY_INSTRUCTIONS,
     TINY_LLAMA,
     TINY_SD,
+    TINY_SD3,
     builtin_names,
     is_builtin,
 )
 
 
 def test_each_kind_lists_its_names():
-    assert builtin_names("diffusion") == sorted([TINY_SD, TINY_FLUX, TINY_FLUX_SCHNELL])
+    assert builtin_names("diffusion") == sorted([TINY_SD, TINY_FLUX, TINY_FLUX_SCHNELL, TINY_SD3])
     assert builtin_names("causal-lm") == [TINY_LLAMA]
     assert builtin_names("images") == [SHAPES_DATA]
     assert builtin_names("instructions") == [TINY_INSTRUCTIONS]

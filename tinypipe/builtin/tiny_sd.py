@@ -202,7 +202,7 @@ def builtin_model_folder(name: str) -> Path:
 
     Args:
         name (`str`):
-            A built-in diffusion model name (`TINY_SD`; the FLUX ones are built by `tiny_flux.builtin_flux_folder`).
+            A built-in diffusion model name (`TINY_SD`; the FLUX and SD3 ones are built by `tiny_flux` / `tiny_sd3`).
 
     Returns:
         The folder.
@@ -220,9 +220,10 @@ def builtin_model_folder(name: str) -> Path:
         known = builtin_names("diffusion")
         raise ConfigError(f"{name!r} is not a built-in model; the built-in models are {known}. Use one of those.")
     if name != TINY_SD:  # a tiny model of another family: its own module builds it
-        from .tiny_flux import builtin_flux_folder
+        from .tiny_flux import GUIDANCE_EMBEDS, builtin_flux_folder
+        from .tiny_sd3 import builtin_sd3_folder
 
-        return builtin_flux_folder(name)
+        return builtin_flux_folder(name) if name in GUIDANCE_EMBEDS else builtin_sd3_folder(name)
 
     def build(staging: Path) -> None:
         build_tiny_stable_diffusion().save_pretrained(staging, safe_serialization=True)
