@@ -31,6 +31,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from ..errors import ConfigError, DataError
 from . import TINY_SD, builtin_names, cached_builtin_folder  # noqa: F401  (TINY_SD: its public home is here too)
+from . import TINY_FLUX, TINY_FLUX_SCHNELL, TINY_SD3
 from . import is_builtin as _is_builtin
 from .clip_tokenizer import CLIP_VOCAB_FOLDER, load_clip_tokenizer  # noqa: F401  (public here too, as before)
 from .clip_tokenizer import seeded as _seeded
@@ -219,11 +220,15 @@ def builtin_model_folder(name: str) -> Path:
     if not is_builtin(name):
         known = builtin_names("diffusion")
         raise ConfigError(f"{name!r} is not a built-in model; the built-in models are {known}. Use one of those.")
-    if name != TINY_SD:  # a tiny model of another family: its own module builds it
-        from .tiny_flux import GUIDANCE_EMBEDS, builtin_flux_folder
+    # A tiny model of another family: its own module builds it.
+    if name in (TINY_FLUX, TINY_FLUX_SCHNELL):
+        from .tiny_flux import builtin_flux_folder
+
+        return builtin_flux_folder(name)
+    if name == TINY_SD3:
         from .tiny_sd3 import builtin_sd3_folder
 
-        return builtin_flux_folder(name) if name in GUIDANCE_EMBEDS else builtin_sd3_folder(name)
+        return builtin_sd3_folder(name)
 
     def build(staging: Path) -> None:
         build_tiny_stable_diffusion().save_pretrained(staging, safe_serialization=True)
