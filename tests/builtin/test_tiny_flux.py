@@ -21,6 +21,8 @@ from tinypipe.builtin.tiny_flux import (
 )
 from tinypipe.builtin.tiny_sd import builtin_model_folder
 from tinypipe.errors import ConfigError
+from tinypipe.families.flux import FAMILY as FLUX
+from tinypipe.models.lora_targets import unmatched_target_modules
 
 PROMPT_WORDS = "a photo of the in on with and style painting dog cat person red green blue circle square star toy sks".split()
 
@@ -89,6 +91,9 @@ def test_tiny_flux_has_flux_latents_and_dev_vs_schnell_guidance_and_schedule(fol
         assert (pipe.vae.config.scaling_factor, pipe.vae.config.shift_factor) == (0.3611, 0.1159)
         assert pipe.vae.config.sample_size == TINY_FLUX_RESOLUTION
     assert dev.transformer.config.guidance_embeds and not schnell.transformer.config.guidance_embeds
+    # Every default LoRA target of the family wraps a layer of the tiny model, as of the real one.
+    assert unmatched_target_modules(dev.transformer, FLUX.denoiser_lora_targets) == []
+    assert unmatched_target_modules(dev.text_encoder, FLUX.text_encoder_lora_targets) == []
     assert (dev.scheduler.config.shift, dev.scheduler.config.use_dynamic_shifting) == (3.0, True)
     assert (schnell.scheduler.config.shift, schnell.scheduler.config.use_dynamic_shifting) == (1.0, False)
 

@@ -9,6 +9,8 @@ from diffusers import StableDiffusion3Pipeline
 from tinypipe.builtin import TINY_SD3, builtin_names
 from tinypipe.builtin.tiny_sd import builtin_model_folder
 from tinypipe.builtin.tiny_sd3 import build_tiny_sd3
+from tinypipe.families.sd3 import FAMILY as SD3
+from tinypipe.models.lora_targets import unmatched_target_modules
 
 
 def _generate(pipe: StableDiffusion3Pipeline) -> np.ndarray:
@@ -29,6 +31,10 @@ def test_builtin_sd3_folder_loads_in_plain_sd3_pipeline_and_generates_the_built_
     assert (loaded.scheduler.config.shift, loaded.scheduler.config.use_dynamic_shifting) == (3.0, False)
     # The two CLIP encoders' states side by side fit T5's width, as SD3's prompt encoding pads them to it.
     assert loaded.text_encoder.config.hidden_size + loaded.text_encoder_2.config.hidden_size <= loaded.text_encoder_3.config.d_model
+
+    # Every default LoRA target of the family wraps a layer of the tiny model, as of the real one.
+    assert unmatched_target_modules(loaded.transformer, SD3.denoiser_lora_targets) == []
+    assert all(unmatched_target_modules(getattr(loaded, name), SD3.text_encoder_lora_targets) == [] for name in SD3.lora_text_encoders)
 
     images = _generate(loaded)
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()

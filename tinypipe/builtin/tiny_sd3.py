@@ -1,7 +1,7 @@
 """The built-in tiny Stable Diffusion 3 pipeline that needs no download: `tinypipe/tiny-sd3`.
 
 SD3's architecture at toy size, with seeded random weights (generated images are noise; it exists for tests and
-smoke runs of the SD3 family, offline): an `SD3Transformer2DModel` (one joint block, width 32, 2x2 patches) on
+smoke runs of the SD3 family, offline): an `SD3Transformer2DModel` (two joint blocks, width 32, 2x2 patches) on
 16-channel latents; the 16-channel VAE of `tiny_flux` with SD3's `scaling_factor` and `shift_factor`; two CLIP text
 encoders with projection (`text_encoder`, `text_encoder_2`, as CLIP-L and CLIP-G; both read the shipped CLIP
 tokenizer) and a T5 encoder (`text_encoder_3`, the shipped T5 tokenizer) of width 64, which the two CLIP encoders'
@@ -60,7 +60,7 @@ def build_tiny_sd3() -> StableDiffusion3Pipeline:
         patch_size=2,
         in_channels=16,
         out_channels=16,
-        num_layers=1,
+        num_layers=2,  # the last block has no text-stream output (`to_add_out`); the first has every LoRA target
         attention_head_dim=16,
         num_attention_heads=2,
         joint_attention_dim=t5_config.d_model,
