@@ -30,11 +30,13 @@ def test_builtin_sd3_folder_loads_in_plain_sd3_pipeline_and_generates_the_built_
     assert (loaded.vae.config.scaling_factor, loaded.vae.config.shift_factor) == (1.5305, 0.0609)
     assert (loaded.scheduler.config.shift, loaded.scheduler.config.use_dynamic_shifting) == (3.0, False)
     # The two CLIP encoders' states side by side fit T5's width, as SD3's prompt encoding pads them to it.
-    assert loaded.text_encoder.config.hidden_size + loaded.text_encoder_2.config.hidden_size <= loaded.text_encoder_3.config.d_model
+    clip_widths = loaded.text_encoder.config.hidden_size + loaded.text_encoder_2.config.hidden_size
+    assert clip_widths <= loaded.text_encoder_3.config.d_model
 
     # Every default LoRA target of the family wraps a layer of the tiny model, as of the real one.
     assert unmatched_target_modules(loaded.transformer, SD3.denoiser_lora_targets) == []
-    assert all(unmatched_target_modules(getattr(loaded, name), SD3.text_encoder_lora_targets) == [] for name in SD3.lora_text_encoders)
+    for name in SD3.lora_text_encoders:
+        assert unmatched_target_modules(getattr(loaded, name), SD3.text_encoder_lora_targets) == [], name
 
     images = _generate(loaded)
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()

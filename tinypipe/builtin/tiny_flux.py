@@ -46,8 +46,8 @@ TINY_FLUX_RESOLUTION = 32
 T5_VOCAB_FOLDER = Path(__file__).resolve().parent / "vocab" / "t5"
 """The shipped T5 tokenizer files: `tokenizer.json`, `tokenizer_config.json` (written by `scripts/make_t5_vocab.py`)."""
 
-SHIPPED_VOCABULARIES = {f"{path.name}_sha256": path for path in (CLIP_VOCAB_FOLDER / "vocab.json",
-                                                                 CLIP_VOCAB_FOLDER / "merges.txt", T5_VOCAB_FOLDER / "tokenizer.json")}
+SHIPPED_VOCABULARIES = {f"{path.name}_sha256": path for path in (
+    CLIP_VOCAB_FOLDER / "vocab.json", CLIP_VOCAB_FOLDER / "merges.txt", T5_VOCAB_FOLDER / "tokenizer.json")}
 """The shipped files a cached tiny FLUX (or SD3) folder is rebuilt for when they change."""
 
 BUILD_LIBRARIES = ("torch", "diffusers", "transformers", "tokenizers")

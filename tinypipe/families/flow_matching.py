@@ -99,7 +99,8 @@ class FlowMatchingFamily(ModelFamily):
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
         return scheduler.timesteps.clone(), scheduler.sigmas.clone()
 
-    def draw(self, pipe: Any, latents: torch.Tensor, generator: torch.Generator, objective: TrainingObjective) -> FlowMatchingDraw:
+    def draw(self, pipe: Any, latents: torch.Tensor, generator: torch.Generator,
+             objective: TrainingObjective) -> FlowMatchingDraw:
         """Draw noise then timesteps from `generator` (CPU, in that order) and make the noisy latents of one batch.
 
         Args:

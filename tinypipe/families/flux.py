@@ -9,8 +9,9 @@ What a trainer needs to know, as `diffusers.FluxPipeline` and diffusers' `train_
 - **Objective**: flow matching (`families.flow_matching`): a timestep index drawn from
   `compute_density_for_timestep_sampling`, its sigma read off the scheduler's training schedule,
   `noisy = (1 - sigma) * latents + sigma * noise`, the target the velocity `noise - latents`, weighted by
-  `compute_loss_weighting_for_sd3`; the transformer's input is packed and its output unpacked. FLUX.1-dev is guidance-distilled: its transformer takes the
-  guidance scale as an input (`guidance_embeds`), filled with the run's `guidance_scale`; schnell has none.
+  `compute_loss_weighting_for_sd3`; the transformer's input is packed and its output unpacked. FLUX.1-dev is
+  guidance-distilled: its transformer takes the guidance scale as an input (`guidance_embeds`), filled with the run's
+  `guidance_scale`; schnell has none.
 - **Methods**: LoRA and DreamBooth-LoRA on the transformer, optionally on the CLIP text encoder. Textual inversion
   and full fine-tuning are refused (see `check_method`).
 - **LoRA files**: `FluxPipeline.save_lora_weights(transformer_lora_layers=..., text_encoder_lora_layers=...)`, read
@@ -70,8 +71,9 @@ class FluxFamily(FlowMatchingFamily):
         """
         multiple = 2 * int(pipe.vae_scale_factor)
         if resolution % multiple:
+            nearest = resolution // multiple * multiple or multiple
             raise ConfigError(f"resolution={resolution}: a {self.title} model packs its latents into 2x2 patches, so "
-                              f"the resolution must be a multiple of {multiple}; use {resolution // multiple * multiple or multiple}.")
+                              f"the resolution must be a multiple of {multiple}; use {nearest}.")
 
     def tokenize(self, pipe: Any, captions: Sequence[str]) -> dict[str, torch.Tensor]:
         """CLIP ids padded to 77 and T5 ids padded to `max_sequence_length`, as `FluxPipeline.encode_prompt` pads them."""
