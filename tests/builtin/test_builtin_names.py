@@ -2,12 +2,12 @@
 
 import pytest
 
-from tinypipe.builtin import (BUILTIN_NAMES, SHAPES_DATA, TINY_CHATS, TINY_INSTRUCTIONS, TINY_LLAMA, TINY_LLAMA_CHAT, TINY_SD,
-                              TINY_SDXL, builtin_names, is_builtin)
+from tinypipe.builtin import (BUILTIN_NAMES, SHAPES_DATA, TINY_CHATS, TINY_FLUX, TINY_FLUX_SCHNELL, TINY_INSTRUCTIONS, TINY_LLAMA,
+                              TINY_LLAMA_CHAT, TINY_SD, TINY_SD3, TINY_SDXL, builtin_names, is_builtin)
 
 
 def test_each_kind_lists_its_names():
-    assert builtin_names("diffusion") == [TINY_SD, TINY_SDXL]
+    assert builtin_names("diffusion") == sorted([TINY_SD, TINY_SDXL, TINY_FLUX, TINY_FLUX_SCHNELL, TINY_SD3])
     assert builtin_names("causal-lm") == [TINY_LLAMA, TINY_LLAMA_CHAT]
     assert builtin_names("images") == [SHAPES_DATA]
     assert builtin_names("instructions") == [TINY_CHATS, TINY_INSTRUCTIONS]

@@ -34,4 +34,13 @@ def test_an_unknown_base_model_names_the_closest_built_in_and_no_unseen_stacktra
 
     with pytest.raises(ConfigError) as raised:
         DiffusionPipeline("tinypipe/tiny-sdd")
-    assert "Did you mean 'tinypipe/tiny-sd'" in str(raised.value) and "stacktrace" not in str(raised.value)
+    assert "Did you mean 'tinypipe/tiny-sd'?" in str(raised.value) and "stacktrace" not in str(raised.value)
+
+
+def test_a_typo_of_one_builtin_name_suggests_only_the_closest_among_names_sharing_a_prefix():
+    from tinypipe.models.base_models import builtin_hint
+
+    hint = builtin_hint("tinypipe/tiny-fluxx", "diffusion")
+
+    assert hint.startswith("Did you mean 'tinypipe/tiny-flux'? The built-in models are ")
+    assert "'tinypipe/tiny-sd'" in hint and "'tinypipe/tiny-flux-schnell'" in hint

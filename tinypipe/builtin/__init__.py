@@ -2,9 +2,10 @@
 
 The one table of them is `BUILTIN_NAMES` (name -> what it builds); every check of "is this a built-in name?"
 and every list of them in a message reads it. Building is in the module of each: `tiny_sd` (the diffusion model
-and the shapes images), `tiny_sdxl` (the SDXL-shaped one), `tiny_llama` (the causal LMs, plain and chat, and the
-instruction records), `chat_data` (the chat records). A built-in model name is accepted wherever a hub id is;
-`tinypipe.models` registers how to save each as a tinypipe repo.
+and the shapes images), `tiny_sdxl` (the SDXL-shaped one), `tiny_flux` (the FLUX.1 models), `tiny_sd3` (Stable
+Diffusion 3), `tiny_llama` (the causal LMs, plain and chat, and the instruction records), `chat_data` (the chat
+records). A built-in model name is accepted wherever a hub id is; `tinypipe.models` registers how to save each as a
+tinypipe repo.
 
 This module imports nothing heavy, so that names can be checked before torch is loaded.
 """
@@ -16,14 +17,23 @@ from typing import Optional
 
 from ..files import cached_folder
 
-__all__ = ["TINY_SD", "TINY_SDXL", "TINY_LLAMA", "TINY_LLAMA_CHAT", "SHAPES_DATA", "TINY_INSTRUCTIONS", "TINY_CHATS",
-           "BUILTIN_NAMES", "builtin_names", "is_builtin", "cached_builtin_folder"]
+__all__ = ["TINY_SD", "TINY_SDXL", "TINY_FLUX", "TINY_FLUX_SCHNELL", "TINY_SD3", "TINY_LLAMA", "TINY_LLAMA_CHAT", "SHAPES_DATA",
+           "TINY_INSTRUCTIONS", "TINY_CHATS", "BUILTIN_NAMES", "builtin_names", "is_builtin", "cached_builtin_folder"]
 
 TINY_SD = "tinypipe/tiny-sd"
 """The name of the built-in tiny Stable Diffusion model."""
 
 TINY_SDXL = "tinypipe/tiny-sdxl"
 """The name of the built-in tiny Stable Diffusion XL model."""
+
+TINY_FLUX = "tinypipe/tiny-flux"
+"""The name of the built-in tiny FLUX.1-dev-style model (with the guidance embedding)."""
+
+TINY_FLUX_SCHNELL = "tinypipe/tiny-flux-schnell"
+"""The name of the built-in tiny FLUX.1-schnell-style model (no guidance embedding)."""
+
+TINY_SD3 = "tinypipe/tiny-sd3"
+"""The name of the built-in tiny Stable Diffusion 3 model."""
 
 TINY_LLAMA = "tinypipe/tiny-llama"
 """The name of the built-in tiny Llama causal LM."""
@@ -43,6 +53,9 @@ TINY_CHATS = "tinypipe/tiny-chats"
 BUILTIN_NAMES: Mapping[str, str] = {
     TINY_SD: "diffusion",  # a diffusers Stable Diffusion pipeline: tiny_sd.build_tiny_stable_diffusion
     TINY_SDXL: "diffusion",  # a diffusers Stable Diffusion XL pipeline: tiny_sdxl.build_tiny_sdxl
+    TINY_FLUX: "diffusion",  # a diffusers FLUX.1 pipeline: tiny_flux.build_tiny_flux
+    TINY_FLUX_SCHNELL: "diffusion",  # the same without guidance embedding: tiny_flux.build_tiny_flux
+    TINY_SD3: "diffusion",  # a diffusers Stable Diffusion 3 pipeline: tiny_sd3.build_tiny_sd3
     TINY_LLAMA: "causal-lm",  # a transformers Llama and its tokenizer: tiny_llama.build_tiny_llama
     TINY_LLAMA_CHAT: "causal-lm",  # the same with a chatml tokenizer: tiny_llama.load_tiny_llama_chat_tokenizer
     SHAPES_DATA: "images",  # captioned images of coloured shapes: tiny_sd.shapes_dataset

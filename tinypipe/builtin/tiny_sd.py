@@ -7,14 +7,14 @@ scheduler) small enough to train and sample on a CPU in seconds. Its weights shi
 circle" or "a blue square" generate crude blobs of that colour. It exists for tests, demos and smoke runs,
 offline.
 
-The tokenizer is built from the vocabulary shipped in `tinypipe/builtin/vocab/clip/` (see `scripts/make_clip_vocab.py`
-there), in which common prompt words and the identifier `sks` are one token each.
+The tokenizer (`clip_tokenizer.load_clip_tokenizer`, shared with `tiny_flux`) is built from the vocabulary shipped
+in `tinypipe/builtin/vocab/clip/` (see `scripts/make_clip_vocab.py` there), in which common prompt words and the
+identifier `sks` are one token each.
 """
 
 import os
 import random
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +27,17 @@ from diffusers import (
 )
 from PIL import Image, ImageDraw
 from safetensors import SafetensorError, safe_open
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from ..errors import ConfigError, DataError
 from . import TINY_SD, builtin_names, cached_builtin_folder  # noqa: F401  (TINY_SD: its public home is here too)
+from . import TINY_FLUX, TINY_FLUX_SCHNELL, TINY_SD3
 from . import is_builtin as _is_builtin
+from .clip_tokenizer import CLIP_VOCAB_FOLDER, load_clip_tokenizer  # noqa: F401  (public here too, as before)
+from .clip_tokenizer import seeded as _seeded
 
 TINY_SD_RESOLUTION = 64
 """The default image size of `tinypipe/tiny-sd`, in pixels (its latents are 16x16)."""
-
-CLIP_VOCAB_FOLDER = Path(__file__).resolve().parent / "vocab" / "clip"
-"""The shipped CLIP tokenizer files: `vocab.json`, `merges.txt`, `tokenizer_config.json`."""
 
 TINY_SD_WEIGHTS = Path(__file__).resolve().parent / "weights" / "tiny_sd.safetensors"
 """The shipped weights of `tinypipe/tiny-sd`: keys prefixed `unet.`, `vae.`, `text_encoder.`, written by
@@ -48,30 +48,6 @@ SHAPES = ("circle", "square", "triangle", "star")
 
 # Bump when `build_tiny_stable_diffusion` changes, so that folders cached by `builtin_model_folder` are rebuilt.
 _BUILTIN_FORMAT_VERSION = 2
-
-
-def load_clip_tokenizer() -> CLIPTokenizer:
-    """Load the CLIP tokenizer shipped with tinypipe (about 1k tokens, `model_max_length` 77).
-
-    Returns:
-        A `transformers.CLIPTokenizer` built from `CLIP_VOCAB_FOLDER`.
-
-    Example:
-        ```py
-        >>> tokenizer = load_clip_tokenizer()
-        >>> tokenizer.tokenize("a photo of sks dog")
-        ['a</w>', 'photo</w>', 'of</w>', 'sks</w>', 'dog</w>']
-        ```
-    """
-    return CLIPTokenizer.from_pretrained(CLIP_VOCAB_FOLDER)
-
-
-def _seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    """Run `build` with the torch RNG seeded to `seed`, leaving the caller's RNG state untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        module = build()
-    return module.eval()
 
 
 def build_tiny_stable_diffusion(weights: str | os.PathLike | None = TINY_SD_WEIGHTS) -> StableDiffusionPipeline:
@@ -227,7 +203,7 @@ def builtin_model_folder(name: str) -> Path:
 
     Args:
         name (`str`):
-            A built-in diffusion model name (`TINY_SD`).
+            A built-in diffusion model name (`TINY_SD`; the FLUX and SD3 ones are built by `tiny_flux` / `tiny_sd3`).
 
     Returns:
         The folder.
@@ -244,6 +220,15 @@ def builtin_model_folder(name: str) -> Path:
     if not is_builtin(name):
         known = builtin_names("diffusion")
         raise ConfigError(f"{name!r} is not a built-in model; the built-in models are {known}. Use one of those.")
+    # A tiny model of another family: its own module builds it.
+    if name in (TINY_FLUX, TINY_FLUX_SCHNELL):
+        from .tiny_flux import builtin_flux_folder
+
+        return builtin_flux_folder(name)
+    if name == TINY_SD3:
+        from .tiny_sd3 import builtin_sd3_folder
+
+        return builtin_sd3_folder(name)
 
     if name != TINY_SD:  # another family's built-in model: its own module builds it
         raise ConfigError(f"{name!r} is not built here; builtin_diffusion_folder (builtin/diffusion_folders.py) builds every built-in diffusion model.")

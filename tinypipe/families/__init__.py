@@ -22,7 +22,7 @@ from .base import METHODS, ModelFamily, TrainingObjective
 
 __all__ = ["ModelFamily", "TrainingObjective", "METHODS", "FAMILY_MODULES", "families", "family_named", "family_of"]
 
-FAMILY_MODULES: tuple[str, ...] = ("sd", "sdxl")
+FAMILY_MODULES: tuple[str, ...] = ("sd", "sdxl", "flux", "sd3")
 """The modules of this package that each define one family as `FAMILY`, in the order tables list them."""
 
 

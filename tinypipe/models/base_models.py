@@ -39,11 +39,14 @@ BASE_MODEL_KINDS = {
 
 
 def builtin_hint(name: str, kind: str) -> str:
-    """`"Did you mean 'x'? The built-in models are 'x', 'y'."`: the closest built-in names first."""
+    """`"Did you mean 'x'? The built-in models are 'x', 'y'."`: the closest built-in name first.
+
+    Only the closest is offered: every built-in name starts `tinypipe/tiny-`, so a typo of one is close to them all.
+    """
     names = builtin_names(kind)
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
     listed = ", ".join(repr(known) for known in names)
-    return (f"Did you mean {' or '.join(repr(known) for known in close)}? " if close else "") + f"The built-in models are {listed}."
+    return (f"Did you mean {close[0]!r}? " if close else "") + f"The built-in models are {listed}."
 
 
 def load_error_reason(error: BaseException) -> str:
