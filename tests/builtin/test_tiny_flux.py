@@ -19,7 +19,7 @@ from tinypipe.builtin.tiny_flux import (
     builtin_flux_folder,
     load_t5_tokenizer,
 )
-from tinypipe.builtin.tiny_sd import builtin_model_folder
+from tinypipe.builtin.diffusion_folders import builtin_diffusion_folder
 from tinypipe.errors import ConfigError
 from tinypipe.families.flux import FAMILY as FLUX
 from tinypipe.models.lora_targets import unmatched_target_modules
@@ -115,7 +115,7 @@ def test_builtin_flux_folder_loads_in_plain_flux_pipeline_and_generates_the_buil
 
 
 def test_builtin_model_folder_gives_each_flux_name_its_own_flux_folder():
-    dev, schnell = builtin_model_folder(TINY_FLUX), builtin_model_folder(TINY_FLUX_SCHNELL)
+    dev, schnell = builtin_diffusion_folder(TINY_FLUX), builtin_diffusion_folder(TINY_FLUX_SCHNELL)
 
     assert dev != schnell
     for folder, guidance_embeds in ((dev, True), (schnell, False)):

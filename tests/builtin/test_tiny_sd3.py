@@ -7,7 +7,7 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 
 from tinypipe.builtin import TINY_SD3, builtin_names
-from tinypipe.builtin.tiny_sd import builtin_model_folder
+from tinypipe.builtin.diffusion_folders import builtin_diffusion_folder
 from tinypipe.builtin.tiny_sd3 import build_tiny_sd3
 from tinypipe.families.sd3 import FAMILY as SD3
 from tinypipe.models.lora_targets import unmatched_target_modules
@@ -20,7 +20,7 @@ def _generate(pipe: StableDiffusion3Pipeline) -> np.ndarray:
 
 
 def test_builtin_sd3_folder_loads_in_plain_sd3_pipeline_and_generates_the_built_images_at_32_px():
-    folder = builtin_model_folder(TINY_SD3)
+    folder = builtin_diffusion_folder(TINY_SD3)
 
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusion3Pipeline" and index["tokenizer_3"] == ["transformers", "T5TokenizerFast"]

@@ -31,7 +31,6 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from ..errors import ConfigError, DataError
 from . import TINY_SD, builtin_names, cached_builtin_folder  # noqa: F401  (TINY_SD: its public home is here too)
-from . import TINY_FLUX, TINY_FLUX_SCHNELL, TINY_SD3
 from . import is_builtin as _is_builtin
 from .clip_tokenizer import CLIP_VOCAB_FOLDER, load_clip_tokenizer  # noqa: F401  (public here too, as before)
 from .clip_tokenizer import seeded as _seeded
@@ -203,7 +202,7 @@ def builtin_model_folder(name: str) -> Path:
 
     Args:
         name (`str`):
-            A built-in diffusion model name (`TINY_SD`; the FLUX and SD3 ones are built by `tiny_flux` / `tiny_sd3`).
+            `TINY_SD` (every other built-in diffusion model is built by its own module; `diffusion_folders` finds any).
 
     Returns:
         The folder.
@@ -220,16 +219,6 @@ def builtin_model_folder(name: str) -> Path:
     if not is_builtin(name):
         known = builtin_names("diffusion")
         raise ConfigError(f"{name!r} is not a built-in model; the built-in models are {known}. Use one of those.")
-    # A tiny model of another family: its own module builds it.
-    if name in (TINY_FLUX, TINY_FLUX_SCHNELL):
-        from .tiny_flux import builtin_flux_folder
-
-        return builtin_flux_folder(name)
-    if name == TINY_SD3:
-        from .tiny_sd3 import builtin_sd3_folder
-
-        return builtin_sd3_folder(name)
-
     if name != TINY_SD:  # another family's built-in model: its own module builds it
         raise ConfigError(f"{name!r} is not built here; builtin_diffusion_folder (builtin/diffusion_folders.py) builds every built-in diffusion model.")
 

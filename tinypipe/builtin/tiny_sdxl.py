@@ -20,6 +20,7 @@ from pathlib import Path
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from ..errors import ConfigError
 from . import TINY_SDXL, cached_builtin_folder
 from .tiny_sd import CLIP_VOCAB_FOLDER, TINY_SD_WEIGHTS, _load_component, _read_weights, _seeded, load_clip_tokenizer
 
@@ -99,12 +100,14 @@ def build_tiny_sdxl() -> StableDiffusionXLPipeline:
                                      add_watermarker=False)
 
 
-def builtin_sdxl_folder() -> Path:
+def builtin_sdxl_folder(name: str = TINY_SDXL) -> Path:
     """Save `tinypipe/tiny-sdxl` once as a diffusers folder (`StableDiffusionXLPipeline.from_pretrained` reads it).
 
     Cached like tiny-sd's folder (`tiny_sd.builtin_model_folder`): rebuilt only when a library version or the shipped
     VAE weights change, written into a temporary sibling and renamed into place.
     """
+    if name != TINY_SDXL:
+        raise ConfigError(f"{name!r} is not built here; builtin_diffusion_folder (builtin/diffusion_folders.py) builds it.")
 
     def build(staging: Path) -> None:
         build_tiny_sdxl().save_pretrained(staging, safe_serialization=True)

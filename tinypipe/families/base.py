@@ -66,6 +66,7 @@ class ModelFamily:
         embedding_keys: For textual inversion, the key under which each text encoder's vectors are stored in a
             multi-encoder embedding file (SDXL: `{"text_encoder": "clip_l", "text_encoder_2": "clip_g"}`);
             empty when one encoder (the file holds `{token: vectors}`) or unsupported.
+        generation_guidance_scale: The guidance scale `generate` uses when given none (the pipeline's own default).
     """
 
     name: str = ""
@@ -79,6 +80,50 @@ class ModelFamily:
     denoiser_lora_targets: tuple[str, ...] = ()
     text_encoder_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
     embedding_keys: Mapping[str, str] = {}
+    generation_guidance_scale: float = 7.5
+
+    @property
+    def lora_text_encoders(self) -> tuple[str, ...]:
+        """The text encoders that train with `train_text_encoder` (a LoRA on each, or every weight): all of them by
+        default; a family whose LoRA file format has no place for one (FLUX.1's T5) names fewer."""
+        return self.text_encoders
+
+    def native_resolution(self, pipe: Any) -> int:
+        """The image size in pixels the model was made for: the denoiser's `sample_size` times the VAE's downscale
+        (SD 1.5 512, SDXL 1024), else `default_resolution`."""
+        sample_size = getattr(getattr(pipe, self.denoiser).config, "sample_size", None)
+        if isinstance(sample_size, int):
+            return sample_size * int(pipe.vae_scale_factor)
+        return self.default_resolution
+
+    def check_resolution(self, pipe: Any, resolution: int) -> None:
+        """Refuse a training resolution the model cannot take (call it before heavy work); any by default.
+
+        Raises:
+            ConfigError: Naming the resolution and the nearest one that works.
+        """
+
+    def default_guidance_scale(self, pipe: Any) -> float:
+        """The guidance value a run trains with when the user gives none: 1.0 (no guidance input) by default."""
+        return 1.0
+
+    def check_objective(self, objective: TrainingObjective, *, guidance_embeds: bool = False) -> None:
+        """Refuse loss settings this family cannot honour, before heavy work. A DDPM family has no flow-matching
+        timestep density and no guidance input.
+
+        Raises:
+            ConfigError: Naming the setting and the fix.
+        """
+        from ..errors import ConfigError
+
+        if objective.weighting_scheme != "none":
+            raise ConfigError(f"weighting_scheme={objective.weighting_scheme!r} is the timestep density of flow-matching "
+                              f"models (FLUX.1, SD3) and does not apply to {self.title}; remove it (snr_gamma weights "
+                              "DDPM timesteps).")
+        if objective.guidance_scale != 1.0:
+            raise ConfigError(f"guidance_scale={objective.guidance_scale}: {self.title}'s denoiser has no guidance input, "
+                              "so nothing would use it; remove guidance_scale (validation_guidance_scale sets the images' "
+                              "classifier-free guidance).")
 
     @property
     def pipeline_class(self) -> type:

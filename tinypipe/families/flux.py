@@ -56,12 +56,18 @@ class FluxFamily(FlowMatchingFamily):
     default_resolution = 1024
     embedding_keys: Mapping[str, str] = {}
     max_sequence_length = 512
+    generation_guidance_scale = 3.5
     lora_text_encoders = ("text_encoder",)
 
     def native_resolution(self, pipe: Any) -> int:
         """The image size the model was made for: its VAE config's `sample_size` (1024 for FLUX.1, 32 for the tiny
         built-ins); `default_resolution` when the VAE config has none."""
         return int(getattr(pipe.vae.config, "sample_size", None) or self.default_resolution)
+
+    def default_guidance_scale(self, pipe: Any) -> float:
+        """3.5 for a guidance-distilled transformer (FLUX.1-dev, `guidance_embeds=True`; diffusers' FLUX LoRA script's
+        default), else 1.0 (FLUX.1-schnell)."""
+        return 3.5 if getattr(pipe.transformer.config, "guidance_embeds", False) else 1.0
 
     def check_resolution(self, pipe: Any, resolution: int) -> None:
         """Refuse a training resolution whose latents cannot be packed into 2x2 patches.

@@ -44,6 +44,7 @@ class StableDiffusion3Family(FlowMatchingFamily):
     default_resolution = 1024
     embedding_keys: Mapping[str, str] = {}
     max_sequence_length = 256
+    generation_guidance_scale = 7.0
     lora_text_encoders = ("text_encoder", "text_encoder_2")
 
     def native_resolution(self, pipe: Any) -> int:

@@ -6,7 +6,6 @@ from ..builtin.tiny_sdxl import TINY_SDXL, build_tiny_sdxl
 from ..builtin.tiny_llama import TINY_INSTRUCTIONS, TINY_LLAMA, build_tiny_llama, builtin_lm_folder, tiny_instructions
 from .causal_lm import CausalLMPipeline
 from .diffusion import DiffusionPipeline
-from . import builtin_repos  # noqa: F401  (registers the FLUX.1 and SD3 built-ins' repo writers)
 
 __all__ = [
     "CausalLMPipeline",

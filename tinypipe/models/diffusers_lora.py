@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..errors import ConfigError, RepoError
+from ..families.lora_files import peft_lora_layers
 from .diffusers_base import quiet_loading
 
 logger = logging.getLogger(__name__)
@@ -76,13 +77,16 @@ def lora_configs(config: Mapping[str, Any], text_encoders: Sequence[str] = ("tex
 def lora_state_dicts(pipe: Any, components: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
     """The LoRA weights of `components` of a diffusers pipeline in diffusers' key format: `{"unet": {...}, ...}`.
 
-    Every text-encoder layer gets diffusers' `lora_linear_layer.down/up` keys, the MLP (`fc1`, `fc2`) too:
+    A transformer family's (FLUX.1, SD3) are peft's keys, which its pipeline class reads (converting them would drop
+    SD3's attention LoRA). For a UNet family every text-encoder layer gets diffusers' `lora_linear_layer.down/up` keys, the MLP (`fc1`, `fc2`) too:
     diffusers converts only the attention projections, and reads a text-encoder part back only when it
     finds that form.
     """
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
+    if "transformer" in components:  # FLUX.1 / SD3: peft's keys, as diffusers' transformer LoRA scripts save them
+        return peft_lora_layers(pipe, components, ADAPTER_NAME)
     layers = {name: convert_state_dict_to_diffusers(get_peft_model_state_dict(getattr(pipe, name), adapter_name=ADAPTER_NAME))
               for name in components}
     for name in layers:

@@ -23,6 +23,7 @@ Two more kinds of fine-tuned weights, each in the format diffusers reads:
   `{"clip_l": ..., "clip_g": ...}` (see `models.diffusion_embeddings`).
 """
 
+import functools
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -34,7 +35,7 @@ from safetensors.torch import save_file
 from ..config.hub import register_builtin_repo
 from ..config import ConfigMixin, Ignore, save_config
 from ..errors import ConfigError, RepoError, TinypipeError
-from ..builtin import TINY_SD, TINY_SDXL
+from ..builtin import TINY_SD, builtin_names
 from ..families import ModelFamily, family_named, family_of
 from .diffusers_base import default_device, load_base_pipeline, save_pipeline_folder
 from .diffusion_embeddings import TextualInversionTokens
@@ -174,7 +175,7 @@ class DiffusionPipeline(TextualInversionTokens, ConfigMixin):
 
     def lora_configs(self) -> dict[str, Any]:
         """The peft `LoraConfig` of each model that has a LoRA: `{"unet": ..., "text_encoder": ...}`."""
-        return lora_configs(self.config, self.family.text_encoders, self.family.denoiser)
+        return lora_configs(self.config, self.family.lora_text_encoders, self.family.denoiser)
 
     def _add_lora(self, rank: int, alpha: Optional[float], targets: Sequence[str], text_encoder_lora: bool,
                   text_encoder_targets: Sequence[str] = TEXT_ENCODER_LORA_TARGETS) -> None:
@@ -184,7 +185,8 @@ class DiffusionPipeline(TextualInversionTokens, ConfigMixin):
         check_target_modules(self.denoiser, tuple(targets), setting="lora_target_modules",
                              model_name=f"the {'UNet' if self.family.denoiser == 'unet' else self.family.denoiser} of {base}")
         if text_encoder_lora:
-            for name, encoder in self.text_encoders.items():
+            for name in self.family.lora_text_encoders:
+                encoder = self.text_encoders[name]
                 check_target_modules(encoder, tuple(text_encoder_targets), setting="the text encoder's LoRA targets",
                                      model_name=f"the {name.replace('_', ' ')} of {base}")
         self._record(lora_rank=rank, lora_alpha=alpha, lora_target_modules=tuple(targets), text_encoder_lora=text_encoder_lora,
@@ -242,7 +244,7 @@ class DiffusionPipeline(TextualInversionTokens, ConfigMixin):
                 self._record(lora_rank=None)
             try:
                 load_lora_file(self.pipe, weights, self.config["base_model"])
-                self._record(**loaded_lora_settings(self.pipe, weights, self.family.text_encoders, self.family.denoiser))
+                self._record(**loaded_lora_settings(self.pipe, weights, self.family.lora_text_encoders, self.family.denoiser))
             except TinypipeError:
                 self.pipe.delete_adapters(ADAPTER_NAME)  # what a half-done load left (a no-op when nothing)
                 if previous is not None:
@@ -277,7 +279,7 @@ class DiffusionPipeline(TextualInversionTokens, ConfigMixin):
         self,
         prompts: Union[str, Sequence[str]],
         num_inference_steps: int = 25,
-        guidance_scale: float = 7.5,
+        guidance_scale: Optional[float] = None,
         seed: Optional[int] = 0,
         negative_prompt: Union[str, Sequence[str], None] = None,
         num_images_per_prompt: int = 1,
@@ -289,11 +291,12 @@ class DiffusionPipeline(TextualInversionTokens, ConfigMixin):
         Args:
             prompts: A prompt or a list of prompts.
             num_inference_steps: Denoising steps.
-            guidance_scale: Classifier-free guidance scale (1 turns guidance off).
+            guidance_scale: Guidance scale: classifier-free (1 turns it off), or FLUX.1-dev's embedded guidance; None
+                for the family's default (`generation_guidance_scale`: SD 7.5, FLUX.1 3.5, SD3 7.0).
             seed: Seed of the CPU generator that draws the initial noise; None for a random one.
             negative_prompt: What to steer away from.
             num_images_per_prompt: Images for each prompt.
-            height: Image height in pixels (the model's default when None); likewise `width`.
+            height: Image height in pixels (the model's native size when None); likewise `width`.
 
         Returns:
             `len(prompts) * num_images_per_prompt` PIL images.
@@ -303,9 +306,12 @@ class DiffusionPipeline(TextualInversionTokens, ConfigMixin):
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:
+            native = self.family.native_resolution(self.pipe)
+            if guidance_scale is None:
+                guidance_scale = self.family.generation_guidance_scale
             result = self.pipe(prompt=prompts, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
                                guidance_scale=guidance_scale, generator=generator, num_images_per_prompt=num_images_per_prompt,
-                               height=height, width=width, output_type="pil")
+                               height=height or native, width=width or native, output_type="pil")
         finally:
             self.denoiser.train(was_training)
         return list(result.images)
@@ -388,5 +394,5 @@ def write_builtin_repo(folder: Path, name: str = TINY_SD) -> None:
     DiffusionPipeline(name).save_pretrained(folder)
 
 
-register_builtin_repo(TINY_SD, write_builtin_repo)
-register_builtin_repo(TINY_SDXL, lambda folder: write_builtin_repo(folder, TINY_SDXL))
+for _name in builtin_names("diffusion"):
+    register_builtin_repo(_name, functools.partial(write_builtin_repo, name=_name))

@@ -120,6 +120,11 @@ class DreamBoothTrainer(TrainerConfigMixin):
         gradient_checkpointing: shared.GradientCheckpointing = False,
         snr_gamma: shared.SnrGamma = None,
         noise_offset: shared.NoiseOffset = 0.0,
+        weighting_scheme: shared.WeightingScheme = "none",
+        logit_mean: shared.LogitMean = 0.0,
+        logit_std: shared.LogitStd = 1.0,
+        mode_scale: shared.ModeScale = 1.29,
+        guidance_scale: shared.GuidanceScale = None,
         resolution: shared.Resolution = None,
         center_crop: shared.CenterCrop = True,
         random_flip: shared.RandomFlip = False,
@@ -175,7 +180,8 @@ class DreamBoothTrainer(TrainerConfigMixin):
         # What is recorded is what runs: the LoRA's settings, the learning rate.
         loop.record_effective_arguments(arguments, "DreamBooth", base_model=pipeline.config["base_model"], rank=rank,
                                         lora_alpha=lora_alpha, learning_rate=learning_rate,
-                                        class_data_dir=str(class_data_dir) if class_data_dir is not None else None)
+                                        class_data_dir=str(class_data_dir) if class_data_dir is not None else None,
+                                        **steps.resolve_objective_settings(pipeline, arguments))
 
         # 2. The denoising fine-tune (training/denoising_loop.py), LoRATrainer's but for what trains: every weight of
         #    the UNet (and text encoder), or with `use_lora` their LoRA; each checkpoint holds those weights.

@@ -104,6 +104,11 @@ class LoRATrainer(TrainerConfigMixin):
         gradient_checkpointing: shared.GradientCheckpointing = False,
         snr_gamma: shared.SnrGamma = None,
         noise_offset: shared.NoiseOffset = 0.0,
+        weighting_scheme: shared.WeightingScheme = "none",
+        logit_mean: shared.LogitMean = 0.0,
+        logit_std: shared.LogitStd = 1.0,
+        mode_scale: shared.ModeScale = 1.29,
+        guidance_scale: shared.GuidanceScale = None,
         resolution: shared.Resolution = None,
         center_crop: shared.CenterCrop = True,
         random_flip: shared.RandomFlip = False,
@@ -139,7 +144,8 @@ class LoRATrainer(TrainerConfigMixin):
         rank, lora_alpha = steps.resolve_lora_settings(pipeline, rank=rank, lora_alpha=lora_alpha,
                                                        train_text_encoder=train_text_encoder)
         loop.record_effective_arguments(arguments, "LoRA", base_model=pipeline.config["base_model"], rank=rank,
-                                        lora_alpha=lora_alpha, class_data_dir=None if class_data_dir is None else str(class_data_dir))
+                                        lora_alpha=lora_alpha, class_data_dir=None if class_data_dir is None else str(class_data_dir),
+                                        **steps.resolve_objective_settings(pipeline, arguments))
 
         # 2. The denoising fine-tune (training/denoising_loop.py) of a LoRA on the UNet (and the text encoder), added
         #    when the pipeline has none; each checkpoint holds the LoRA's weights.

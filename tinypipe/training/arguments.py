@@ -83,6 +83,15 @@ LoraAlpha = Annotated[Optional[float], FromConfig, Doc("LoRA alpha (defaults to 
 TrainTextEncoder = Annotated[bool, FromConfig, Doc("Also train the text encoder (its LoRA, when a LoRA trains).")]
 SnrGamma = Annotated[Optional[float], FromConfig, Doc("Min-SNR loss weighting gamma (e.g. 5.0); None for plain MSE.")]
 NoiseOffset = Annotated[float, FromConfig, Doc("Offset noise strength (e.g. 0.05).")]
+WeightingScheme = Annotated[str, FromConfig, Doc(
+    "Flow-matching models (FLUX.1, SD3): timestep density and loss weighting, as diffusers names them: none, "
+    "sigma_sqrt, logit_normal, mode, cosmap.")]
+LogitMean = Annotated[float, FromConfig, Doc("Mean of the logit_normal timestep density (flow matching).")]
+LogitStd = Annotated[float, FromConfig, Doc("Standard deviation of the logit_normal timestep density (flow matching).")]
+ModeScale = Annotated[float, FromConfig, Doc("Scale of the mode timestep density (flow matching).")]
+GuidanceScale = Annotated[Optional[float], FromConfig, Doc(
+    "Guidance value a guidance-distilled model (FLUX.1-dev) trains with; None: the family's (3.5 for FLUX.1-dev, "
+    "else none), recorded as resolved.")]
 Resolution = Annotated[Optional[int], FromConfig, Doc("Training resolution; defaults to the model's native one.")]
 CenterCrop = Annotated[bool, FromConfig, Doc("Center crop (else a random crop, drawn once per image).")]
 RandomFlip = Annotated[bool, FromConfig, Doc("Random horizontal flips.")]
@@ -115,7 +124,9 @@ DIFFUSION_ARGUMENTS = {
     "validation_epochs": ValidationEpochs, "validation_prompt": ValidationPrompt,
     "num_validation_images": NumValidationImages, "validation_inference_steps": ValidationInferenceSteps,
     "validation_guidance_scale": ValidationGuidanceScale, "rank": Rank, "lora_alpha": LoraAlpha,
-    "train_text_encoder": TrainTextEncoder, "snr_gamma": SnrGamma, "noise_offset": NoiseOffset, "resolution": Resolution,
+    "train_text_encoder": TrainTextEncoder, "snr_gamma": SnrGamma, "noise_offset": NoiseOffset,
+    "weighting_scheme": WeightingScheme, "logit_mean": LogitMean, "logit_std": LogitStd, "mode_scale": ModeScale,
+    "guidance_scale": GuidanceScale, "resolution": Resolution,
     "center_crop": CenterCrop, "random_flip": RandomFlip, "instance_prompt": InstancePrompt,
     "with_prior_preservation": WithPriorPreservation, "class_prompt": ClassPrompt, "class_data_dir": ClassDataDir,
     "num_class_images": NumClassImages, "prior_loss_weight": PriorLossWeight, "sample_batch_size": SampleBatchSize,

@@ -105,7 +105,9 @@ def train_denoiser(pipeline: DiffusionPipeline, settings: Mapping[str, Any], *, 
     setup = set_up_training(accelerator, settings, example_count=epoch_length, models=trainable_models, parameters=parameters,
                             use_8bit_adam=use_8bit_adam)
     denoiser = setup.models[0]
-    text_encoders = dict(zip(pipeline.text_encoders, setup.models[1:])) if train_text_encoder else pipeline.text_encoders
+    text_encoders = dict(pipeline.text_encoders)
+    if train_text_encoder:  # the wrapped ones that train, the others as they are
+        text_encoders.update(zip(pipeline.family.lora_text_encoders, setup.models[1:]))
     objective = steps.training_objective(settings)
     generator = torch.Generator("cpu").manual_seed(seed + 1_000_003 * accelerator.process_index)
 

@@ -24,7 +24,8 @@ from .settings import check_existing_lora
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ExampleCache", "resolve_lora_settings", "log_data_summary", "native_resolution", "training_objective", "tokenize",
+    "ExampleCache", "resolve_lora_settings", "log_data_summary", "native_resolution", "training_objective",
+    "resolve_objective_settings", "tokenize",
     "encode_text", "encode_examples", "examples_digest",
     "mark_lora_trainable", "mark_fully_trainable", "trainable_models", "trainable_parameters", "epoch_order",
     "full_batches", "denoising_losses", "Validation", "validation_images", "image_grid", "save_images", "save_before_after",
@@ -64,17 +65,37 @@ def log_data_summary(examples: Sequence[ImageExample], class_examples: Sequence[
 
 
 def native_resolution(pipeline) -> int:
-    """The image size the base model was trained at: the denoiser's sample size x VAE downscale, else the family's
-    default (SD 512, SDXL 1024)."""
-    sample_size = getattr(pipeline.denoiser.config, "sample_size", None)
-    if isinstance(sample_size, int):
-        return sample_size * int(pipeline.pipe.vae_scale_factor)
-    return pipeline.family.default_resolution
+    """The image size the base model was made for (its family's `native_resolution`: SD 1.5 512, SDXL 1024)."""
+    return pipeline.family.native_resolution(pipeline.pipe)
 
 
 def training_objective(settings: Mapping[str, Any]) -> TrainingObjective:
-    """The loss settings of a run (`snr_gamma`, `noise_offset`) that the family's `training_losses` honours or refuses."""
-    return TrainingObjective(snr_gamma=settings["snr_gamma"], noise_offset=settings["noise_offset"])
+    """The loss settings of a run that the family's `training_losses` honours or refuses (the flow-matching ones,
+    absent from a recipe that has none, at their defaults; `guidance_scale` None as 1.0)."""
+    guidance_scale = settings.get("guidance_scale")
+    return TrainingObjective(snr_gamma=settings["snr_gamma"], noise_offset=settings["noise_offset"],
+                             weighting_scheme=settings.get("weighting_scheme", "none"),
+                             logit_mean=settings.get("logit_mean", 0.0), logit_std=settings.get("logit_std", 1.0),
+                             mode_scale=settings.get("mode_scale", 1.29),
+                             guidance_scale=1.0 if guidance_scale is None else guidance_scale)
+
+
+def resolve_objective_settings(pipeline, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the run's loss settings against the pipeline's family before any heavy work, and resolve what the family
+    decides: `{"guidance_scale": ...}` (given, or the family's default, e.g. 3.5 for FLUX.1-dev), to record.
+
+    Raises:
+        ConfigError: A setting the family cannot honour (`snr_gamma` for flow matching, `weighting_scheme` for SD, ...).
+    """
+    guidance_scale = settings.get("guidance_scale")
+    if guidance_scale is None:
+        guidance_scale = pipeline.family.default_guidance_scale(pipeline.pipe)
+    objective = training_objective({**settings, "guidance_scale": guidance_scale})
+    guidance_embeds = bool(getattr(pipeline.denoiser.config, "guidance_embeds", False))
+    pipeline.family.check_objective(objective, guidance_embeds=guidance_embeds)
+    if settings["resolution"] is not None:
+        pipeline.family.check_resolution(pipeline.pipe, settings["resolution"])
+    return {"guidance_scale": guidance_scale}
 
 
 @dataclass
@@ -182,8 +203,10 @@ def mark_fully_trainable(pipeline, trainable_models: Sequence[torch.nn.Module]) 
 
 
 def trainable_models(pipeline, train_text_encoder: bool) -> list[torch.nn.Module]:
-    """What trains in a denoising fine-tune: the denoiser, and with `train_text_encoder` every text encoder."""
-    return [pipeline.denoiser] + (list(pipeline.text_encoders.values()) if train_text_encoder else [])
+    """What trains in a denoising fine-tune: the denoiser, and with `train_text_encoder` the family's
+    `lora_text_encoders` (every text encoder but FLUX.1's T5)."""
+    encoders = [pipeline.text_encoders[name] for name in pipeline.family.lora_text_encoders] if train_text_encoder else []
+    return [pipeline.denoiser] + encoders
 
 
 def trainable_parameters(pipeline, trainable_models: Sequence[torch.nn.Module]) -> dict[str, torch.nn.Parameter]:
