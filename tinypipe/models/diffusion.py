@@ -23,7 +23,6 @@ Two more kinds of fine-tuned weights, each in the format diffusers reads:
   `{"clip_l": ..., "clip_g": ...}` (see `models.diffusion_embeddings`).
 """
 
-import functools
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -394,5 +393,12 @@ def write_builtin_repo(folder: Path, name: str = TINY_SD) -> None:
     DiffusionPipeline(name).save_pretrained(folder)
 
 
+def _builtin_repo_writer(name: str):
+    def write(folder: Path) -> None:
+        write_builtin_repo(folder, name)
+
+    return write
+
+
 for _name in builtin_names("diffusion"):
-    register_builtin_repo(_name, functools.partial(write_builtin_repo, name=_name))
+    register_builtin_repo(_name, _builtin_repo_writer(_name))
