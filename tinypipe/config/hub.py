@@ -27,7 +27,7 @@ from typing import Any, Optional, Union
 
 from ..errors import RepoError
 from ..files import atomic_folder, child_path, read_json, read_marker, write_marker
-from .card import card_data_from_repo, render_model_card
+from .card import card_data_from_repo, is_generated_card, render_model_card
 from .filelist import FILELIST, verify_filelist, write_filelist
 
 __all__ = ["resolve_repo", "cache_folder", "register_builtin_repo", "builtin_repo_writer", "is_offline", "upload_repo", "push_repo",
@@ -250,8 +250,11 @@ def _stage(repo: Path, staging: Path, card: str, redact, lora_at_root: bool = Fa
         staged = staging / folder.relative_to(repo)
         (staged / FILELIST).unlink()
         write_filelist(staged)
-    if not (staging / "README.md").exists():
-        (staging / "README.md").write_text(card if card.endswith("\n") else card + "\n", encoding="utf-8")
+    readme = staging / "README.md"
+    if readme.exists() and is_generated_card(readme.read_text(encoding="utf-8", errors="replace")):
+        readme.unlink()  # the card tinypipe wrote locally (a link to the repo's file): replaced by the hub's card
+    if not readme.exists():
+        readme.write_text(card if card.endswith("\n") else card + "\n", encoding="utf-8")
     if lora_at_root:
         try:
             os.link(repo / "model" / LORA_AT_ROOT, staging / LORA_AT_ROOT)
