@@ -46,7 +46,7 @@ ROOT_LORA_FILES = (LORA_AT_ROOT, FILELIST)
 LoRA from an earlier push never outlives the LoRA it copied."""
 
 # Never uploaded: resumable training state, the hub download cache and marker, half-done or replaced saves.
-UPLOAD_IGNORE_PATTERNS = ("checkpoints/**", ".cache/**", DOWNLOAD_MARKER, ".*.tmp-*/**", ".*.old-*/**", "**/__pycache__/**")
+UPLOAD_IGNORE_PATTERNS = ("checkpoints/**", "logs/**", "wandb/**", ".cache/**", DOWNLOAD_MARKER, ".*.tmp-*/**", ".*.old-*/**", "**/__pycache__/**")
 
 # Built-in names -> the function that saves that repo into a folder, registered by the package that builds them.
 _BUILTIN_REPOS: dict[str, Callable[[Path], None]] = {}
