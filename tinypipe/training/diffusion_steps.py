@@ -315,8 +315,9 @@ class Validation:
         path = output / "validation" / "before_after.png"
         save_before_after(self.by_prompt(before), self.by_prompt(self.images(pipeline)), path, prompts=self.prompts,
                           step=self.last_step)
-        if accelerator is not None and path.is_file():
-            log_images(accelerator, {"validation/before_after": [Image.open(path)]}, self.last_step)
+        if accelerator is not None and accelerator.trackers and path.is_file():
+            with Image.open(path) as grid:
+                log_images(accelerator, {"validation/before_after": [grid.convert("RGB")]}, self.last_step)
 
 
 def validation_images(pipeline, prompt: str, count: int, seed: int, num_inference_steps: int, guidance_scale: float) -> list[Image.Image]:
