@@ -84,7 +84,7 @@ def test_a_normal_train_run_shows_no_library_progress_bars_or_warnings(diffuser_
     assert [noise for noise in LIBRARY_NOISE if noise in result.stderr] == []
 
 
-def test_builtin_path_prints_a_plain_diffusers_folder_that_loads_a_tinypipe_lora(home, diffuser_job):
+def test_builtin_path_prints_a_plain_diffusers_folder_that_loads_a_tinypipe_lora(home, diffuser_job, capsys):
     from diffusers import StableDiffusionPipeline
 
     job, _ = diffuser_job
@@ -93,8 +93,10 @@ def test_builtin_path_prints_a_plain_diffusers_folder_that_loads_a_tinypipe_lora
     plain = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)  # as the README shows
     plain.load_lora_weights(job.output / "model")
     assert plain.get_active_adapters()
-    error = tinypipe(home, "builtin-path", "tinypipe/shapes", expect=2).stderr
-    assert "'tinypipe/shapes' is not a built-in model; the built-in models are tinypipe/tiny-sd" in error
+    from tinypipe.cli import main
+
+    assert main(["builtin-path", "tinypipe/shapes"]) == 2
+    assert "'tinypipe/shapes' is not a built-in model; the built-in models are tinypipe/tiny-sd" in capsys.readouterr().err
 
 
 def test_download_model_zips_weights_and_images_that_diffusers_loads(home, diffuser_job, tmp_path):

@@ -118,7 +118,8 @@ _OPTIONAL_TYPES = {
     "max_train_steps": int, "epoch": int, "resolution": int, "checkpoints_total_limit": int, "batch_size": int,
     "lora_alpha": float, "snr_gamma": float, "max_grad_norm": float, "rank": int, "r": int, "lora_dropout": float,
     "learning_rate": float, "target_modules": list,
-    "instance_prompt": str, "validation_prompt": str, "class_prompt": str, "class_data_dir": str, "placeholder_token": str,
+    "instance_prompt": str, "validation_prompt": str, "validation_prompts": list, "class_prompt": str, "class_data_dir": str,
+    "placeholder_token": str,
     "initializer_token": str, "quantization": str, "revision": str, "resume_from_checkpoint": str,
 }
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}

@@ -13,7 +13,7 @@ gives the images. Reading a config here imports no code a repo names that is not
 
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Optional, Union
 
 from ..errors import ConfigError, RepoError
@@ -23,7 +23,8 @@ from .coders import is_reserved_key, plain_value
 from .card_usage import usage_section
 from .modules import resolve_class
 
-__all__ = ["base_model_license", "card_data_from_repo", "card_metadata", "public_training_arguments", "render_model_card",
+__all__ = ["base_model_license", "card_data_from_repo", "card_metadata", "public_training_arguments", "public_value",
+           "is_local_path", "render_model_card",
            "write_repo_card", "is_generated_card", "GENERATED_CARD_MARKER"]
 
 GENERATED_CARD_MARKER = ("<!-- Written by tinypipe from this repo's config files, and rewritten on each save. "
@@ -210,6 +211,29 @@ def base_model_license(base_model: Any) -> Optional[str]:
     return found if isinstance(found, str) else None
 
 
+def is_local_path(value: str) -> bool:
+    """An absolute path of this (or another) machine: `/home/me/x`, `~/x`, `C:\\x`."""
+    return value.startswith(("/", "~")) or bool(re.match(r"^[A-Za-z]:[\\/]", value)) or value.startswith("\\\\")
+
+
+def public_value(value: Any) -> Any:
+    """`value` with every absolute local path replaced by its last part (or "local data"), at any depth.
+
+    Example:
+    ```python
+    public_value({"data": "/home/me/photos", "lr": 1e-4})   # {"data": "photos", "lr": 0.0001}
+    ```
+    """
+    if isinstance(value, str) and is_local_path(value):
+        path = PureWindowsPath(value) if "\\" in value else PurePosixPath(value)
+        return path.name or "local data"
+    if isinstance(value, list):
+        return [public_value(item) for item in value]
+    if isinstance(value, dict):
+        return {key: public_value(item) for key, item in value.items()}
+    return value
+
+
 # -- rendering ------------------------------------------------------------------------------------------
 
 
@@ -292,7 +316,6 @@ def write_repo_card(repo: Union[str, Path]) -> Optional[Path]:
         The README.md written, or None when the user's own was kept.
     """
     from ..files import write_atomic
-    from .hub import public_value
 
     repo = Path(repo)
     readme = repo / "README.md"
