@@ -7,9 +7,11 @@
 - `make_optimization`: AdamW and the learning-rate schedule from the shared settings.
 - `set_up_training`: the three above, and accelerate's preparation of the models and optimizer, in one call.
 - `shard_batches`: this process's share of an epoch's batches.
-- `run_epochs`: the loop itself: accumulation, the optimizer step (`optimizer_step`), a checkpoint every
+- `run_epochs`: the loop itself: accumulation, the optimizer step (`optimizer_step`) recorded in `metrics.jsonl`
+  and the trackers (`tracking.RunMetrics`), a checkpoint every
   `checkpointing_steps` (`checkpoint_due`), the recipe's end-of-epoch work, and a resumed run skipping what it did.
 - `end_of_epoch_due`: whether an epoch does its end-of-epoch work (validation, eval loss).
+- `save_run`: the repo (with the run's metrics and loss curve, and the model card), then the end of the run.
 
 A recipe says what is its own: the batches of an epoch, the loss of a batch, and what an epoch ends with.
 """
@@ -44,7 +46,8 @@ from .tracking import METRICS_FILE, RunMetrics, read_metrics, tracker_arguments,
 logger = logging.getLogger(__name__)
 
 __all__ = ["EpochEnd", "StepPlan", "start_run", "record_effective_arguments", "plan_steps", "scaled_learning_rate", "make_optimization",
-           "TrainingSetup", "set_up_training", "shard_batches", "optimizer_step", "checkpoint_due", "end_of_epoch_due", "run_epochs", "save_run"]
+           "TrainingSetup", "set_up_training", "shard_batches", "optimizer_step", "mean_over_processes", "checkpoint_due",
+           "end_of_epoch_due", "run_epochs", "save_run"]
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,8 @@ def optimizer_step(accelerator: Any, optimizer: torch.optim.Optimizer, lr_schedu
     """
     grad_norm = None
     if max_grad_norm:
-        grad_norm = float(accelerator.clip_grad_norm_(parameters, max_grad_norm))
+        norm = accelerator.clip_grad_norm_(parameters, max_grad_norm)
+        grad_norm = float(norm) if norm is not None else None  # None where the backend clips by itself (DeepSpeed)
     optimizer.step()
     lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
