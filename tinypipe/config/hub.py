@@ -10,9 +10,8 @@ that can build one registers its writer with `register_builtin_repo` (`tinypipe.
 
 What is uploaded is staged in a temporary folder, so the user's folder is never written to: a README.md they wrote
 is published as it is (the generated card is used where there is none, or where the repo holds the card tinypipe
-wrote), and absolute local paths in the
-published JSON files and card (a data folder, a local base model) become their last part (`/home/me/photos` ->
-`photos`), with the filelists of the staged copy rewritten to match. The token goes to huggingface_hub only: never
+wrote), and absolute local paths in the published JSON files and card (a data folder, a local base model) become
+their last part (`/home/me/photos` -> `photos`), with the filelists of the staged copy rewritten to match. The token goes to huggingface_hub only: never
 into the card, a repo file or a log line. `checkpoints/` (optimizer state) is never uploaded.
 """
 
@@ -197,7 +196,7 @@ def _login_hint(repo: Path) -> str:
             "or pass token=... (--token on the command line), and push again.")
 
 
-def _stage(repo: Path, staging: Path, card: str, redact) -> None:
+def _stage(repo: Path, staging: Path, card: str, redact, lora_at_root: bool = False) -> None:
     """Copy what is published from `repo` into `staging`: ignored files left out, JSON files with local paths or
     secrets made public (and the filelists of their folders rewritten), the card as README.md unless the user wrote one,
     and with `lora_at_root` the LoRA file also at the root, listed in a root `filelist.txt`."""
