@@ -27,9 +27,9 @@ def builtin_path(name: str) -> str:
     if kind in ("diffusion", "causal-lm"):
         from . import models  # noqa: F401  (its filter drops transformers' torchvision notice, which does not apply)
     if kind == "diffusion":
-        from .builtin.tiny_sd import builtin_model_folder
+        from .builtin.diffusion_folders import builtin_diffusion_folder
 
-        return str(builtin_model_folder(name))
+        return str(builtin_diffusion_folder(name))
     if kind == "causal-lm":
         from .builtin.tiny_llama import builtin_lm_folder
 
@@ -46,7 +46,7 @@ def _builtin_path(arguments: argparse.Namespace) -> int:
 def add_builtin_commands(commands) -> None:
     """Add `builtin-path` to the `tinypipe` sub-command parsers."""
     command = commands.add_parser("builtin-path", help="Print the plain diffusers / transformers folder of a built-in model.",
-                                  description="Print the folder of a built-in model (tinypipe/tiny-sd, tinypipe/tiny-llama) "
+                                  description="Print the folder of a built-in model (tinypipe/tiny-sd, tinypipe/tiny-llama, ...) "
                                               "in diffusers' or transformers' own format, building it on first use, so "
                                               "that other tools can load it.")
     command.add_argument("name", metavar="NAME", help="A built-in model name, e.g. tinypipe/tiny-sd.")
