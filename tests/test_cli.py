@@ -75,6 +75,30 @@ def test_train_diffuser_in_the_foreground_records_a_succeeded_job(home, diffuser
     assert "status    succeeded" in status and str(job.output) in status and "LoRA training with" in status
 
 
+LIBRARY_NOISE = ("Writing model shards", "Loading checkpoint shards", "Loading pipeline components", "FutureWarning",
+                 "UserWarning", "requires torchvision")
+
+
+def test_a_normal_train_run_shows_no_library_progress_bars_or_warnings(diffuser_job):
+    _, result = diffuser_job  # the first run in its home: it also builds the built-in model
+    assert [noise for noise in LIBRARY_NOISE if noise in result.stderr] == []
+
+
+def test_builtin_path_prints_a_plain_diffusers_folder_that_loads_a_tinypipe_lora(home, diffuser_job, capsys):
+    from diffusers import StableDiffusionPipeline
+
+    job, _ = diffuser_job
+    folder = Path(tinypipe(home, "builtin-path", "tinypipe/tiny-sd").stdout.strip())
+    assert (folder / "model_index.json").is_file()
+    plain = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)  # as the README shows
+    plain.load_lora_weights(job.output / "model")
+    assert plain.get_active_adapters()
+    from tinypipe.cli import main
+
+    assert main(["builtin-path", "tinypipe/shapes"]) == 2
+    assert "'tinypipe/shapes' is not a built-in model; the built-in models are tinypipe/tiny-sd" in capsys.readouterr().err
+
+
 def test_download_model_zips_weights_and_images_that_diffusers_loads(home, diffuser_job, tmp_path):
     from diffusers import StableDiffusionPipeline
 

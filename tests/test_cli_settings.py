@@ -57,11 +57,11 @@ def prior_lora_job(tmp_path_factory):
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     job = JobStore(home / "jobs").recent(1)[0]
-    return job, class_dir
+    return job, class_dir, result.stderr
 
 
 def test_prior_class_prompt_on_method_lora_trains_lora_with_prior_preservation_at_the_lora_learning_rate(prior_lora_job):
-    job, class_dir = prior_lora_job
+    job, class_dir, _ = prior_lora_job
     trainer = json.loads((job.output / "trainer" / "config.json").read_text())
     train_config = json.loads((job.output / "trainer" / "train_config" / "config.json").read_text())
     assert job.method == "lora" and trainer["__module__"].endswith("LoRATrainer")  # --method alone chose the trainer
@@ -72,12 +72,17 @@ def test_prior_class_prompt_on_method_lora_trains_lora_with_prior_preservation_a
 
 
 def test_generated_class_images_go_into_the_prior_class_image_dir_and_the_log_says_so(prior_lora_job):
-    job, class_dir = prior_lora_job
+    job, class_dir, _ = prior_lora_job
     assert len(list(class_dir.glob("*.png"))) == 2
     assert f"0 class images found in {class_dir.resolve()}, 2 generated into it" in job.log_file.read_text()
 
 
+def test_log_level_debug_shows_the_libraries_progress_bars_and_warnings(prior_lora_job):
+    _, _, stderr = prior_lora_job
+    assert "Loading pipeline components" in stderr  # diffusers' own bar, hidden on a normal run
+
+
 def test_log_level_debug_adds_resolved_settings_and_a_data_summary_to_the_job_log(prior_lora_job):
-    job, _ = prior_lora_job
+    job, _, _ = prior_lora_job
     debug = [line for line in job.log_file.read_text().splitlines() if " DEBUG " in line]
     assert any("Resolved settings" in line for line in debug) and any("Data:" in line for line in debug)

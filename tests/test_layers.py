@@ -13,8 +13,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "tinypipe"
 
 LAYERS = ["errors", "version", "files", "config", "builtin", "data", "families", "models", "training", "trainers", "app"]
-APP_MODULES = {"cli", "cli_arguments", "cli_lm", "cli_repos", "cli_export", "runner", "jobs", "archive", "publish", "derive", "demo",
-               "export", "__main__"}
+APP_MODULES = {"cli", "cli_arguments", "cli_lm", "cli_repos", "cli_export", "cli_jobs", "cli_builtin", "runner", "jobs",
+               "archive", "publish", "derive", "demo", "export", "__main__"}
 DOTTED = re.compile(r"\btinypipe((?:\.\w+)+)")
 
 

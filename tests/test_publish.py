@@ -118,6 +118,19 @@ def test_push_publishes_a_complete_card_and_no_checkpoints_or_token(lora_repo, h
     assert TOKEN not in caplog.text + captured.out + captured.err
 
 
+def test_push_publishes_the_hubs_card_in_place_of_the_local_generated_one_and_leaves_that_as_it_was(lora_repo, hub):
+    from tinypipe.config.card import GENERATED_CARD_MARKER
+
+    local_card = (lora_repo / "README.md").read_text()
+    assert GENERATED_CARD_MARKER in local_card and "![Training loss per optimizer step](trainer/loss.png)" in local_card
+    push_repo_folder(lora_repo, "me/sks-circle", token=TOKEN)
+    published = (hub.root / "me/sks-circle" / "README.md").read_text()
+    assert published.splitlines().count("# me/sks-circle") == 1 and GENERATED_CARD_MARKER not in published
+    assert "![Training loss per optimizer step](trainer/loss.png)" in published
+    assert (hub.root / "me/sks-circle" / "trainer" / "loss.png").is_file()
+    assert (lora_repo / "README.md").read_text() == local_card  # not written through a hard link
+
+
 def test_push_without_a_token_sends_nothing_and_says_how_to_log_in(lora_repo, hub):
     before = files_of(lora_repo)
     with pytest.raises(RepoError, match=r"needs a Hugging Face token.*local repo at .*lora is saved and intact\. "

@@ -14,6 +14,8 @@ from .builtin import TINY_INSTRUCTIONS, TINY_LLAMA, builtin_names
 from .cli_lm import add_chat_options, add_lm_commands, chat, check_chat_arguments
 from .cli_repos import load_pipeline, repo_path as _repo_path
 from .cli_export import add_export_commands
+from .cli_builtin import add_builtin_commands
+from .cli_jobs import add_job_commands
 from .runner import DIFFUSER_METHODS
 from .version import __version__
 from .cli_arguments import (
@@ -35,19 +37,9 @@ from .cli_arguments import (
 
 
 def _train(arguments: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
+    from .cli_jobs import start_job
     from .errors import ConfigError
-    from .jobs import JobStore
-    from .runner import (
-        TrainRequest,
-        check_request,
-        is_distributed,
-        is_main_process,
-        run_job,
-        run_unrecorded,
-        start_detached,
-    )
+    from .runner import TrainRequest, check_request, is_distributed, is_main_process, run_unrecorded
 
     kind = arguments.command
     if is_distributed() and (arguments.detach or not arguments.output):
@@ -63,23 +55,7 @@ def _train(arguments: argparse.Namespace) -> int:
     output = Path(arguments.output).resolve() if arguments.output else None
     if is_distributed() and not is_main_process():
         return run_unrecorded(request, output)
-    store = JobStore()
-    job = store.create(request.name, kind, request.method, asdict(request), output)
-    if arguments.detach:
-        start_detached(store, job)
-        print(job.id)
-        print(f"Started job {job.id} in the background. Follow it with `tinypipe check-job-status {job.id} --include-logs`;"
-              f" its log is {job.log_file}.", file=sys.stderr)
-        return 0
-    print(f"Job {job.id}: {kind} {request.method} of {request.model}; log {job.log_file}", file=sys.stderr)
-    code = run_job(store, job, foreground=True)
-    job = store.get(job.id)
-    if job.status == "succeeded":
-        print(f"Job {job.id} succeeded in {job.duration:.0f} s. Repo: {job.output}\n"
-              f"Zip the weights and validation images with `tinypipe download-model {job.id}`.", file=sys.stderr)
-    else:
-        print(f"tinypipe: error: job {job.id} {job.status}: {job.error}", file=sys.stderr)
-    return code
+    return start_job(request, output, detach=arguments.detach)
 
 
 def _run_job(job_id: str) -> int:
@@ -138,7 +114,7 @@ def _recent_jobs(arguments: argparse.Namespace) -> int:
 def _job_status(arguments: argparse.Namespace) -> int:
     from .jobs import JobStore
 
-    job = JobStore().get(arguments.job_id)
+    job = JobStore().find(arguments.job_id)
     request = job.arguments
     status = job.status
     if status == "running":
@@ -152,7 +128,7 @@ def _job_status(arguments: argparse.Namespace) -> int:
         f"  command   {job.kind} --method {job.method}",
         f"  model     {request.get('model')}" + (f" (revision {request['revision']})" if request.get("revision") else ""),
         f"  dataset   {request.get('dataset')}",
-        f"  created   {_when(job.created_at)}",
+        f"  created   {_when(job.created_at)}" + (f", resuming job {request['resumed_from']}" if request.get("resumed_from") else ""),
         f"  output    {job.output}",
         f"  log       {job.log_file}",
     ]
@@ -175,7 +151,7 @@ def _download(arguments: argparse.Namespace) -> int:
     from .archive import write_zip
     from .jobs import JobError, JobStore
 
-    job = JobStore().get(arguments.job_id)
+    job = JobStore().find(arguments.job_id)
     if job.status != "succeeded":
         hint = {"queued": "it has not started", "running": "it is still running; wait for it",
                 "failed": f"it failed ({job.error}); see `tinypipe check-job-status {job.id} --include-logs`",
@@ -284,7 +260,9 @@ def _add_job_options(command: argparse.ArgumentParser) -> None:
                          help="Folder for the repo, validation images and checkpoints (default: the job's folder under "
                               "the tinypipe home, $TINYPIPE_HOME or ~/.cache/tinypipe).")
     command.add_argument("--detach", action="store_true",
-                         help="Run in the background and print the job id; follow it with check-job-status.")
+                         help="Run in the background and print the job id; follow it with `tinypipe logs ID --follow`.")
+    command.add_argument("--report-to", choices=("tensorboard", "wandb", "none"),
+                         help="Also log to TensorBoard or W&B (metrics.jsonl is written either way); default none.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("check-job-status", help="Show a job's status, and its log.",
                                  description="Show a job's status, progress, times, output and error; a job whose process "
                                              "died is reported as failed.")
-    status.add_argument("job_id", metavar="JOB_ID", help="The job's id (get-most-recent-jobs lists them).")
+    status.add_argument("job_id", metavar="JOB_ID", help="The job: its id, a unique prefix of it, or its name.")
     status.add_argument("--include-logs", action="store_true", help="Also print the job's log.")
     status.add_argument("--tail", type=positive_int, metavar="N", help="With --include-logs: only the last N lines.")
     status.set_defaults(handler=_job_status)
@@ -369,14 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     download = commands.add_parser("download-model", help="Zip a finished job's weights and validation images.",
                                    description="Write a zip of a succeeded job's model/ folder (LoRA, embedding or adapter "
                                                "weights and their configs) and its validation images.")
-    download.add_argument("job_id", metavar="JOB_ID", help="The id of a succeeded job.")
+    download.add_argument("job_id", metavar="JOB_ID", help="A succeeded job: its id, a unique prefix of it, or its name.")
     download.add_argument("--to", metavar="FILE", help="The zip file to write (default: NAME-JOB_ID.zip here).")
     download.add_argument("--force", action="store_true", help="Replace FILE if it exists.")
     download.set_defaults(handler=_download)
 
     cancel = commands.add_parser("cancel", help="Stop a queued or running job.",
                                  description="Stop a queued or running job; its checkpoints stay for a later resume.")
-    cancel.add_argument("job_id", metavar="JOB_ID", help="The id of a queued or running job.")
+    cancel.add_argument("job_id", metavar="JOB_ID", help="A queued or running job: its id, a unique prefix of it, or its name.")
     cancel.set_defaults(handler=_cancel)
 
     generate = commands.add_parser("generate", help="Generate images (or text) with a repo.",
@@ -435,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     add_export_commands(commands, local_repo=_repo_path)
+    add_job_commands(commands)  # logs, resume, rm
+    add_builtin_commands(commands)  # builtin-path
     return parser
 
 

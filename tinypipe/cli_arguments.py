@@ -103,6 +103,12 @@ def _set_option(train: dict, key: str, value, option: str) -> None:
     train[key] = value
 
 
+def _set_report_to(train: dict, arguments: argparse.Namespace) -> None:
+    """`--report-to`, when given, as the `report_to` train() argument."""
+    if getattr(arguments, "report_to", None):
+        _set_option(train, "report_to", arguments.report_to, "--report-to")
+
+
 def diffuser_train_arguments(arguments: argparse.Namespace) -> dict:
     """`train()` keyword arguments of a train-diffuser command."""
     from .errors import ConfigError, DataError
@@ -110,6 +116,7 @@ def diffuser_train_arguments(arguments: argparse.Namespace) -> dict:
     from .data.images import IMAGE_EXTENSIONS
 
     train = parse_training_args(arguments.training_args)
+    _set_report_to(train, arguments)
     prompt, method = arguments.prompt, arguments.method
     train.setdefault("validation_prompt", prompt)
     if method == "textual-inversion":
@@ -174,6 +181,7 @@ def lm_train_arguments(arguments: argparse.Namespace) -> dict:
     from .runner import parse_training_args
 
     train = parse_training_args(arguments.training_args)
+    _set_report_to(train, arguments)
     options = {"r": arguments.lora_rank, "lora_alpha": arguments.lora_alpha, "lora_dropout": arguments.lora_dropout}
     if arguments.target_modules:
         modules = arguments.target_modules

@@ -52,6 +52,8 @@ def run_demo(output: Path, max_train_steps: int = 300) -> None:
     print(f"\nReloaded {type(reloaded).__name__} (LoRA rank {reloaded.config['lora_rank']}) and generated {samples}; "
           f"identical to the in-memory result: {same}.")
     print(f"Before/after grid: {output / 'validation' / 'before_after.png'}")
+    print(f"Loss curve: {output / 'trainer' / 'loss.png'} (each step in {output / 'metrics.jsonl'}); model card: "
+          f"{output / 'README.md'}")
     print(f"Load the LoRA in plain diffusers: pipe.load_lora_weights({str(output / 'model')!r})")
     print(f"Done in {time.perf_counter() - start:.0f} s.")
     if not same:

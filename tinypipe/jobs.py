@@ -234,6 +234,26 @@ class JobStore:
             raise JobError(f"There is no job {job_id!r} in {self.path}; `tinypipe get-most-recent-jobs` lists the job ids.")
         return self._check_alive(_job(row))
 
+    def find(self, reference: str) -> Job:
+        """The job `reference` names: its id, a unique prefix of its id, or its name when no other job has that name.
+
+        Raises:
+            JobError: No job matches, or several do (they are listed, with their ids to choose from).
+        """
+        rows = self._fetch("SELECT * FROM jobs WHERE id = ?", (reference,))
+        if not rows:
+            prefix = reference if re.fullmatch(r"[0-9a-f]{1,8}", reference) else None
+            rows = self._fetch("SELECT * FROM jobs WHERE name = ? OR (? IS NOT NULL AND substr(id, 1, ?) = ?) "
+                               "ORDER BY created_at DESC, rowid DESC", (reference, prefix, len(reference), prefix))
+        if not rows:
+            raise JobError(f"There is no job {reference!r} (no job id, id prefix or name matches) in {self.path}; "
+                           "`tinypipe get-most-recent-jobs` lists the jobs.")
+        if len(rows) > 1:
+            matches = "; ".join(f"{row['id']} ({row['name']}, {row['status']})" for row in rows[:10])
+            raise JobError(f"{reference!r} matches {len(rows)} jobs: {matches}{' ...' if len(rows) > 10 else ''}. "
+                           "Give the job id (or a longer part of it).")
+        return self._check_alive(_job(rows[0]))
+
     def recent(self, limit: int = 10) -> list[Job]:
         """The `limit` newest jobs, newest first."""
         rows = self._fetch("SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))
@@ -272,6 +292,11 @@ class JobStore:
             "UPDATE jobs SET status = ?, finished_at = ?, error = ? WHERE id = ? AND status IN ('queued', 'running')",
             (status, time.time(), error, job_id),
         ) == 1
+
+
+    def remove(self, job_id: str) -> bool:
+        """Forget an ended job (its record only; its files are the caller's to remove); False if it is still active."""
+        return self._execute("DELETE FROM jobs WHERE id = ? AND status NOT IN ('queued', 'running')", (job_id,)) == 1
 
 
 def _job(row: sqlite3.Row) -> Job:

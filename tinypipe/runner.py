@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -47,6 +48,7 @@ class TrainRequest:
     revision: Optional[str] = None
     log_level: str = "INFO"
     train_arguments: dict = field(default_factory=dict)  # the trainer's train() keyword arguments
+    resumed_from: Optional[str] = None  # the job this one resumes (`tinypipe resume`)
 
     def trainer_path(self) -> tuple[str, str, str]:
         """The trainer that runs: chosen by the command and `--method` alone, never by another option."""
@@ -116,7 +118,8 @@ _OPTIONAL_TYPES = {
     "max_train_steps": int, "epoch": int, "resolution": int, "checkpoints_total_limit": int, "batch_size": int,
     "lora_alpha": float, "snr_gamma": float, "max_grad_norm": float, "rank": int, "r": int, "lora_dropout": float,
     "learning_rate": float, "target_modules": list,
-    "instance_prompt": str, "validation_prompt": str, "class_prompt": str, "class_data_dir": str, "placeholder_token": str,
+    "instance_prompt": str, "validation_prompt": str, "validation_prompts": list, "class_prompt": str, "class_data_dir": str,
+    "placeholder_token": str,
     "initializer_token": str, "quantization": str, "revision": str, "resume_from_checkpoint": str,
 }
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
@@ -194,6 +197,20 @@ def _configure_logging(level: str, log_file: Optional[Path]) -> None:
     logging.getLogger("tinypipe").setLevel(level)
 
 
+# The libraries whose FutureWarnings / UserWarnings (deprecations, notices meant for their own developers) a normal run
+# does not show; `--log-level DEBUG` shows every warning.
+_LIBRARIES = r"(torch|diffusers|transformers|peft|accelerate|huggingface_hub|safetensors|tensorboard|wandb)(\..*)?$"
+
+
+def _configure_library_warnings(level: str) -> None:
+    """Hide the libraries' FutureWarnings and UserWarnings on a normal run; show every warning (once) under DEBUG."""
+    if level == "DEBUG":
+        warnings.simplefilter("default")
+        return
+    for category in (FutureWarning, UserWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=_LIBRARIES)
+
+
 def run_job(store: JobStore, job: Job, *, foreground: bool) -> int:
     """Run a recorded job and record how it ended.
 
@@ -209,7 +226,9 @@ def run_job(store: JobStore, job: Job, *, foreground: bool) -> int:
     root, package = logging.getLogger(), logging.getLogger("tinypipe")
     saved = root.handlers[:], root.level, package.level
     try:
-        return _run_recorded_job(store, job, foreground=foreground)
+        with warnings.catch_warnings():
+            _configure_library_warnings(TrainRequest(**job.arguments).log_level)
+            return _run_recorded_job(store, job, foreground=foreground)
     finally:  # the caller's logging as it was (a job run in-process, from Python or a test, leaves no handler behind)
         for handler in root.handlers:
             if handler not in saved[0]:
@@ -266,6 +285,7 @@ def _train(request: TrainRequest, output: Path) -> None:
 def run_unrecorded(request: TrainRequest, output: Path) -> int:
     """Run a request without a job record: the non-main processes of an `accelerate launch`."""
     _configure_logging(request.log_level, None)
+    _configure_library_warnings(request.log_level)
     _train(request, output)
     return 0
 
@@ -285,10 +305,15 @@ def start_detached(store: JobStore, job: Job) -> int:
 def cancel_job(store: JobStore, job_id: str) -> Job:
     """Mark an active job cancelled and stop its process (SIGTERM to its process group).
 
+    Args:
+        store: The job store.
+        job_id: The job's id, a unique prefix of it, or its name (`JobStore.find`).
+
     Raises:
-        JobError: An unknown id, or a job that already ended.
+        JobError: No such job (or several), or a job that already ended.
     """
-    job = store.get(job_id)
+    job = store.find(job_id)
+    job_id = job.id
     if job.status not in ACTIVE:
         raise JobError(f"Job {job_id} already {job.status}; there is nothing to cancel.")
     store.finish(job_id, "cancelled", "cancelled by the user")

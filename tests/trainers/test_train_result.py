@@ -11,6 +11,7 @@ from tinypipe import AutoModelPipeline
 from tinypipe.builtin.tiny_sd import builtin_model_folder
 from tinypipe.builtin.tiny_llama import TINY_INSTRUCTIONS, TINY_LLAMA, builtin_lm_folder
 from tinypipe.trainers import CausalLMTrainer, DreamBoothTrainer, LoRATrainer, TextualInversionTrainer
+from tinypipe.training.diffusion_steps import before_after_box
 
 PROMPT = "a photo of sks circle"
 TOKEN_PROMPT = "a photo of <sks>"
@@ -75,8 +76,9 @@ def test_returned_pipeline_validation_images_and_saved_repo_generate_the_same_un
     from_repo = as_array(AutoModelPipeline.from_pretrained(tmp_path).generate(prompt, seed=0, **sampling)[0])
     assert np.array_equal(as_array(pipeline.generate(prompt, seed=0, **sampling)[0]), from_repo)
     assert np.array_equal(as_array(Image.open(tmp_path / "validation/epoch-0001/image-00.png")), from_repo)
-    before_after = as_array(Image.open(tmp_path / "validation/before_after.png"))
-    assert np.array_equal(before_after[before_after.shape[0] // 2:], from_repo)  # the "after" row
+    before_after = Image.open(tmp_path / "validation/before_after.png").convert("RGB")
+    after = before_after.crop(before_after_box(0, 1, 0, Image.open(tmp_path / "validation/epoch-0001/image-00.png").size))
+    assert np.array_equal(as_array(after), from_repo)  # the "fine-tuned" row
     plain = plain_diffusers(name, tmp_path)(prompt, generator=torch.Generator("cpu").manual_seed(0), **sampling).images[0]
     assert np.array_equal(as_array(plain), from_repo)
 

@@ -12,6 +12,7 @@ in `tinypipe/builtin/vocab/clip/` (see `scripts/make_clip_vocab.py` there), in w
 identifier `sks` are one token each.
 """
 
+import logging
 import os
 import random
 import shutil
@@ -223,7 +224,16 @@ def builtin_model_folder(name: str) -> Path:
         raise ConfigError(f"{name!r} is not built here; builtin_diffusion_folder (builtin/diffusion_folders.py) builds every built-in diffusion model.")
 
     def build(staging: Path) -> None:
-        build_tiny_stable_diffusion().save_pretrained(staging, safe_serialization=True)
+        from transformers.utils import logging as transformers_logging
+
+        quiet = not logging.getLogger("tinypipe").isEnabledFor(logging.DEBUG)  # --log-level DEBUG shows the bars
+        if quiet:
+            transformers_logging.disable_progress_bar()  # "Writing model shards" of the text encoder
+        try:
+            build_tiny_stable_diffusion().save_pretrained(staging, safe_serialization=True)
+        finally:
+            if quiet:
+                transformers_logging.enable_progress_bar()
         if (staging / "tokenizer").is_dir():
             # transformers 5 saves only `tokenizer.json`; older readers of CLIP tokenizers want these too.
             for file_name in ("vocab.json", "merges.txt"):

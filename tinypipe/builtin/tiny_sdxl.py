@@ -14,6 +14,7 @@ pipe = StableDiffusionXLPipeline.from_pretrained(builtin_sdxl_folder())
 ```
 """
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -110,7 +111,16 @@ def builtin_sdxl_folder(name: str = TINY_SDXL) -> Path:
         raise ConfigError(f"{name!r} is not built here; builtin_diffusion_folder (builtin/diffusion_folders.py) builds it.")
 
     def build(staging: Path) -> None:
-        build_tiny_sdxl().save_pretrained(staging, safe_serialization=True)
+        from transformers.utils import logging as transformers_logging
+
+        quiet = not logging.getLogger("tinypipe").isEnabledFor(logging.DEBUG)  # --log-level DEBUG shows the bars
+        if quiet:
+            transformers_logging.disable_progress_bar()  # "Writing model shards" of the text encoders
+        try:
+            build_tiny_sdxl().save_pretrained(staging, safe_serialization=True)
+        finally:
+            if quiet:
+                transformers_logging.enable_progress_bar()
         for folder in ("tokenizer", "tokenizer_2"):  # transformers 5 saves only `tokenizer.json`; older readers want these
             for file_name in ("vocab.json", "merges.txt"):
                 shutil.copyfile(CLIP_VOCAB_FOLDER / file_name, staging / folder / file_name)

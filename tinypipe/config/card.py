@@ -13,7 +13,7 @@ gives the images. Reading a config here imports no code a repo names that is not
 
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Optional, Union
 
 from ..errors import ConfigError, RepoError
@@ -23,13 +23,21 @@ from .coders import is_reserved_key, plain_value
 from .card_usage import usage_section
 from .modules import resolve_class
 
-__all__ = ["base_model_license", "card_data_from_repo", "card_metadata", "public_training_arguments", "render_model_card"]
+__all__ = ["base_model_license", "card_data_from_repo", "card_metadata", "public_training_arguments", "public_value",
+           "is_local_path", "render_model_card",
+           "write_repo_card", "is_generated_card", "GENERATED_CARD_MARKER"]
+
+GENERATED_CARD_MARKER = ("<!-- Written by tinypipe from this repo's config files, and rewritten on each save. "
+                         "Delete this line to keep a README of your own. -->")
+# The run's record a trainer's folder keeps (training/tracking.py writes it).
+_LOSS_CURVE = "trainer/loss.png"
 
 # Card labels of the prompts a trainer may have been run with, in the order the card shows them.
 _PROMPTS = (
     ("instance_prompt", "Instance prompt"),
     ("class_prompt", "Class prompt"),
     ("validation_prompt", "Validation prompt"),
+    ("validation_prompts", "Validation prompts"),
     ("placeholder_token", "Placeholder token"),
     ("initializer_token", "Initializer token"),
 )
@@ -159,8 +167,10 @@ def card_data_from_repo(repo: Union[str, Path], obj: Any = None) -> dict[str, An
             data.setdefault("instance_prompt", arguments["instance_prompt"])
         data.setdefault("training_arguments", public_training_arguments(arguments))
 
-    # 3. The validation images, as paths that render on the hub.
+    # 3. The validation images and the loss curve, as paths that render on the hub.
     data.setdefault("images", _validation_images(repo))
+    if (repo / _LOSS_CURVE).is_file():
+        data.setdefault("loss_curve", _LOSS_CURVE)
 
     # 4. What the "How to use" code loads (the files of model/), and the license of the base model when known.
     data.setdefault("model_files", sorted(path.name for path in (repo / "model").glob("*") if path.is_file()))
@@ -201,6 +211,29 @@ def base_model_license(base_model: Any) -> Optional[str]:
     return found if isinstance(found, str) else None
 
 
+def is_local_path(value: str) -> bool:
+    """An absolute path of this (or another) machine: `/home/me/x`, `~/x`, `C:\\x`."""
+    return value.startswith(("/", "~")) or bool(re.match(r"^[A-Za-z]:[\\/]", value)) or value.startswith("\\\\")
+
+
+def public_value(value: Any) -> Any:
+    """`value` with every absolute local path replaced by its last part (or "local data"), at any depth.
+
+    Example:
+    ```python
+    public_value({"data": "/home/me/photos", "lr": 1e-4})   # {"data": "photos", "lr": 0.0001}
+    ```
+    """
+    if isinstance(value, str) and is_local_path(value):
+        path = PureWindowsPath(value) if "\\" in value else PurePosixPath(value)
+        return path.name or "local data"
+    if isinstance(value, list):
+        return [public_value(item) for item in value]
+    if isinstance(value, dict):
+        return {key: public_value(item) for key, item in value.items()}
+    return value
+
+
 # -- rendering ------------------------------------------------------------------------------------------
 
 
@@ -238,8 +271,8 @@ def render_model_card(card_data: dict[str, Any], repo_id: str) -> "Any":
     """Build a huggingface_hub `ModelCard` (README.md) from card data (see `card_data_from_repo`).
 
     Args:
-        card_data: `base_model`, `method`, `trainer`, `instance_prompt`, `prompts` (`{label: prompt}`),
-            `tags`, `images` (paths relative to the repo), `training_arguments`, `model_files`, `license`,
+        card_data: `base_model`, `method`, `trainer`, `instance_prompt`, `prompts` (`{label: prompt or prompts}`),
+            `tags`, `images` and `loss_curve` (paths relative to the repo), `training_arguments`, `model_files`, `license`,
             `lora_at_root`; all optional.
         repo_id: The hub repo the card describes.
     """
@@ -251,11 +284,43 @@ def render_model_card(card_data: dict[str, Any], repo_id: str) -> "Any":
     if card_data.get("base_model"):
         lines += ["", f"Base model: `{card_data['base_model']}`."]
     for label, prompt in card_data.get("prompts", {}).items():
-        lines += ["", f"{label}: `{prompt}`"]
+        shown = ", ".join(f"`{item}`" for item in prompt) if isinstance(prompt, (list, tuple)) else f"`{prompt}`"
+        lines += ["", f"{label}: {shown}"]
     if card_data.get("training_arguments"):
         arguments = json.dumps(card_data["training_arguments"], indent=2, sort_keys=True, default=str)
         lines += ["", "## Training arguments", "", "```json", arguments, "```"]
     if card_data.get("images"):
         lines += ["", "## Validation images", ""] + [f"![]({image})" for image in card_data["images"]]
+    if card_data.get("loss_curve"):
+        lines += ["", "## Training loss", "", f"![Training loss per optimizer step]({card_data['loss_curve']})",
+                  "", "The loss of every optimizer step is in `trainer/metrics.jsonl`."]
     lines += ["", *usage_section(card_data, repo_id), ""]
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def is_generated_card(text: str) -> bool:
+    """Whether a README.md is the card tinypipe wrote (and may rewrite), not one of the user's."""
+    return GENERATED_CARD_MARKER in text
+
+
+def write_repo_card(repo: Union[str, Path]) -> Optional[Path]:
+    """Write the model card of a saved repo as its `README.md`: base model, prompts, training arguments, the
+    validation images and the loss curve. A README.md of the user's (without tinypipe's marker line) is left as it is.
+
+    Absolute local paths in the card become their last part, as on the hub.
+
+    Args:
+        repo: The repo folder.
+
+    Returns:
+        The README.md written, or None when the user's own was kept.
+    """
+    from ..files import write_atomic
+
+    repo = Path(repo)
+    readme = repo / "README.md"
+    if readme.is_file() and not is_generated_card(readme.read_text(encoding="utf-8", errors="replace")):
+        return None
+    card = str(render_model_card(public_value(card_data_from_repo(repo)), repo.resolve().name))
+    write_atomic(readme, card.rstrip("\n") + "\n\n" + GENERATED_CARD_MARKER + "\n")
+    return readme

@@ -9,25 +9,24 @@ that can build one registers its writer with `register_builtin_repo` (`tinypipe.
 `tinypipe.builtin`).
 
 What is uploaded is staged in a temporary folder, so the user's folder is never written to: a README.md they wrote
-is published as it is (the generated card is used only where there is none), and absolute local paths in the
-published JSON files and card (a data folder, a local base model) become their last part (`/home/me/photos` ->
-`photos`), with the filelists of the staged copy rewritten to match. The token goes to huggingface_hub only: never
+is published as it is (the generated card is used where there is none, or where the repo holds the card tinypipe
+wrote), and absolute local paths in the published JSON files and card (a data folder, a local base model) become
+their last part (`/home/me/photos` -> `photos`), with the filelists of the staged copy rewritten to match. The token goes to huggingface_hub only: never
 into the card, a repo file or a log line. `checkpoints/` (optimizer state) is never uploaded.
 """
 
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import RepoError
 from ..files import atomic_folder, child_path, read_json, read_marker, write_marker
-from .card import card_data_from_repo, render_model_card
+from .card import card_data_from_repo, is_generated_card, is_local_path, public_value, render_model_card
 from .filelist import FILELIST, verify_filelist, write_filelist
 
 __all__ = ["resolve_repo", "cache_folder", "register_builtin_repo", "builtin_repo_writer", "is_offline", "upload_repo", "push_repo",
@@ -46,7 +45,7 @@ ROOT_LORA_FILES = (LORA_AT_ROOT, FILELIST)
 LoRA from an earlier push never outlives the LoRA it copied."""
 
 # Never uploaded: resumable training state, the hub download cache and marker, half-done or replaced saves.
-UPLOAD_IGNORE_PATTERNS = ("checkpoints/**", ".cache/**", DOWNLOAD_MARKER, ".*.tmp-*/**", ".*.old-*/**", "**/__pycache__/**")
+UPLOAD_IGNORE_PATTERNS = ("checkpoints/**", "logs/**", "wandb/**", ".cache/**", DOWNLOAD_MARKER, ".*.tmp-*/**", ".*.old-*/**", "**/__pycache__/**")
 
 # Built-in names -> the function that saves that repo into a folder, registered by the package that builds them.
 _BUILTIN_REPOS: dict[str, Callable[[Path], None]] = {}
@@ -197,29 +196,6 @@ def _login_hint(repo: Path) -> str:
             "or pass token=... (--token on the command line), and push again.")
 
 
-def _is_local_path(value: str) -> bool:
-    """An absolute path of this (or another) machine: `/home/me/x`, `~/x`, `C:\\x`."""
-    return value.startswith(("/", "~")) or bool(re.match(r"^[A-Za-z]:[\\/]", value)) or value.startswith("\\\\")
-
-
-def public_value(value: Any) -> Any:
-    """`value` with every absolute local path replaced by its last part (or "local data"), at any depth.
-
-    Example:
-    ```python
-    public_value({"data": "/home/me/photos", "lr": 1e-4})   # {"data": "photos", "lr": 0.0001}
-    ```
-    """
-    if isinstance(value, str) and _is_local_path(value):
-        path = PureWindowsPath(value) if "\\" in value else PurePosixPath(value)
-        return path.name or "local data"
-    if isinstance(value, list):
-        return [public_value(item) for item in value]
-    if isinstance(value, dict):
-        return {key: public_value(item) for key, item in value.items()}
-    return value
-
-
 def _stage(repo: Path, staging: Path, card: str, redact, lora_at_root: bool = False) -> None:
     """Copy what is published from `repo` into `staging`: ignored files left out, JSON files with local paths or
     secrets made public (and the filelists of their folders rewritten), the card as README.md unless the user wrote one,
@@ -250,8 +226,11 @@ def _stage(repo: Path, staging: Path, card: str, redact, lora_at_root: bool = Fa
         staged = staging / folder.relative_to(repo)
         (staged / FILELIST).unlink()
         write_filelist(staged)
-    if not (staging / "README.md").exists():
-        (staging / "README.md").write_text(card if card.endswith("\n") else card + "\n", encoding="utf-8")
+    readme = staging / "README.md"
+    if readme.exists() and is_generated_card(readme.read_text(encoding="utf-8", errors="replace")):
+        readme.unlink()  # the card tinypipe wrote locally (a link to the repo's file): replaced by the hub's card
+    if not readme.exists():
+        readme.write_text(card if card.endswith("\n") else card + "\n", encoding="utf-8")
     if lora_at_root:
         try:
             os.link(repo / "model" / LORA_AT_ROOT, staging / LORA_AT_ROOT)
@@ -317,7 +296,7 @@ def upload_repo(repo: Path, repo_id: Optional[str], card_data: dict[str, Any], *
         return text
 
     # 2. The model card, with no local paths (a local base model is not a hub id the card can link).
-    local_base = isinstance(card_data.get("base_model"), str) and _is_local_path(card_data["base_model"])
+    local_base = isinstance(card_data.get("base_model"), str) and is_local_path(card_data["base_model"])
     card_data = {**public_value(card_data), **({"base_model": None} if local_base else {})}
     card = redact(str(render_model_card(card_data, repo_id)))
 

@@ -25,6 +25,7 @@ One precedence rule: argument given at call time > saved config > signature defa
 
 import functools
 import inspect
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Optional, TypeVar, Union
 
 from ..errors import ConfigError
@@ -137,6 +138,9 @@ class TrainerConfigMixin(ConfigMixin):
 
     __prefix__: ClassVar[str] = "trainer"
     _method_configs: ClassVar[dict[str, inspect.Signature]] = {}
+    # Writes the record of the run this trainer just did (metrics.jsonl, loss.png) into its folder when it is saved, so
+    # `filelist.txt` lists them; set by the training loop (`training.loop.save_run`), never part of the config.
+    run_record: Optional[Callable[[Path], None]] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -167,6 +171,12 @@ class TrainerConfigMixin(ConfigMixin):
             )
         object.__setattr__(self, name, value)
         return value
+
+    def save_weights(self, folder: Path) -> None:
+        """A trainer has no weights; the record of its last run (`run_record`), if any, is written beside its config."""
+        super().save_weights(folder)
+        if self.run_record is not None:
+            self.run_record(folder)
 
     def set_method_config(self, name: str, value: Any) -> None:
         """Replace the config of one `@set_from_config` method (e.g. with the effective arguments of a run).

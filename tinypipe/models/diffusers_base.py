@@ -9,6 +9,7 @@ the family's diffusers pipeline class (`StableDiffusionPipeline`, ...) reads, wi
 
 import contextlib
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -31,10 +32,16 @@ def default_device() -> str:
 
 @contextlib.contextmanager
 def quiet_loading():
-    """Silence the loading progress bars and notices of diffusers/transformers for one load."""
+    """Silence the loading progress bars and notices of diffusers/transformers for one load.
+
+    Under `--log-level DEBUG` (tinypipe's logger at DEBUG) nothing is silenced: the libraries' bars and warnings show.
+    """
     import diffusers.utils.logging as diffusers_logging
     import transformers.utils.logging as transformers_logging
 
+    if logging.getLogger("tinypipe").isEnabledFor(logging.DEBUG):
+        yield
+        return
     levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()

@@ -8,6 +8,7 @@ A base model named by a built-in name loads from that model's folder; `quantizat
 it through bitsandbytes (CUDA only), refused with the fix where bitsandbytes cannot run.
 """
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -64,8 +65,9 @@ def load_base_model(base_model: str, revision: Optional[str] = None, torch_dtype
     source = base_model_source(base_model, "causal-lm")
     hub_revision = revision if not isinstance(source, Path) else None
     verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
+    if not logging.getLogger("tinypipe").isEnabledFor(logging.DEBUG):  # --log-level DEBUG shows the loading bars
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=hub_revision, token=token)
         model = AutoModelForCausalLM.from_pretrained(

@@ -122,6 +122,7 @@ class CausalLMTrainer(TrainerConfigMixin):
         checkpoints_total_limit: shared.CheckpointsTotalLimit = None,
         resume_from_checkpoint: shared.ResumeFromCheckpoint = None,
         output_dir: shared.OutputDir = None,
+        report_to: shared.ReportTo = "none",
     ) -> CausalLMPipeline:
         """Fine-tune the pipeline on `data` and return it (with its LoRA adapter trained).
 

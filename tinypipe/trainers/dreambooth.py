@@ -94,6 +94,7 @@ class DreamBoothTrainer(TrainerConfigMixin):
         class_inference_steps: shared.ClassInferenceSteps = 50,
         class_guidance_scale: shared.ClassGuidanceScale = 7.5,
         validation_prompt: shared.ValidationPrompt = None,
+        validation_prompts: shared.ValidationPrompts = None,
         num_validation_images: shared.NumValidationImages = 4,
         validation_epochs: shared.ValidationEpochs = 10,
         num_train_epochs: shared.NumTrainEpochs = 30,
@@ -133,6 +134,7 @@ class DreamBoothTrainer(TrainerConfigMixin):
         checkpoints_total_limit: shared.CheckpointsTotalLimit = None,
         resume_from_checkpoint: shared.ResumeFromCheckpoint = None,
         output_dir: shared.OutputDir = None,
+        report_to: shared.ReportTo = "none",
         validation_inference_steps: shared.ValidationInferenceSteps = 25,
         validation_guidance_scale: shared.ValidationGuidanceScale = 7.5,
     ) -> DiffusionPipeline:
@@ -195,7 +197,7 @@ class DreamBoothTrainer(TrainerConfigMixin):
         self.set_method_config("train_config", DreamBoothTrainConfig(**arguments))
         output = Path(output_dir) if output_dir is not None else None
         loop.save_run(self, pipeline, accelerator, output,
-                      also_write=lambda output: validation.save_before_after(pipeline, before, output))
+                      also_write=lambda output: validation.save_before_after(pipeline, before, output, accelerator))
         return pipeline
 
 

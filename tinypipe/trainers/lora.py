@@ -78,6 +78,7 @@ class LoRATrainer(TrainerConfigMixin):
         class_inference_steps: shared.ClassInferenceSteps = 50,
         class_guidance_scale: shared.ClassGuidanceScale = 7.5,
         validation_prompt: shared.ValidationPrompt = None,
+        validation_prompts: shared.ValidationPrompts = None,
         num_validation_images: shared.NumValidationImages = 4,
         validation_epochs: shared.ValidationEpochs = 10,
         num_train_epochs: shared.NumTrainEpochs = 30,
@@ -117,6 +118,7 @@ class LoRATrainer(TrainerConfigMixin):
         checkpoints_total_limit: shared.CheckpointsTotalLimit = None,
         resume_from_checkpoint: shared.ResumeFromCheckpoint = None,
         output_dir: shared.OutputDir = None,
+        report_to: shared.ReportTo = "none",
         validation_inference_steps: shared.ValidationInferenceSteps = 25,
         validation_guidance_scale: shared.ValidationGuidanceScale = 7.5,
     ) -> DiffusionPipeline:
@@ -157,7 +159,7 @@ class LoRATrainer(TrainerConfigMixin):
         # 3. The result: the trained pipeline, and the repo (the LoRA, this trainer with the effective configuration).
         self.set_method_config("train_config", LoRATrainConfig(**arguments))
         loop.save_run(self, pipeline, accelerator, None if output_dir is None else Path(output_dir),
-                      also_write=lambda output: validation.save_before_after(pipeline, before, output))
+                      also_write=lambda output: validation.save_before_after(pipeline, before, output, accelerator))
         return pipeline
 
 

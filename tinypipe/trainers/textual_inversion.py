@@ -120,6 +120,7 @@ class TextualInversionTrainer(TrainerConfigMixin):
         learnable_property: FromConfig = "object",
         repeats: FromConfig = 100,
         validation_prompt: shared.ValidationPrompt = None,
+        validation_prompts: shared.ValidationPrompts = None,
         num_validation_images: shared.NumValidationImages = 4,
         validation_epochs: shared.ValidationEpochs = 10,
         num_train_epochs: shared.NumTrainEpochs = 1,
@@ -151,6 +152,7 @@ class TextualInversionTrainer(TrainerConfigMixin):
         checkpoints_total_limit: shared.CheckpointsTotalLimit = None,
         resume_from_checkpoint: shared.ResumeFromCheckpoint = None,
         output_dir: shared.OutputDir = None,
+        report_to: shared.ReportTo = "none",
         validation_inference_steps: shared.ValidationInferenceSteps = 25,
         validation_guidance_scale: shared.ValidationGuidanceScale = 7.5,
     ) -> DiffusionPipeline:
@@ -279,7 +281,7 @@ class TextualInversionTrainer(TrainerConfigMixin):
         # 7. The result: the pipeline with the token, and the repo with the effective configuration.
         self.set_method_config("train_config", TextualInversionTrainConfig(**arguments))
         loop.save_run(self, pipeline, accelerator, output,
-                      also_write=lambda output: validation.save_before_after(pipeline, before, output))
+                      also_write=lambda output: validation.save_before_after(pipeline, before, output, accelerator))
         return pipeline
 
 

@@ -30,7 +30,8 @@ __all__ = [
     "BaseModel", "NumTrainEpochs", "Epoch", "MaxTrainSteps", "TrainBatchSize", "GradientAccumulationSteps", "LearningRate",
     "ScaleLr", "LrSchedule", "WarmupSteps", "LrNumCycles", "LrPower", "Use8bitAdam", "AdamBeta1", "AdamBeta2",
     "AdamWeightDecay", "AdamEpsilon", "MaxGradNorm", "MixedPrecision", "GradientCheckpointing", "Seed", "CheckpointingSteps",
-    "CheckpointsTotalLimit", "ResumeFromCheckpoint", "OutputDir", "ValidationEpochs", "ValidationPrompt",
+    "CheckpointsTotalLimit", "ResumeFromCheckpoint", "OutputDir", "ReportTo", "ValidationEpochs", "ValidationPrompt",
+    "ValidationPrompts",
     "NumValidationImages", "ValidationInferenceSteps", "ValidationGuidanceScale", "Rank", "LoraAlpha", "TrainTextEncoder",
     "SnrGamma", "NoiseOffset", "Resolution", "CenterCrop", "RandomFlip", "InstancePrompt", "WithPriorPreservation",
     "ClassPrompt", "ClassDataDir", "NumClassImages", "PriorLossWeight", "SampleBatchSize", "ClassInferenceSteps",
@@ -69,10 +70,16 @@ CheckpointsTotalLimit = Annotated[Optional[int], FromConfig, Doc("Keep at most t
 ResumeFromCheckpoint = Annotated[Optional[str], FromConfig, Doc(
     '"latest" or a checkpoint folder of this run (needs `output_dir`); a checkpoint of another run is refused.')]
 OutputDir = Annotated[Optional[str], FromConfig, Doc("Where the repo and checkpoints go; None writes nothing.")]
+ReportTo = Annotated[str, FromConfig, Doc(
+    '"tensorboard" or "wandb": also send the loss, learning rate, grad norm, validation images and the resolved config '
+    'to that tracker (through accelerate; its package must be installed); "none": only `<output_dir>/metrics.jsonl`, '
+    "which every run writes.")]
 
 # -- the diffusion recipes: validation images, LoRA, the denoising loss, image preprocessing, prior preservation ----------
 ValidationEpochs = Annotated[int, FromConfig, Doc("Validate every this many epochs (and at the end).")]
 ValidationPrompt = Annotated[Optional[str], FromConfig, Doc("Prompt of the validation images.")]
+ValidationPrompts = Annotated[Optional[list], FromConfig, Doc(
+    "Several prompts of the validation images (after `validation_prompt`, when both are given).")]
 NumValidationImages = Annotated[int, FromConfig, Doc("Images per validation.")]
 ValidationInferenceSteps = Annotated[int, FromConfig, Doc("Denoising steps of the validation images.")]
 ValidationGuidanceScale = Annotated[float, FromConfig, Doc("Guidance scale of the validation images.")]
@@ -118,10 +125,10 @@ TRAINING_ARGUMENTS = {
     "adam_beta2": AdamBeta2, "adam_weight_decay": AdamWeightDecay, "adam_epsilon": AdamEpsilon,
     "max_grad_norm": MaxGradNorm, "mixed_precision": MixedPrecision, "gradient_checkpointing": GradientCheckpointing,
     "seed": Seed, "checkpointing_steps": CheckpointingSteps, "checkpoints_total_limit": CheckpointsTotalLimit,
-    "resume_from_checkpoint": ResumeFromCheckpoint, "output_dir": OutputDir,
+    "resume_from_checkpoint": ResumeFromCheckpoint, "output_dir": OutputDir, "report_to": ReportTo,
 }
 DIFFUSION_ARGUMENTS = {
-    "validation_epochs": ValidationEpochs, "validation_prompt": ValidationPrompt,
+    "validation_epochs": ValidationEpochs, "validation_prompt": ValidationPrompt, "validation_prompts": ValidationPrompts,
     "num_validation_images": NumValidationImages, "validation_inference_steps": ValidationInferenceSteps,
     "validation_guidance_scale": ValidationGuidanceScale, "rank": Rank, "lora_alpha": LoraAlpha,
     "train_text_encoder": TrainTextEncoder, "snr_gamma": SnrGamma, "noise_offset": NoiseOffset,

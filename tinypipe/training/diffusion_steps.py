@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..data.images import ImageExample, cropped_image_tensor, resized_size
 from ..families import TrainingObjective
 from .loop import EpochEnd, end_of_epoch_due
+from .tracking import log_images
 from .run_fingerprint import content_digest
 from .settings import check_existing_lora
 
@@ -29,6 +30,7 @@ __all__ = [
     "encode_text", "encode_examples", "examples_digest",
     "mark_lora_trainable", "mark_fully_trainable", "trainable_models", "trainable_parameters", "epoch_order",
     "full_batches", "denoising_losses", "Validation", "validation_images", "image_grid", "save_images", "save_before_after",
+    "labelled_before_after", "before_after_box", "BEFORE_AFTER_LABEL_WIDTH", "BEFORE_AFTER_HEADER_HEIGHT",
 ]
 
 DEFAULT_LORA_RANK = 4
@@ -269,43 +271,76 @@ def denoising_losses(pipeline, denoiser, text_encoders: Optional[Mapping[str, to
     return family.training_losses(pipeline.pipe, denoiser, latents, conditioning, generator, objective)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Validation:
     """The validation images of a diffusion run: what they show, how they are sampled, and how often.
 
     The same seeds are used every time, so the images before training, after each validated epoch and after
-    training compare directly.
+    training compare directly. Each prompt gets `count` images.
+
+    Attributes:
+        prompts: The prompts, in order (`validation_prompt`, then `validation_prompts`).
+        last_step: The optimizer step of the newest end-of-epoch work (the "fine-tuned" step of `before_after.png`).
     """
 
-    prompt: str
+    prompts: tuple[str, ...]
     count: int
     seed: int
     inference_steps: int
     guidance_scale: float
     every_epochs: int
+    last_step: int = 0
 
     @classmethod
     def of(cls, settings: Mapping[str, Any], *, default_prompt: str) -> "Validation":
-        """The validation of a run with these (effective) arguments; `default_prompt` when `validation_prompt` is None."""
-        return cls(settings["validation_prompt"] or default_prompt, settings["num_validation_images"], settings["seed"],
+        """The validation of a run with these (effective) arguments: `validation_prompt` and then each of
+        `validation_prompts` (when given), else `default_prompt`."""
+        prompts = ([settings["validation_prompt"]] if settings["validation_prompt"] else []) + \
+            [prompt for prompt in settings.get("validation_prompts") or [] if prompt != settings["validation_prompt"]]
+        return cls(tuple(prompts or [default_prompt]), settings["num_validation_images"], settings["seed"],
                    settings["validation_inference_steps"], settings["validation_guidance_scale"], settings["validation_epochs"])
 
+    @property
+    def prompt(self) -> str:
+        """The first prompt."""
+        return self.prompts[0]
+
     def images(self, pipeline) -> list[Image.Image]:
-        """The validation images of `pipeline` as it is now."""
-        return validation_images(pipeline, self.prompt, self.count, self.seed, self.inference_steps, self.guidance_scale)
+        """The validation images of `pipeline` as it is now: `count` for each prompt, in prompt order."""
+        return [image for prompt in self.prompts for image in
+                validation_images(pipeline, prompt, self.count, self.seed, self.inference_steps, self.guidance_scale)]
+
+    def by_prompt(self, images: Sequence[Image.Image]) -> list[list[Image.Image]]:
+        """`images` (as `images` returns them) split into one list per prompt."""
+        return [list(images[index * self.count:(index + 1) * self.count]) for index in range(len(self.prompts))]
 
     def at_epoch_end(self, pipeline, accelerator, output: Optional[Path]) -> Callable[[EpochEnd], None]:
-        """The end-of-epoch work of `run_epochs`: `validation/epoch-NNNN/` every `every_epochs` epochs and at the end."""
+        """The end-of-epoch work of `run_epochs`: `validation/epoch-NNNN/` every `every_epochs` epochs and at the end,
+        also sent to the run's trackers (`report_to`)."""
 
         def end_of_epoch(epoch: EpochEnd) -> None:
-            if accelerator.is_main_process and output is not None and end_of_epoch_due(epoch.index, self.every_epochs, epoch.is_last):
-                save_images(self.images(pipeline), output / "validation" / f"epoch-{epoch.index + 1:04d}")
+            self.last_step = epoch.global_step
+            if not accelerator.is_main_process or not end_of_epoch_due(epoch.index, self.every_epochs, epoch.is_last):
+                return
+            if output is None and not accelerator.trackers:
+                return
+            rows = self.by_prompt(self.images(pipeline))
+            if output is not None:
+                save_images([image for row in rows for image in row], output / "validation" / f"epoch-{epoch.index + 1:04d}",
+                            rows=len(rows))
+            log_images(accelerator, {f"validation/prompt-{index}": row for index, row in enumerate(rows)}, epoch.global_step)
 
         return end_of_epoch
 
-    def save_before_after(self, pipeline, before: Sequence[Image.Image], output: Path) -> None:
-        """Write `validation/before_after.png`: the images before training above those of the trained pipeline."""
-        save_before_after(before, self.images(pipeline), output / "validation" / "before_after.png")
+    def save_before_after(self, pipeline, before: Sequence[Image.Image], output: Path, accelerator: Any = None) -> None:
+        """Write `validation/before_after.png`: for each prompt, the base model's images above the fine-tuned ones,
+        labelled with the prompt, "base" and "fine-tuned" at `last_step` (and send it to the trackers, if any)."""
+        path = output / "validation" / "before_after.png"
+        save_before_after(self.by_prompt(before), self.by_prompt(self.images(pipeline)), path, prompts=self.prompts,
+                          step=self.last_step)
+        if accelerator is not None and accelerator.trackers and path.is_file():
+            with Image.open(path) as grid:
+                log_images(accelerator, {"validation/before_after": [grid.convert("RGB")]}, self.last_step)
 
 
 def validation_images(pipeline, prompt: str, count: int, seed: int, num_inference_steps: int, guidance_scale: float) -> list[Image.Image]:
@@ -337,18 +372,68 @@ def image_grid(rows: Sequence[Sequence[Image.Image]]) -> Image.Image:
     return grid
 
 
-def save_images(images: Sequence[Image.Image], folder: Path) -> None:
-    """Write `image-00.png ...` and `grid.png` into `folder`."""
+def save_images(images: Sequence[Image.Image], folder: Path, rows: int = 1) -> None:
+    """Write `image-00.png ...` and `grid.png` (the images in `rows` rows, one per prompt) into `folder`."""
     if not images:
         return
     folder.mkdir(parents=True, exist_ok=True)
     for index, image in enumerate(images):
         image.save(folder / f"image-{index:02d}.png")
-    image_grid([images]).save(folder / "grid.png")
+    per_row = -(-len(images) // rows)
+    image_grid([images[start:start + per_row] for start in range(0, len(images), per_row)]).save(folder / "grid.png")
 
 
-def save_before_after(before: Sequence[Image.Image], after: Sequence[Image.Image], path: Path) -> None:
-    """A two-row grid: the base model's validation images above the fine-tuned model's (same seeds)."""
-    if before and after:
+# The labelled before/after grid: a label column on the left, a line with the prompt above each prompt's two rows.
+BEFORE_AFTER_LABEL_WIDTH = 84
+BEFORE_AFTER_HEADER_HEIGHT = 16
+
+
+def before_after_box(prompt_index: int, row: int, column: int, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Where an image sits in `before_after.png`: prompt `prompt_index`, row 0 (base) or 1 (fine-tuned), `column`.
+
+    Returns:
+        The `(left, top, right, bottom)` box, as `Image.crop` takes it.
+    """
+    width, height = image_size
+    left = BEFORE_AFTER_LABEL_WIDTH + column * width
+    top = prompt_index * (BEFORE_AFTER_HEADER_HEIGHT + 2 * height) + BEFORE_AFTER_HEADER_HEIGHT + row * height
+    return left, top, left + width, top + height
+
+
+def labelled_before_after(before: Sequence[Sequence[Image.Image]], after: Sequence[Sequence[Image.Image]],
+                          prompts: Sequence[str], step: int) -> Image.Image:
+    """The before/after grid: per prompt, its text, then a "base" row and a "fine-tuned, step N" row (same seeds).
+
+    Args:
+        before: The base model's images, one list per prompt.
+        after: The fine-tuned model's images, one list per prompt.
+        prompts: The prompts, in the same order.
+        step: The optimizer step of the fine-tuned images.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    width, height = before[0][0].size
+    columns = max(len(row) for row in list(before) + list(after))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_width = max(int(measure.textlength(prompt, font=font)) for prompt in prompts) + 8
+    grid = Image.new("RGB", (max(BEFORE_AFTER_LABEL_WIDTH + columns * width, text_width),
+                             len(prompts) * (BEFORE_AFTER_HEADER_HEIGHT + 2 * height)), "white")
+    draw = ImageDraw.Draw(grid)
+    for index, prompt in enumerate(prompts):
+        top = before_after_box(index, 0, 0, (width, height))[1] - BEFORE_AFTER_HEADER_HEIGHT
+        draw.text((4, top + 2), prompt, fill="black", font=font)
+        for row, (images, label) in enumerate(((before[index], "base"), (after[index], f"fine-tuned\nstep {step}"))):
+            label_top = before_after_box(index, row, 0, (width, height))[1]
+            draw.multiline_text((4, label_top + 2), label, fill="black", font=font)
+            for column, image in enumerate(images):
+                grid.paste(image, before_after_box(index, row, column, (width, height))[:2])
+    return grid
+
+
+def save_before_after(before: Sequence[Sequence[Image.Image]], after: Sequence[Sequence[Image.Image]], path: Path, *,
+                      prompts: Sequence[str], step: int) -> None:
+    """Write the labelled before/after grid (`labelled_before_after`) to `path`; nothing when there are no images."""
+    if any(before) and any(after):
         path.parent.mkdir(parents=True, exist_ok=True)
-        image_grid([before, after]).save(path)
+        labelled_before_after(before, after, prompts, step).save(path)

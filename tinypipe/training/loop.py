@@ -7,9 +7,11 @@
 - `make_optimization`: AdamW and the learning-rate schedule from the shared settings.
 - `set_up_training`: the three above, and accelerate's preparation of the models and optimizer, in one call.
 - `shard_batches`: this process's share of an epoch's batches.
-- `run_epochs`: the loop itself: accumulation, the optimizer step (`optimizer_step`), a checkpoint every
+- `run_epochs`: the loop itself: accumulation, the optimizer step (`optimizer_step`) recorded in `metrics.jsonl`
+  and the trackers (`tracking.RunMetrics`), a checkpoint every
   `checkpointing_steps` (`checkpoint_due`), the recipe's end-of-epoch work, and a resumed run skipping what it did.
 - `end_of_epoch_due`: whether an epoch does its end-of-epoch work (validation, eval loss).
+- `save_run`: the repo (with the run's metrics and loss curve, and the model card), then the end of the run.
 
 A recipe says what is its own: the batches of an epoch, the loss of a batch, and what an epoch ends with.
 """
@@ -24,6 +26,7 @@ from typing import Any, Callable, Mapping, MutableMapping, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..config.card import write_repo_card
 from ..errors import ConfigError
 from .checkpoints import Checkpoint
 from .optim import (
@@ -38,11 +41,13 @@ from .optim import (
 )
 from .resume import RunCheckpoints, batches_to_run, epochs_to_run
 from .settings import check_training_settings, log_resolved_steps
+from .tracking import METRICS_FILE, RunMetrics, read_metrics, tracker_arguments, write_run_record
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["EpochEnd", "StepPlan", "start_run", "record_effective_arguments", "plan_steps", "scaled_learning_rate", "make_optimization",
-           "TrainingSetup", "set_up_training", "shard_batches", "optimizer_step", "checkpoint_due", "end_of_epoch_due", "run_epochs", "save_run"]
+           "TrainingSetup", "set_up_training", "shard_batches", "optimizer_step", "mean_over_processes", "checkpoint_due",
+           "end_of_epoch_due", "run_epochs", "save_run"]
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,9 @@ def start_run(arguments: Mapping[str, Any], owner: str, *, data_forms: str, none
     check_training_settings(arguments, owner, none_means_default=none_means_default)
     if arguments["data"] is None:
         raise ConfigError(f"{owner} needs data: {data_forms}.")
-    accelerator = make_accelerator(arguments["mixed_precision"])
+    output = arguments.get("output_dir")
+    accelerator = make_accelerator(arguments["mixed_precision"], **tracker_arguments(
+        arguments.get("report_to", "none"), Path(output) if output is not None else None))
     seed_everything(arguments["seed"])
     return accelerator
 
@@ -141,7 +148,11 @@ def scaled_learning_rate(settings: Mapping[str, Any], num_processes: int) -> flo
 
 def save_run(trainer: Any, pipeline: Any, accelerator: Any, output: Optional[Path],
              also_write: Optional[Callable[[Path], None]] = None) -> None:
-    """Write the run's repo on the main process (the pipeline, and the trainer with its recorded config), then end the run.
+    """Write the run's repo on the main process, then end the run (and its trackers).
+
+    The repo: the pipeline; the trainer with its recorded config and the run's record (`trainer/metrics.jsonl`,
+    `trainer/loss.png`, listed in its `filelist.txt`); the recipe's other files; and the model card (`README.md`,
+    unless one of the user's is there).
 
     Args:
         trainer: The trainer, its `train_config` set to the run's effective arguments.
@@ -151,10 +162,16 @@ def save_run(trainer: Any, pipeline: Any, accelerator: Any, output: Optional[Pat
         also_write: Writes the recipe's other files into `output` (validation images, metrics).
     """
     if output is not None and accelerator.is_main_process:
+        records = read_metrics(output / METRICS_FILE)
         pipeline.save_pretrained(output)
-        trainer.save_pretrained(output)
+        trainer.run_record = lambda folder: write_run_record(records, folder)
+        try:
+            trainer.save_pretrained(output)
+        finally:
+            trainer.run_record = None
         if also_write is not None:
             also_write(output)
+        write_repo_card(output)
     accelerator.end_training()
 
 
@@ -239,22 +256,36 @@ def shard_batches(batches: Sequence[list[int]], accelerator: Any) -> list[list[i
 
 
 def optimizer_step(accelerator: Any, optimizer: torch.optim.Optimizer, lr_scheduler: Any,
-                   parameters: Sequence[torch.nn.Parameter], max_grad_norm: Optional[float]) -> None:
+                   parameters: Sequence[torch.nn.Parameter], max_grad_norm: Optional[float]) -> Optional[float]:
     """One optimizer step: clip the gradients (when `max_grad_norm` is set), step, advance the schedule, clear them.
 
     The schedule is stepped here, once per optimizer step, so it means the same with any number of processes.
+
+    Returns:
+        The gradients' total norm before clipping, when `max_grad_norm` is set (else None: it is not computed).
     """
+    grad_norm = None
     if max_grad_norm:
-        accelerator.clip_grad_norm_(parameters, max_grad_norm)
+        norm = accelerator.clip_grad_norm_(parameters, max_grad_norm)
+        grad_norm = float(norm) if norm is not None else None  # None where the backend clips by itself (DeepSpeed)
     optimizer.step()
     lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 def checkpoint_due(checkpoints: RunCheckpoints, global_step: int, accelerator: Any) -> bool:
     """Whether the main process writes a checkpoint after optimizer step `global_step`."""
     return (checkpoints.output is not None and bool(checkpoints.checkpointing_steps)
             and global_step % checkpoints.checkpointing_steps == 0 and accelerator.is_main_process)
+
+
+def mean_over_processes(accelerator: Any, values: Sequence[float]) -> float:
+    """The mean of `values` (this process's batch losses of one optimizer step), averaged over the processes."""
+    mean = torch.tensor(sum(values) / len(values), device=accelerator.device)
+    if accelerator.num_processes > 1:
+        mean = accelerator.reduce(mean, reduction="mean")
+    return float(mean)
 
 
 def end_of_epoch_due(epoch_index: int, every: int, is_last: bool) -> bool:
@@ -299,12 +330,14 @@ def run_epochs(
     global_step = resumed.step if resumed is not None else 0
     resumed_epoch = resumed.state.get("epoch") if resumed is not None else None
     progress = tqdm(total=plan.total_steps, initial=global_step, desc=description, disable=not accelerator.is_main_process)
+    metrics = RunMetrics(accelerator, settings, checkpoints.output, global_step if resumed is not None else None)
     for epoch_index in epochs_to_run(global_step, plan.total_steps, plan.updates_per_epoch):
         for model in models:
             model.train()
         batches = epoch_batches(epoch_index)
         # The losses of the batches before the checkpoint, when the run resumes inside this epoch.
         epoch_losses = list(resumed.state.get("epoch_losses", [])) if epoch_index == resumed_epoch else []
+        step_losses: list[float] = []  # the losses of the batches the next optimizer step accumulates
         for position in batches_to_run(global_step, plan.total_steps, epoch_index, plan.updates_per_epoch,
                                        gradient_accumulation_steps, len(batches)):
             is_update = (position + 1) % gradient_accumulation_steps == 0 or position == len(batches) - 1
@@ -314,12 +347,17 @@ def run_epochs(
                 check_finite_loss(loss, global_step + 1, checkpoints.output)
                 accelerator.backward(objective / gradient_accumulation_steps)
             epoch_losses.append(loss.item())
+            step_losses.append(loss.item())
             if not is_update:
                 continue
-            optimizer_step(accelerator, optimizer, lr_scheduler, setup.parameters, settings["max_grad_norm"])
+            learning_rate = lr_scheduler.get_last_lr()[0]  # the rate this step updates with
+            grad_norm = optimizer_step(accelerator, optimizer, lr_scheduler, setup.parameters, settings["max_grad_norm"])
             global_step += 1
+            step_loss = mean_over_processes(accelerator, step_losses)
+            step_losses = []
+            metrics.log_step(global_step, loss=step_loss, learning_rate=learning_rate, epoch=epoch_index, grad_norm=grad_norm)
             progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+            progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{learning_rate:.2e}")
             if checkpoint_due(checkpoints, global_step, accelerator):
                 checkpoints.save(checkpoints.output, global_step, trainable=checkpoints.trainable_state(),
                                  optimizer=optimizer, lr_scheduler=lr_scheduler, generators=checkpoints.generators,

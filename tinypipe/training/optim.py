@@ -4,7 +4,7 @@ import contextlib
 import logging
 import random
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
@@ -17,8 +17,10 @@ __all__ = ["LR_SCHEDULES", "make_accelerator", "prepare_for_training", "seed_eve
            "check_finite_loss", "no_sync_unless", "runs_8bit_adam"]
 
 
-def make_accelerator(mixed_precision: str):
+def make_accelerator(mixed_precision: str, **tracking: Any):
     """A new `accelerate.Accelerator` for one training run; `accelerate launch` decides the processes and devices.
+
+    `tracking` holds the trackers' arguments (`log_with`, `project_config`; see `tracking.tracker_arguments`).
 
     Without a GPU the accelerator is told so (`cpu=True`): only then does accelerate run several launched
     processes as one data-parallel job on the CPU instead of each process training alone.
@@ -33,7 +35,7 @@ def make_accelerator(mixed_precision: str):
     # The process group (PartialState) of an `accelerate launch` is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision, cpu=not has_gpu)
+    return Accelerator(mixed_precision=mixed_precision, cpu=not has_gpu, **tracking)
 
 
 def prepare_for_training(accelerator, models: list[torch.nn.Module], optimizer: torch.optim.Optimizer):

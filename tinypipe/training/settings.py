@@ -13,6 +13,7 @@ import torch
 
 from ..errors import ConfigError
 from .optim import LR_SCHEDULES
+from .tracking import check_report_to
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,12 @@ def check_training_settings(arguments: Mapping[str, Any], owner: str = "train()"
                 raise ConfigError(f"{owner}: {name} {value!r} is not known; choose one of {list(_CHOICES[name])}.")
         elif name == "mixed_precision":
             check_mixed_precision(value)
+        elif name == "report_to":
+            check_report_to(value, owner, output_dir=arguments.get("output_dir", ...))
+        elif name == "validation_prompts" and not optional:
+            if not isinstance(value, (list, tuple)) or not value or not all(isinstance(item, str) and item for item in value):
+                refuse(name, 'a non-empty list of prompts (e.g. ["a photo of sks dog", "sks dog on a beach"])',
+                       "; for one prompt, validation_prompt works too")
         elif name == "target_modules" and not optional:
             names_ok = isinstance(value, (list, tuple)) and value and all(isinstance(item, str) and item for item in value)
             if value != "all-linear" and not names_ok:

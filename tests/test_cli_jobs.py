@@ -1,0 +1,131 @@
+"""The job commands (`tinypipe/cli_jobs.py`): a job named by id, id prefix or name everywhere; `logs --follow`;
+`resume` as a new job linked to the old one; `rm` keeping the repo unless asked."""
+
+import json
+
+import pytest
+
+from tinypipe.cli import main
+from tinypipe.cli_jobs import follow_log
+from tinypipe.jobs import JobError, JobStore
+
+TRAIN = ["train-diffuser", "circles", "tinypipe/tiny-sd", "tinypipe/shapes", "a photo of sks circle"]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def ended_job(store: JobStore, name: str, status: str = "succeeded", log: str = "line one\n"):
+    job = store.create(name, "train-diffuser", "lora", {"kind": "train-diffuser", "name": name, "method": "lora",
+                                                        "model": "tinypipe/tiny-sd", "dataset": "tinypipe/shapes"})
+    job.log_file.write_text(log)
+    store.start(job.id)
+    store.finish(job.id, status)
+    return store.get(job.id)
+
+
+def test_a_job_is_found_by_its_id_a_unique_id_prefix_or_a_unique_name_and_ambiguity_lists_the_matches(tmp_path):
+    store = JobStore(tmp_path / "jobs")
+    first, second, third = ended_job(store, "cats"), ended_job(store, "dogs"), ended_job(store, "dogs")
+    assert store.find(first.id) == first and store.find("cats") == first
+    prefix = next(first.id[:length] for length in range(1, 9)
+                  if not any(other.id.startswith(first.id[:length]) for other in (second, third)))
+    assert store.find(prefix).id == first.id
+    with pytest.raises(JobError, match="'dogs' matches 2 jobs") as error:
+        store.find("dogs")
+    assert second.id in str(error.value) and third.id in str(error.value)
+    with pytest.raises(JobError, match="no job id, id prefix or name matches"):
+        store.find("birds")
+
+
+def test_every_job_command_takes_a_job_name(capsys):
+    store = JobStore()
+    job = ended_job(store, "circles", log="the log of circles\n")
+    code, out, _ = run(capsys, "check-job-status", "circles")
+    assert code == 0 and f"Job {job.id}: circles" in out
+    code, out, _ = run(capsys, "logs", "circles")
+    assert code == 0 and out == "the log of circles\n"
+    code, _, err = run(capsys, "cancel", "circles")
+    assert code == 2 and f"Job {job.id} already succeeded" in err
+    code, _, err = run(capsys, "download-model", "circles")
+    assert code == 2 and f"Job {job.id} succeeded but its repo" in err  # found; it just has no model/ folder
+    ended_job(store, "circles")
+    code, _, err = run(capsys, "resume", "circles")
+    assert code == 2 and "'circles' matches 2 jobs" in err
+
+
+def test_logs_follow_prints_what_a_running_job_appends_until_it_ends(tmp_path):
+    store = JobStore(tmp_path / "jobs")
+    job = store.create("run", "train-diffuser", "lora", {})
+    store.start(job.id)  # this process runs it: alive
+    job.log_file.write_text("started\n")
+    appended = iter(["step 1\n", "step 2\n"])
+    written = []
+
+    def next_poll():  # between two reads of the log: the job writes more, then ends
+        line = next(appended, None)
+        if line is None:
+            store.finish(job.id, "succeeded")
+        else:
+            with open(job.log_file, "a") as log:
+                log.write(line)
+
+    status = follow_log(store, job.id, written.append, follow=True, wait=next_poll)
+    assert status == "succeeded" and "".join(written) == "started\nstep 1\nstep 2\n"
+
+
+def test_rm_keeps_the_repo_unless_asked_and_refuses_a_running_job(capsys, tmp_path):
+    store = JobStore()
+    kept = ended_job(store, "kept")
+    (kept.output / "model").mkdir(parents=True)
+    code, out, _ = run(capsys, "rm", "kept")
+    assert code == 0 and f"The repo stays in {kept.output}" in out
+    assert (kept.output / "model").is_dir() and not kept.log_file.exists()
+    assert [job.id for job in store.recent()] == []
+
+    deleted = ended_job(store, "deleted")
+    (deleted.output / "model").mkdir(parents=True)
+    assert run(capsys, "rm", deleted.id, "--delete-output")[0] == 0
+    assert not deleted.folder.exists()
+
+    foreign = store.create("mine", "train-diffuser", "lora", {}, output=tmp_path / "my-folder")
+    store.start(foreign.id)
+    code, _, err = run(capsys, "rm", "mine", "--delete-output")
+    assert code == 2 and f"Job {foreign.id} is running; stop it first" in err
+    store.finish(foreign.id, "failed")
+    (tmp_path / "my-folder").mkdir()
+    (tmp_path / "my-folder" / "thesis.tex").write_text("years of work")
+    code, _, err = run(capsys, "rm", "mine", "--delete-output")
+    assert code == 2 and "thesis.tex, which no tinypipe run writes" in err
+    assert (tmp_path / "my-folder" / "thesis.tex").is_file() and store.find(foreign.id)
+
+
+@pytest.fixture(scope="module")
+def resumed():
+    """A foreground run with a checkpoint, then `tinypipe resume` of it by name (in the session's tinypipe home, whose
+    built-in model the other module-scoped runs share)."""
+    arguments = {"max_train_steps": 2, "checkpointing_steps": 1, "num_validation_images": 0}
+    assert main(["train-diffuser", "resume-me", *TRAIN[2:], "--training-args", json.dumps(arguments)]) == 0
+    store = JobStore()
+    old = next(job for job in store.recent(100) if job.name == "resume-me")
+    assert main(["resume", "resume-me"]) == 0  # by its name, unique so far
+    return store, old
+
+
+def test_resume_starts_a_new_job_with_the_same_arguments_from_the_latest_checkpoint(resumed):
+    store, old = resumed
+    new = next(job for job in store.recent(100) if job.name == "resume-me" and job.id != old.id)
+    assert new.status == "succeeded" and new.output == old.output
+    assert new.arguments["resumed_from"] == old.id
+    assert new.arguments["train_arguments"] == {**old.arguments["train_arguments"], "resume_from_checkpoint": "latest"}
+    assert "Resumed from" in new.log_file.read_text()
+
+
+def test_resume_without_a_checkpoint_is_refused_saying_why(capsys):
+    job = ended_job(JobStore(), "no-checkpoint", status="failed")
+    code, _, err = run(capsys, "resume", job.id)
+    assert code == 2 and f"Job {job.id} has no checkpoint to resume from" in err
+    assert len(JobStore().recent()) == 1  # no new job
