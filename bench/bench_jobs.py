@@ -8,7 +8,9 @@ no validation on either side:
 - `dreambooth`: DreamBooth-LoRA with prior preservation and supplied class images, `tinypipe train-diffuser
   --method lora --prior-class-prompt ...` vs `train_dreambooth_lora.py --with_prior_preservation`;
 - `ti`: textual inversion, `tinypipe train-diffuser --method textual-inversion` vs `textual_inversion.py`;
-- `lm`: `tinypipe train-lm` (no packing) vs transformers' Trainer + peft (`bench/peers/lm_trainer_peft.py`).
+- `lm`: `tinypipe train-lm` (no packing) vs transformers' Trainer + peft (`bench/peers/lm_trainer_peft.py`);
+- `sdxl`, `flux`: LoRA on `tinypipe/tiny-sdxl` / `tinypipe/tiny-flux` (32 px) vs `train_dreambooth_lora_sdxl.py` /
+  `train_dreambooth_lora_flux.py` (copy them beside the others from the same diffusers clone).
 
 Per run: wall seconds, seconds to the first step, steady seconds per step, seconds after the last step, CPU seconds
 (user + system of the process and its children), peak RSS, final loss (all read from the progress bars and the
@@ -40,6 +42,8 @@ BENCH = Path(__file__).resolve().parent
 STEP = re.compile(r"(\d+)/(\d+) \[")
 LOSS = re.compile(r"loss[=:] ?'?([0-9][0-9.eE+-]*)")
 PROMPT, CLASS_PROMPT = "a photo of sks circle", "a photo of a circle"
+FAMILY_SCRIPTS = {"sdxl": "train_dreambooth_lora_sdxl.py", "flux": "train_dreambooth_lora_flux.py"}
+"""Per-family LoRA peers (`--methods sdxl,flux`), on the built-in tiny models at their native 32 px."""
 
 
 @dataclass
@@ -140,6 +144,14 @@ def commands(method: str, steps: int, work: Path, model: Path, resolution: int, 
         ours = [*tp, "train-diffuser", "bench", str(model), str(work / "instance"), "a photo of <sks>",
                 "--method", "textual-inversion", "--initializer-token", "circle"]
         settings |= {"learning_rate": 5e-4}
+    elif method in FAMILY_SCRIPTS:
+        family_model = str(args.family_models[method])
+        peer = [peer_python, str(examples / FAMILY_SCRIPTS[method]), *common_peer, "--instance_data_dir", str(work / "instance"),
+                "--instance_prompt", PROMPT, "--learning_rate", "1e-4", "--rank", "4"]
+        peer[peer.index("--pretrained_model_name_or_path") + 1] = family_model
+        peer[peer.index("--resolution") + 1] = "32"
+        ours = [*tp, "train-diffuser", "bench", family_model, str(work / "instance"), PROMPT, "--method", "lora"]
+        settings |= {"learning_rate": 1e-4, "rank": 4, "resolution": 32}
     else:
         peer = [peer_python, str(BENCH / "peers" / "lm_trainer_peft.py"), str(args.lm_model), str(work / "records.json"),
                 str(out_peer), "--steps", str(steps), "--batch", "4", "--max-length", "512", "--lr", "3e-4"]
@@ -193,6 +205,9 @@ def main() -> None:
     write_images(work / "instance", "circle", resolution, captions=False)
     write_images(work / "class", "square", resolution, captions=False)
     args.lm_model = builtin_lm_folder()
+    from tinypipe.builtin.diffusion_folders import builtin_diffusion_folder
+
+    args.family_models = {"sdxl": builtin_diffusion_folder("tinypipe/tiny-sdxl"), "flux": builtin_diffusion_folder("tinypipe/tiny-flux")}
     (work / "records.json").write_text(json.dumps(tiny_instructions() * 5))
     print(f"model {args.model} ({resolution} px), batch {args.batch}, {args.pairs} interleaved pairs; work {work}")
     for method in args.methods.split(","):

@@ -96,7 +96,8 @@ def test_builtin_path_prints_a_plain_diffusers_folder_that_loads_a_tinypipe_lora
     from tinypipe.cli import main
 
     assert main(["builtin-path", "tinypipe/shapes"]) == 2
-    assert "'tinypipe/shapes' is not a built-in model; the built-in models are tinypipe/tiny-sd" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "'tinypipe/shapes' is not a built-in model; the built-in models are " in error and "tinypipe/tiny-sd," in error
 
 
 def test_download_model_zips_weights_and_images_that_diffusers_loads(home, diffuser_job, tmp_path):

@@ -278,10 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
 
     diffuser = commands.add_parser(
-        "train-diffuser", help="Fine-tune a Stable Diffusion model on your images.", formatter_class=raw,
+        "train-diffuser", help="Fine-tune a diffusion model (SD 1/2, SDXL, FLUX.1, SD3) on your images.", formatter_class=raw,
         epilog=TRAIN_DIFFUSER_EPILOG + training_arguments_epilog(diffusion=True),
-        description="Fine-tune a Stable Diffusion model: LoRA on the UNet's attention processors (default),\n"
-                    "DreamBooth, or textual inversion. The run is recorded as a job.")
+        description="Fine-tune a diffusion model - SD 1/2, SDXL, FLUX.1 or SD3, the family detected from MODEL: LoRA on\n"
+                    "the denoiser's attention (default), DreamBooth, or textual inversion. The run is recorded as a job.")
     diffuser.add_argument("name", metavar="NAME", help="A name for this run (shown in get-most-recent-jobs).")
     diffuser.add_argument("model", metavar="MODEL",
                           help="Base model: a Hub id (runwayml/stable-diffusion-v1-5), a local diffusers folder, or the "
@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="The prompt (images), or the instruction a causal LM answers (text; see --raw and --chat).")
     generate.add_argument("--num-images", type=positive_int, default=4, help="Images to generate (default: 4).")
     generate.add_argument("--steps", type=positive_int, default=25, help="Denoising steps (default: 25).")
-    generate.add_argument("--guidance-scale", type=float, default=7.5, help="Classifier-free guidance (default: 7.5).")
+    generate.add_argument("--guidance-scale", type=float, default=None,
+                          help="Guidance scale (default: the model family's: SD/SDXL 7.5, FLUX.1 3.5, SD3 7.0).")
     generate.add_argument("--negative-prompt", help="What to steer the images away from.")
     generate.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
     generate.add_argument("--output", default="generated", metavar="DIR", help="Folder for the images (default: generated).")

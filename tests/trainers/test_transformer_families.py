@@ -60,8 +60,10 @@ def test_flux_dreambooth_lora_with_prior_preservation_loads_in_flux_pipeline_wit
     assert np.array_equal(plain_image(TINY_FLUX, tmp_path / "model"), tinypipe_image(tmp_path))
 
 
-def test_flux_resume_from_a_checkpoint_is_bit_identical(tmp_path):
-    settings = dict(FAST, base_model=TINY_FLUX, instance_prompt=PROMPT, checkpointing_steps=1, learning_rate=1e-2)
+@pytest.mark.parametrize("name", [TINY_FLUX, TINY_SD3])
+def test_resume_from_a_checkpoint_is_bit_identical(name, tmp_path):
+    settings = dict(FAST, base_model=name, instance_prompt=PROMPT, checkpointing_steps=1, learning_rate=1e-2,
+                    train_text_encoder=True)
     LoRATrainer().train(**settings, output_dir=tmp_path / "straight")
     LoRATrainer().train(**settings, output_dir=tmp_path / "resumed")
     # As if the run had been killed after its first checkpoint: the later checkpoint and the repo never written.
@@ -92,3 +94,15 @@ def test_what_a_family_cannot_do_is_refused_before_any_work_naming_the_fix(train
     with pytest.raises(ConfigError, match=message):
         train(tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_train_diffuser_detects_flux_from_the_model_and_generate_reads_the_repo(tmp_path, capsys):
+    from tinypipe.cli import main
+
+    settings = json.dumps({"max_train_steps": 1, "num_validation_images": 1, "validation_inference_steps": 1,
+                           "train_batch_size": 1})  # the before/after validation images too
+    assert main(["train-diffuser", "flux-circles", TINY_FLUX, "tinypipe/shapes", PROMPT, "--training-args", settings,
+                 "--output", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out/model/config.json").read_text())["family"] == "flux"
+    assert main(["generate", str(tmp_path / "out"), PROMPT, "--output", str(tmp_path / "images"), "--steps", "2"]) == 0
+    assert list((tmp_path / "images").glob("*.png"))

@@ -4,7 +4,8 @@ Its vocabulary is in `tinypipe/builtin/vocab/clip/` (see `scripts/make_clip_voca
 identifier `sks` are one token each. The built-ins are built with the torch RNG seeded by `seeded`.
 """
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -38,3 +39,26 @@ def seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
         torch.manual_seed(seed)
         module = build()
     return module.eval()
+
+
+def save_tiny_pipeline(pipe, staging: Path, not_clip: Sequence[str] = ()) -> None:
+    """Save a built-in tiny diffusers pipeline into `staging` as a diffusers folder.
+
+    Quietly: transformers' "Writing model shards" bars show only under `--log-level DEBUG`. Each CLIP tokenizer folder
+    (every `tokenizer*` component but those in `not_clip`) gets the vocabulary files beside its `tokenizer.json`, which
+    is all transformers 5 writes, so that older readers of CLIP tokenizers (`vocab.json`, `merges.txt`) load it too.
+    """
+    from transformers.utils import logging as transformers_logging
+
+    quiet = not logging.getLogger("tinypipe").isEnabledFor(logging.DEBUG)
+    if quiet:
+        transformers_logging.disable_progress_bar()
+    try:
+        pipe.save_pretrained(staging, safe_serialization=True)
+    finally:
+        if quiet:
+            transformers_logging.enable_progress_bar()
+    for name in pipe.components:
+        if name.startswith("tokenizer") and name not in not_clip and (staging / name).is_dir():
+            for file_name in ("vocab.json", "merges.txt"):
+                (staging / name / file_name).write_bytes((CLIP_VOCAB_FOLDER / file_name).read_bytes())

@@ -34,7 +34,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from ..errors import ConfigError
 from . import TINY_FLUX, TINY_FLUX_SCHNELL, cached_builtin_folder
-from .clip_tokenizer import CLIP_VOCAB_FOLDER, load_clip_tokenizer, seeded
+from .clip_tokenizer import CLIP_VOCAB_FOLDER, load_clip_tokenizer, save_tiny_pipeline, seeded
 
 __all__ = ["TINY_FLUX", "TINY_FLUX_SCHNELL", "TINY_FLUX_RESOLUTION", "T5_VOCAB_FOLDER", "load_t5_tokenizer",
            "tiny_clip_config", "tiny_t5_config", "tiny_latent_vae", "save_tiny_folder", "build_tiny_flux",
@@ -132,11 +132,7 @@ def save_tiny_folder(pipe, staging: Path, t5_tokenizer: str) -> None:
     """Save a tiny pipeline as a diffusers folder that transformers 4 reads too: the CLIP vocabulary files beside each
     CLIP tokenizer's `tokenizer.json`, and the T5 tokenizer component named `T5TokenizerFast` in `model_index.json`
     (as FLUX.1's and SD3's own folders name it; transformers 4's `T5Tokenizer` would want a SentencePiece file)."""
-    pipe.save_pretrained(staging, safe_serialization=True)
-    for name in pipe.components:
-        if name.startswith("tokenizer") and name != t5_tokenizer:
-            for file_name in ("vocab.json", "merges.txt"):
-                (staging / name / file_name).write_bytes((CLIP_VOCAB_FOLDER / file_name).read_bytes())
+    save_tiny_pipeline(pipe, staging, not_clip=(t5_tokenizer,))
     model_index = staging / "model_index.json"
     index = json.loads(model_index.read_text(encoding="utf-8"))
     index[t5_tokenizer] = ["transformers", "T5TokenizerFast"]

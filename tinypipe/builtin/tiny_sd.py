@@ -34,7 +34,7 @@ from ..errors import ConfigError, DataError
 from . import TINY_SD, builtin_names, cached_builtin_folder  # noqa: F401  (TINY_SD: its public home is here too)
 from . import is_builtin as _is_builtin
 from .clip_tokenizer import CLIP_VOCAB_FOLDER, load_clip_tokenizer  # noqa: F401  (public here too, as before)
-from .clip_tokenizer import seeded as _seeded
+from .clip_tokenizer import save_tiny_pipeline, seeded as _seeded
 
 TINY_SD_RESOLUTION = 64
 """The default image size of `tinypipe/tiny-sd`, in pixels (its latents are 16x16)."""
@@ -224,20 +224,7 @@ def builtin_model_folder(name: str) -> Path:
         raise ConfigError(f"{name!r} is not built here; builtin_diffusion_folder (builtin/diffusion_folders.py) builds every built-in diffusion model.")
 
     def build(staging: Path) -> None:
-        from transformers.utils import logging as transformers_logging
-
-        quiet = not logging.getLogger("tinypipe").isEnabledFor(logging.DEBUG)  # --log-level DEBUG shows the bars
-        if quiet:
-            transformers_logging.disable_progress_bar()  # "Writing model shards" of the text encoder
-        try:
-            build_tiny_stable_diffusion().save_pretrained(staging, safe_serialization=True)
-        finally:
-            if quiet:
-                transformers_logging.enable_progress_bar()
-        if (staging / "tokenizer").is_dir():
-            # transformers 5 saves only `tokenizer.json`; older readers of CLIP tokenizers want these too.
-            for file_name in ("vocab.json", "merges.txt"):
-                shutil.copyfile(CLIP_VOCAB_FOLDER / file_name, staging / "tokenizer" / file_name)
+        save_tiny_pipeline(build_tiny_stable_diffusion(), staging)
 
     # A rerun of `pretrain_tiny_sd` changes the shipped weights without changing any version.
     return cached_builtin_folder(name, build, format_version=_BUILTIN_FORMAT_VERSION,

@@ -14,8 +14,6 @@ pipe = StableDiffusionXLPipeline.from_pretrained(builtin_sdxl_folder())
 ```
 """
 
-import logging
-import shutil
 from pathlib import Path
 
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
@@ -23,7 +21,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from ..errors import ConfigError
 from . import TINY_SDXL, cached_builtin_folder
-from .tiny_sd import CLIP_VOCAB_FOLDER, TINY_SD_WEIGHTS, _load_component, _read_weights, _seeded, load_clip_tokenizer
+from .clip_tokenizer import save_tiny_pipeline
+from .tiny_sd import TINY_SD_WEIGHTS, _load_component, _read_weights, _seeded, load_clip_tokenizer
 
 __all__ = ["TINY_SDXL", "TINY_SDXL_RESOLUTION", "build_tiny_sdxl", "builtin_sdxl_folder"]
 
@@ -111,19 +110,7 @@ def builtin_sdxl_folder(name: str = TINY_SDXL) -> Path:
         raise ConfigError(f"{name!r} is not built here; builtin_diffusion_folder (builtin/diffusion_folders.py) builds it.")
 
     def build(staging: Path) -> None:
-        from transformers.utils import logging as transformers_logging
-
-        quiet = not logging.getLogger("tinypipe").isEnabledFor(logging.DEBUG)  # --log-level DEBUG shows the bars
-        if quiet:
-            transformers_logging.disable_progress_bar()  # "Writing model shards" of the text encoders
-        try:
-            build_tiny_sdxl().save_pretrained(staging, safe_serialization=True)
-        finally:
-            if quiet:
-                transformers_logging.enable_progress_bar()
-        for folder in ("tokenizer", "tokenizer_2"):  # transformers 5 saves only `tokenizer.json`; older readers want these
-            for file_name in ("vocab.json", "merges.txt"):
-                shutil.copyfile(CLIP_VOCAB_FOLDER / file_name, staging / folder / file_name)
+        save_tiny_pipeline(build_tiny_sdxl(), staging)
 
     return cached_builtin_folder(TINY_SDXL, build, format_version=_BUILTIN_FORMAT_VERSION,
                                  libraries=("torch", "diffusers", "transformers"), shipped={"weights_sha256": TINY_SD_WEIGHTS})

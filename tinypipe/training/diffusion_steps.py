@@ -350,7 +350,7 @@ def validation_images(pipeline, prompt: str, count: int, seed: int, num_inferenc
     """
     if count < 1:
         return []
-    models = [pipeline.unet, pipeline.text_encoder, pipeline.vae]
+    models = [pipeline.denoiser, *pipeline.text_encoders.values(), pipeline.vae]
     modes = [model.training for model in models]
     for model in models:
         model.eval()
