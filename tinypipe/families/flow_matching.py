@@ -8,6 +8,8 @@ velocity `noise - latents`; `compute_loss_weighting_for_sd3` weights the squared
 `snr_gamma` and `noise_offset` have no meaning here and are refused.
 """
 
+import functools
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,11 +95,10 @@ class FlowMatchingFamily(ModelFamily):
         """The `(timesteps, sigmas)` a flow-matching run trains on, `[num_train_timesteps]` each: those of a fresh
         `FlowMatchEulerDiscreteScheduler` with the pipeline's scheduler config (shifted unless the config shifts
         dynamically at sampling time, as FLUX.1-dev's does), as the diffusers scripts' copy of the scheduler has them.
-        The pipeline's own scheduler is not read: sampling resets its timesteps."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
-        return scheduler.timesteps.clone(), scheduler.sigmas.clone()
+        The pipeline's own scheduler is not read: sampling resets its timesteps. Built once per scheduler config
+        (every training step asks), like the DDPM families' `sd.training_scheduler`."""
+        timesteps, sigmas = _flow_schedule(json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str))
+        return timesteps.clone(), sigmas.clone()
 
     def draw(self, pipe: Any, latents: torch.Tensor, generator: torch.Generator,
              objective: TrainingObjective) -> FlowMatchingDraw:
@@ -130,3 +131,11 @@ class FlowMatchingFamily(ModelFamily):
 def weighted_losses(weighting: torch.Tensor, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The per-example weighted mean squared error `[N]`, in float32, as the diffusers scripts reduce it."""
     return (weighting.float() * (prediction.float() - target.float()) ** 2).reshape(target.shape[0], -1).mean(dim=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _flow_schedule(config_json: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(json.loads(config_json))
+    return scheduler.timesteps, scheduler.sigmas
