@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/tinypipe demo --output demo-output
 
+# One worker per core (at most 4), each on one thread; a test module's tests stay on one worker (their shared
+# module-scoped fixtures are built once).
+TEST_WORKERS ?= $(shell $(PY) -c "import os; print(min(4, len(os.sched_getaffinity(0))))" 2>/dev/null || echo 2)
+
 test: $(STAMP)
-	$(PY) -m pytest -x -q
+	$(PY) -m pytest -x -q -n $(TEST_WORKERS) --dist loadscope
 
 bench: $(STAMP)
 	$(PY) bench/bench_repo_load.py

@@ -6,19 +6,37 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: each computes on one thread (more would only fight over the cores). Set
+    # before anything imports torch; subprocesses that must match a test's float math get the same count.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def _session_builtins(tmp_path_factory):
+    """One folder of built-in models for the whole session: they are deterministic and fingerprinted, and building
+    them (random init + save) would otherwise be repeated by every test that names one."""
+    return tmp_path_factory.mktemp("tinypipe_builtins")
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _session_home(tmp_path_factory):
+def _session_home(tmp_path_factory, _session_builtins):
     """A tinypipe home for fixtures wider than one test (module-scoped trainings), which run before `_isolated_home`:
     no test ever reads or writes the user's own `~/.cache/tinypipe` (a stale class-image cache there once made a
     re-run differ)."""
+    home = tmp_path_factory.mktemp("tinypipe_session_home")
+    (home / "builtin").symlink_to(_session_builtins, target_is_directory=True)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TINYPIPE_HOME", str(tmp_path_factory.mktemp("tinypipe_session_home")))
+        patch.setenv("TINYPIPE_HOME", str(home))
         yield
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory, monkeypatch):
-    """Every test gets its own tinypipe home, so caches and job stores never leak between tests."""
-    monkeypatch.setenv("TINYPIPE_HOME", str(tmp_path_factory.mktemp("tinypipe_home")))
+def _isolated_home(request, tmp_path_factory, monkeypatch, _session_builtins):
+    """Every test gets its own tinypipe home, so caches and job stores never leak between tests. Its built-in models
+    are the session's (see `_session_builtins`), except in a test marked `own_builtins`, which builds (or damages)
+    its own."""
+    home = tmp_path_factory.mktemp("tinypipe_home")
+    if request.node.get_closest_marker("own_builtins") is None:
+        (home / "builtin").symlink_to(_session_builtins, target_is_directory=True)
+    monkeypatch.setenv("TINYPIPE_HOME", str(home))

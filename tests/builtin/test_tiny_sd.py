@@ -208,6 +208,7 @@ def test_builtin_folder_is_reused_without_rebuild():
     assert _leftovers(folder) == []
 
 
+@pytest.mark.own_builtins  # damages the folder it builds
 @pytest.mark.parametrize("damage", ["missing_marker", "other_versions"])
 def test_builtin_folder_rebuilds_incomplete_or_stale_folder(damage):
     folder = builtin_model_folder(TINY_SD)
@@ -225,6 +226,7 @@ def test_builtin_folder_rebuilds_incomplete_or_stale_folder(damage):
     assert _leftovers(folder) == []
 
 
+@pytest.mark.own_builtins  # damages the folder it builds
 def test_builtin_folder_crash_while_writing_leaves_nothing_used(monkeypatch):
     class CrashingPipeline:
         def save_pretrained(self, folder, safe_serialization):
