@@ -155,16 +155,6 @@ def test_export_refuses_what_it_cannot_write_with_a_clear_error(lora_repo, tmp_p
     assert not (tmp_path / "lora.safetensors").exists()
 
 
-def test_flux_lora_is_offered_in_the_diffusers_format_only(lora_repo, tmp_path):
-    repo = shutil.copytree(lora_repo, tmp_path / "flux")
-    tensors = load_file(repo / "model/pytorch_lora_weights.safetensors")
-    weights = replace_lora_file(repo, {key.replace("unet.", "transformer.", 1): value for key, value in tensors.items()},
-                                {"family": "flux"})  # a transformer-denoiser LoRA, as FLUX.1's
-    with pytest.raises(ConfigError, match=r"A flux LoRA cannot be written in kohya's format yet; only the diffusers format is offered"):
-        export_lora(repo, "kohya", tmp_path / "flux.safetensors")
-    assert export_lora(repo, "diffusers", tmp_path / "flux.safetensors").read_bytes() == weights.read_bytes()
-
-
 def test_export_of_an_altered_repo_is_refused(lora_repo, tmp_path):
     repo = shutil.copytree(lora_repo, tmp_path / "altered")
     with open(repo / "model/pytorch_lora_weights.safetensors", "ab") as file:
