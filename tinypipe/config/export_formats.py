@@ -56,13 +56,19 @@ def formats_of(family: str) -> tuple[str, ...]:
 def check_export_formats(formats: Iterable[str], family: str) -> tuple[str, ...]:
     """Refuse, before any work, a format that is unknown or that `family`'s LoRA is not written in.
 
+    Args:
+        formats: Format names, or one comma-separated string (`"kohya,comfyui"`, as the command line gives them).
+        family: The model family (`"sd"`, `"sdxl"`, `"flux"`, `"sd3"`).
+
     Returns:
-        The formats, as a tuple.
+        The formats, as a tuple, each once.
 
     Raises:
         ConfigError: Naming the format, the family and the formats that are offered for it.
     """
-    formats = tuple(formats)
+    if isinstance(formats, str):
+        formats = [name.strip() for name in formats.split(",") if name.strip()]
+    formats = tuple(dict.fromkeys(formats))
     for format in formats:
         if format not in EXPORT_FORMATS:
             raise ConfigError(f"Unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}.")
