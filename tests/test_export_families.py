@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from tinypipe import ConfigError
 from tinypipe.builtin import TINY_FLUX, TINY_SD3, TINY_SDXL
 from tinypipe.builtin.diffusion_folders import builtin_diffusion_folder
+from tinypipe.builtin.tiny_sdxl import build_tiny_sdxl
 from tinypipe.export import export_lora
 from tinypipe.models import DiffusionPipeline
 
@@ -42,7 +43,7 @@ def lora_repo(folder, base_model, **lora):
                 if "lora_B" in name:
                     parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
     size = {} if hasattr(pipeline.pipe, "unet") else {"height": 32, "width": 32}
-    return pipeline.save_pretrained(folder), images(pipeline.pipe, **size)
+    return pipeline.save_pretrained(folder), images(pipeline.pipe, **size), pipeline.pipe
 
 
 def images(pipe, **size):
@@ -66,7 +67,7 @@ def sdxl_repo(tmp_path_factory):
 def test_sdxl_kohya_export_loads_in_diffusers_and_gives_the_saved_pipelines_images(sdxl_repo, tmp_path):
     from diffusers import StableDiffusionXLPipeline
 
-    repo, expected = sdxl_repo
+    repo, expected, _ = sdxl_repo
     exported = export_lora(repo, "kohya", tmp_path / "sdxl.safetensors")
     base, loaded = read_back(StableDiffusionXLPipeline, TINY_SDXL, exported)
     assert np.abs(expected - base).max() > 0.05  # the LoRA changes the images, so equality below means something
@@ -78,7 +79,7 @@ def test_sdxl_unet_modules_are_named_as_in_the_sgm_unet():
 
     from tinypipe.models.kohya_sdxl_names import SgmNames
 
-    unet = DiffusionPipeline(TINY_SDXL, device="cpu").pipe.unet
+    unet = build_tiny_sdxl().unet
     names, weights = SgmNames(unet.config), unet.state_dict()
     sgm = {}
     for key, value in weights.items():
@@ -97,9 +98,9 @@ def test_sdxl_unet_modules_are_named_as_in_the_sgm_unet():
 def test_sdxl_kohya_export_has_kohyas_keys_alpha_and_sdxl_metadata(sdxl_repo, tmp_path):
     from tinypipe.models.kohya_sdxl_names import SgmNames
 
-    sdxl_repo, _ = sdxl_repo
+    sdxl_repo, _, pipe = sdxl_repo
     exported = export_lora(sdxl_repo, "kohya", tmp_path / "sdxl.safetensors")
-    base = DiffusionPipeline(TINY_SDXL, device="cpu").pipe
+    base = pipe  # the saved pipeline: its LoRA'd modules keep their paths (peft adds children under them)
     names = SgmNames(base.unet.config)
 
     def rule(prefix, module_names, targets):
@@ -134,7 +135,7 @@ def test_sdxl_kohya_export_has_kohyas_keys_alpha_and_sdxl_metadata(sdxl_repo, tm
 def test_an_sdxl_lora_module_kohya_cannot_name_is_refused_naming_it(sdxl_repo, tmp_path):
     from test_export import replace_lora_file
 
-    sdxl_repo, _ = sdxl_repo
+    sdxl_repo, _, _ = sdxl_repo
     repo = shutil.copytree(sdxl_repo, tmp_path / "odd")
     tensors = load_file(repo / "model/pytorch_lora_weights.safetensors")
     tensors.update({"unet.down_blocks.0.widgets.0.proj.lora.down.weight": torch.zeros(2, 4),
@@ -153,7 +154,7 @@ def flux_repo(tmp_path_factory):
 def test_flux_comfyui_export_loads_in_diffusers_and_gives_the_saved_pipelines_images(flux_repo, tmp_path):
     from diffusers import FluxPipeline
 
-    flux_repo, expected = flux_repo
+    flux_repo, expected, _ = flux_repo
     exported = export_lora(flux_repo, "comfyui", tmp_path / "flux.safetensors")
     tensors = load_file(exported)
     # ComfyUI's names for FLUX.1: transformer.<diffusers path>, text_encoder.text_model.<CLIP path>; an alpha per module
@@ -172,7 +173,7 @@ def test_flux_comfyui_export_loads_in_diffusers_and_gives_the_saved_pipelines_im
 
 
 def test_formats_a_family_is_not_written_in_are_refused_naming_the_family_and_the_formats(flux_repo, tmp_path):
-    flux_repo, _ = flux_repo
+    flux_repo, _, _ = flux_repo
     with pytest.raises(ConfigError, match=r"A flux LoRA cannot be exported in the kohya format \(kohya's FLUX.1 layout .*"
                                           r"--format comfyui.*for flux tinypipe writes: comfyui, diffusers"):
         export_lora(flux_repo, "kohya", tmp_path / "flux.safetensors")

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..builtin.tiny_sd import TINY_SD
-from ..config.export_formats import check_export_formats
 from ..config import BaseArgsFromConfig, FromConfig, Ignore, TrainerConfigMixin, copy_signature, save_config, set_from_config
+from ..config.export_formats import check_export_formats
 from ..models.diffusion import DiffusionPipeline
 from ..training import arguments as shared, diffusion_steps as steps, loop
 from ..training.checkpoints import save_checkpoint
