@@ -51,6 +51,7 @@ from .diffusers_lora import (
     save_lora_file,
 )
 from .embedding_files import textual_inversion_file_name
+from .lora_exports import write_repo_exports
 from .lora_targets import check_target_modules
 
 __all__ = ["DiffusionPipeline", "LORA_WEIGHTS_NAME", "UNET_LORA_TARGETS"]
@@ -370,21 +371,6 @@ class DiffusionPipeline(TextualInversionTokens, ConfigMixin):
         finally:
             self._exports = ((), {}, "")
 
-    def _write_exports(self, folder: Path) -> None:
-        """The LoRA file in each export format `save_pretrained` was given, beside it in `folder`."""
-        from ..config.card import public_training_arguments, public_value
-        from ..config.export_formats import REPO_EXPORT_NAMES
-        from ..families.lora_files import LORA_WEIGHTS_NAME
-        from .lora_exports import write_lora_export
-
-        formats, arguments, title = getattr(self, "_exports", ((), {}, ""))
-        public = public_training_arguments(public_value(dict(arguments)))
-        for format in formats:
-            if format in REPO_EXPORT_NAMES:
-                write_lora_export(folder / LORA_WEIGHTS_NAME, folder / REPO_EXPORT_NAMES[format], format, self.family.name,
-                                  base_model=self.base_model, public_base_model=public_value(self.base_model),
-                                  resolution=arguments.get("resolution"), title=title or None, training_arguments=public)
-
     def save_weights(self, folder: Path) -> None:
         """Write the fine-tuned weights in diffusers' formats.
 
@@ -401,7 +387,8 @@ class DiffusionPipeline(TextualInversionTokens, ConfigMixin):
             save_file(tensors, str(folder / textual_inversion_file_name(index)))
         if self.has_lora:
             save_lora_file(self.pipe, folder, self.lora_configs())
-            self._write_exports(folder)
+            formats, arguments, title = getattr(self, "_exports", ((), {}, ""))
+            write_repo_exports(folder, formats, self.family.name, self.base_model, arguments, title)
 
     @classmethod
     def _build_from_folder(cls, folder: Path, arguments: Mapping[str, Any], overrides: Mapping[str, Any]) -> "DiffusionPipeline":

@@ -16,11 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config.export_formats import check_export_formats
+from ..config.card import public_training_arguments, public_value
+from ..config.export_formats import REPO_EXPORT_NAMES, check_export_formats
 from ..errors import disk_full_as_error
 from ..files import atomic_file
 
-__all__ = ["write_lora_export"]
+__all__ = ["write_lora_export", "write_repo_exports"]
 
 def write_lora_export(source: Path, target: Path, format: str, family: str, *, base_model: Optional[str],
                       public_base_model: Optional[str] = None, resolution: Optional[int] = None,
@@ -74,3 +75,25 @@ def write_lora_export(source: Path, target: Path, format: str, family: str, *, b
     with disk_full_as_error(target, f"Writing {target}"), atomic_file(target) as staging:
         save_file(state_dict, str(staging), metadata=metadata)
     return target
+
+
+def write_repo_exports(folder: Path, formats: tuple[str, ...], family: str, base_model: str,
+                       arguments: Mapping[str, Any], title: str) -> None:
+    """The LoRA file of a repo's `model/` folder in each export format, beside it (`REPO_EXPORT_NAMES`).
+
+    Args:
+        folder: The `model/` folder being saved, holding `pytorch_lora_weights.safetensors`.
+        formats: Checked export formats (`check_export_formats`); `"diffusers"` is the LoRA file itself.
+        family: The model family.
+        base_model: The base model as the config records it.
+        arguments: The run's training arguments (empty outside a run); only their public part reaches the metadata.
+        title: The repo's name (`ss_output_name`).
+    """
+    from ..families.lora_files import LORA_WEIGHTS_NAME
+
+    public = public_training_arguments(public_value(dict(arguments)))
+    for format in formats:
+        if format in REPO_EXPORT_NAMES:
+            write_lora_export(folder / LORA_WEIGHTS_NAME, folder / REPO_EXPORT_NAMES[format], format, family,
+                              base_model=base_model, public_base_model=public_value(base_model),
+                              resolution=arguments.get("resolution"), title=title or None, training_arguments=public)
