@@ -74,6 +74,20 @@ def test_sdxl_kohya_export_loads_in_diffusers_and_gives_the_saved_pipelines_imag
     np.testing.assert_allclose(loaded, expected, atol=1e-4)
 
 
+def test_an_sdxl_repo_with_a_lora_on_attention_and_resnet_layers_reloads_every_layer(sdxl_repo):
+    # the repo's LoRA file holds every UNet layer in one key form, so diffusers' reader drops none of them
+    from tinypipe import AutoModelPipeline
+
+    repo, _, saved = sdxl_repo
+    loaded = AutoModelPipeline.from_pretrained(repo).pipe
+
+    def lora_weights(pipe):
+        return {key.replace(".default_0", "").replace(".default", ""): value
+                for key, value in pipe.unet.state_dict().items() if "lora_" in key}
+    weights, saved_weights = lora_weights(loaded), lora_weights(saved)
+    assert weights.keys() == saved_weights.keys() and all(torch.equal(weights[key], saved_weights[key]) for key in weights)
+
+
 def test_sdxl_unet_modules_are_named_as_in_the_sgm_unet():
     from diffusers.loaders.single_file_utils import LDM_UNET_KEY, convert_ldm_unet_checkpoint
 
