@@ -155,16 +155,6 @@ def test_export_refuses_what_it_cannot_write_with_a_clear_error(lora_repo, tmp_p
     assert not (tmp_path / "lora.safetensors").exists()
 
 
-def test_flux_lora_is_offered_in_the_diffusers_format_only(lora_repo, tmp_path):
-    repo = shutil.copytree(lora_repo, tmp_path / "flux")
-    tensors = load_file(repo / "model/pytorch_lora_weights.safetensors")
-    weights = replace_lora_file(repo, {key.replace("unet.", "transformer.", 1): value for key, value in tensors.items()},
-                                {"family": "flux"})  # a transformer-denoiser LoRA, as FLUX.1's
-    with pytest.raises(ConfigError, match=r"A flux LoRA cannot be written in kohya's format yet; only the diffusers format is offered"):
-        export_lora(repo, "kohya", tmp_path / "flux.safetensors")
-    assert export_lora(repo, "diffusers", tmp_path / "flux.safetensors").read_bytes() == weights.read_bytes()
-
-
 def test_export_of_an_altered_repo_is_refused(lora_repo, tmp_path):
     repo = shutil.copytree(lora_repo, tmp_path / "altered")
     with open(repo / "model/pytorch_lora_weights.safetensors", "ab") as file:
@@ -186,3 +176,45 @@ def test_a_lora_file_not_in_diffusers_keys_is_a_repo_error_naming_it(lora_repo, 
     replace_lora_file(repo, {"unet.some.layer.weight": torch.zeros(2, 2)})
     with pytest.raises(RepoError, match=r"pytorch_lora_weights.safetensors: its unet LoRA is not in diffusers' key format"):
         export_lora(repo, "kohya", tmp_path / "odd.safetensors")
+
+
+def test_a_run_with_export_formats_saves_the_kohya_file_in_its_repo_listed_verified_and_loadable(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from tinypipe.builtin.tiny_sd import shapes_dataset
+    from tinypipe.config.filelist import verify_filelist
+    from tinypipe.trainers import LoRATrainer
+
+    output = tmp_path / "run"
+    LoRATrainer().train(data=shapes_dataset(count=2), instance_prompt=PROMPT, max_train_steps=1, rank=2, lora_alpha=4,
+                        num_validation_images=0, export_formats="kohya", output_dir=str(output))
+    model = output / "model"
+    assert "kohya_lora.safetensors " in (model / "filelist.txt").read_text()
+    verify_filelist(model)  # the listed hash is the file's
+    assert json.loads((output / "trainer/train_config/config.json").read_text())["export_formats"] == ["kohya"]
+    with safe_open(str(model / "kohya_lora.safetensors"), framework="pt") as file:
+        metadata = file.metadata()
+    assert (metadata["ss_network_dim"], metadata["ss_network_alpha"], metadata["ss_max_train_steps"]) == ("2", "4", "1")
+    assert metadata["ss_output_name"] == "run" and metadata["ss_resolution"] == "(64, 64)"
+    # The card's "How to use" names the saved file, and diffusers reads it as the repo's own LoRA.
+    card = (output / "README.md").read_text()
+    assert 'weight_name="kohya_lora.safetensors"' in card and "tinypipe export" not in card
+    reader = StableDiffusionPipeline.from_pretrained(builtin_model_folder(TINY_SD))
+    reader.set_progress_bar_config(disable=True)
+    reader.load_lora_weights(str(model), weight_name="kohya_lora.safetensors")
+    np.testing.assert_allclose(images(reader), images(AutoModelPipeline.from_pretrained(output).pipe), atol=1e-4)
+
+
+def test_export_formats_a_model_cannot_be_saved_in_are_refused_before_training(tmp_path):
+    from tinypipe.builtin import TINY_FLUX
+    from tinypipe.trainers import DreamBoothTrainer, LoRATrainer
+
+    output = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"A flux LoRA cannot be exported in the kohya format .* tinypipe writes: comfyui, diffusers"):
+        LoRATrainer().train(base_model=TINY_FLUX, data="tinypipe/shapes", export_formats=["kohya"], output_dir=str(output))
+    with pytest.raises(ConfigError, match=r"export_formats \['kohya'\] writes LoRA files, and use_lora is False"):
+        DreamBoothTrainer().train(data="tinypipe/shapes", export_formats=["kohya"], output_dir=str(output))
+    assert not (output / "model").exists()
+    with pytest.raises(ConfigError, match=r"export_formats \['comfyui'\] writes LoRA files, but this Stable Diffusion 1/2 pipeline has no LoRA"):
+        DiffusionPipeline(TINY_SD, device="cpu").save_pretrained(tmp_path / "plain", export_formats=["comfyui"])
+    assert not (tmp_path / "plain").exists()

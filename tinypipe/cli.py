@@ -306,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: 0, or as many as --prior-class-image-dir holds).")
     diffuser.add_argument("--placeholder-token", metavar="TOKEN", help="textual-inversion: the new token (default: the <name> in PROMPT).")
     diffuser.add_argument("--initializer-token", metavar="WORD", help="textual-inversion: a known word the new token starts from.")
+    diffuser.add_argument("--export-formats", metavar="FORMATS", help="lora / dreambooth LoRA: also save the LoRA in "
+                          "these formats in the repo's model/ (comma-separated: kohya, comfyui; see `tinypipe export --help`).")
     _add_job_options(diffuser)
     diffuser.set_defaults(handler=_train)
 

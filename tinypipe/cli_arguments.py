@@ -140,6 +140,12 @@ def diffuser_train_arguments(arguments: argparse.Namespace) -> dict:
             raise ConfigError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for --method textual-inversion, "
                               f"not --method {method}; leave them out, or choose --method textual-inversion.")
         _set_option(train, "instance_prompt", prompt, "PROMPT")
+    if getattr(arguments, "export_formats", None):
+        if method == "textual-inversion":
+            raise ConfigError("--export-formats writes LoRA files; --method textual-inversion trains none (its "
+                              "learned_embeds.safetensors is read by A1111 and ComfyUI as it is). Leave it out.")
+        _set_option(train, "export_formats", [name.strip() for name in arguments.export_formats.split(",") if name.strip()],
+                    "--export-formats")
     prior = (arguments.prior_class_prompt, arguments.prior_class_image_dir, arguments.num_prior_class_images)
     if any(prior):
         if method == "textual-inversion":

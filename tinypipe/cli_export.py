@@ -13,11 +13,16 @@ from .export import EXPORT_FORMATS
 __all__ = ["add_export_commands"]
 
 EXPORT_EPILOG = """formats:
-  kohya      kohya's key names (lora_unet_..., lora_te_...), .alpha tensors and ss_* metadata: A1111, Forge,
-             SD.Next, InvokeAI, kohya's sd-scripts, and diffusers' load_lora_weights(FILE) read it.
-  comfyui    the same kohya file: ComfyUI's LoRA loader reads it (put it in ComfyUI/models/loras/).
-  diffusers  the repo's own model/pytorch_lora_weights.safetensors (diffusers' keys), unchanged.
-Stable Diffusion 1/2 LoRAs are written in every format; other families (FLUX.1, ...) in the diffusers format only.
+  kohya      kohya's key names (lora_unet_..., lora_te_...; SDXL: the sgm UNet's lora_unet_input_blocks_...,
+             lora_te1_/lora_te2_), .alpha tensors and ss_* metadata: A1111, Forge, SD.Next, InvokeAI, ComfyUI,
+             kohya's sd-scripts, and diffusers' load_lora_weights(FILE) read it. SD 1/2 and SDXL.
+  comfyui    the file ComfyUI's LoRA loader reads (put it in ComfyUI/models/loras/): the kohya file for SD 1/2 and
+             SDXL; for FLUX.1 diffusers' module names (transformer.<path>.lora_A.weight) with an .alpha per module,
+             which diffusers' FluxPipeline.load_lora_weights reads too.
+  diffusers  the repo's own model/pytorch_lora_weights.safetensors (diffusers' keys), unchanged; SD3's only format
+             (ComfyUI reads it directly, at the trained strength when lora_alpha equals the rank).
+A format the repo's family is not written in is refused, naming those it is. To save the files inside the repo at
+training time: tinypipe train-diffuser ... --export-formats kohya,comfyui.
 """
 
 

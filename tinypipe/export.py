@@ -6,31 +6,32 @@ from tinypipe.export import export_lora
 export_lora("out", "kohya", "my-lora.safetensors")   # for A1111 / Forge / kohya's sd-scripts
 ```
 
-Formats (`EXPORT_FORMATS`):
-- `kohya`: kohya's key names (`lora_unet_...`, `lora_te_...`), `.alpha` tensors and `ss_*` metadata
-  (`tinypipe.models.kohya_export`). A1111, Forge, SD.Next, InvokeAI and diffusers' `load_lora_weights` read it.
-- `comfyui`: the same file. ComfyUI's LoRA loader reads kohya-format Stable Diffusion LoRAs (put it in
-  `ComfyUI/models/loras/`), so there is no separate ComfyUI format to write.
-- `diffusers`: the repo's own `model/pytorch_lora_weights.safetensors`, unchanged (diffusers' keys and metadata).
+Formats (`EXPORT_FORMATS`; which family is written in which: `tinypipe.config.export_formats`):
+- `kohya`: kohya's key names (`lora_unet_...`, `lora_te_...`; SDXL: `lora_te1_`/`lora_te2_` and the sgm UNet's
+  `input_blocks_...` names), `.alpha` tensors and `ss_*` metadata (`tinypipe.models.kohya_export`): Stable
+  Diffusion 1/2 and SDXL. A1111, Forge, SD.Next, InvokeAI, ComfyUI and diffusers' `load_lora_weights` read it.
+- `comfyui`: the file ComfyUI's LoRA loader reads (put it in `ComfyUI/models/loras/`): the kohya file for SD 1/2
+  and SDXL; for FLUX.1 diffusers' module paths with peft's `lora_A`/`lora_B` and an `.alpha` per module
+  (`tinypipe.models.comfyui_export`), which diffusers' `FluxPipeline.load_lora_weights` reads too.
+- `diffusers`: the repo's own `model/pytorch_lora_weights.safetensors`, unchanged (diffusers' keys and metadata);
+  SD3's only format (ComfyUI reads it directly).
 
 The repo is only read (its `model/filelist.txt` checked first). The file is written atomically and never replaces an
 existing file unless `overwrite=True` (`--force`); only safetensors files are written.
 """
 
-import shutil
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from .config.card import card_data_from_repo
+from .config.export_formats import check_export_formats
 from .config.filelist import FILELIST, verify_filelist
 from .config.hub import public_value
-from .errors import ConfigError, RepoError, disk_full_as_error
-from .files import atomic_file, read_json
+from .errors import ConfigError, RepoError
+from .files import read_json
+from .config.export_formats import EXPORT_FORMATS
 
 __all__ = ["EXPORT_FORMATS", "export_lora", "default_export_name"]
-
-EXPORT_FORMATS = ("kohya", "comfyui", "diffusers")
-"""The LoRA file formats `export_lora` writes."""
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -56,8 +57,9 @@ def export_lora(repo: Union[str, Path], format: str = "kohya", to: Optional[Unio
     Args:
         repo: The repo folder (`save_pretrained` / a trainer's `train(output_dir=...)`), holding
             `model/pytorch_lora_weights.safetensors`.
-        format: `"kohya"` (A1111, Forge, kohya's sd-scripts, diffusers), `"comfyui"` (the same kohya file, which
-            ComfyUI's LoRA loader reads) or `"diffusers"` (the repo's own file).
+        format: `"kohya"` (A1111, Forge, kohya's sd-scripts, diffusers: SD 1/2, SDXL), `"comfyui"` (the file
+            ComfyUI's LoRA loader reads: the kohya file, or FLUX.1's peft-keyed file with `.alpha` tensors) or
+            `"diffusers"` (the repo's own file).
         to: The file to write (a `.safetensors` path); default `default_export_name(repo, format)`.
         overwrite: Replace `to` if it exists (otherwise an existing file is refused).
 
@@ -65,8 +67,8 @@ def export_lora(repo: Union[str, Path], format: str = "kohya", to: Optional[Unio
         The path written.
 
     Raises:
-        ConfigError: An unknown format, a target that is not `.safetensors` or exists, or a family whose LoRA has no
-            kohya layout yet (the message says only the diffusers format is offered).
+        ConfigError: An unknown format, a target that is not `.safetensors` or exists, a family whose LoRA is not
+            written in that format (the message names the formats offered), or a LoRA module the format cannot name.
         RepoError: The repo has no LoRA, does not verify, or its LoRA file cannot be read.
 
     Example:
@@ -74,8 +76,6 @@ def export_lora(repo: Union[str, Path], format: str = "kohya", to: Optional[Unio
     export_lora("out", "comfyui", "ComfyUI/models/loras/sks-circle.safetensors")
     ```
     """
-    from .models.kohya_export import kohya_lora, kohya_metadata, lora_components, native_resolution, read_lora_file
-
     # 1. Check the request before anything is read or written.
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"Unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}.")
@@ -104,22 +104,14 @@ def export_lora(repo: Union[str, Path], format: str = "kohya", to: Optional[Unio
     source = model / LORA_FILE
 
     # 3. Write the file beside its target, then rename it into place.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if format == "diffusers":
-        with disk_full_as_error(target, f"Writing {target}"), atomic_file(target) as staging:
-            shutil.copyfile(source, staging)
-        return target
-    from safetensors.torch import save_file
+    from .models.kohya_export import lora_components, read_lora_file
+    from .models.lora_exports import write_lora_export
 
-    tensors, _ = read_lora_file(source)
-    family = _family(config, lora_components(tensors))
-    state_dict, settings = kohya_lora(source, family)
+    family = _family(config, lora_components(read_lora_file(source)[0]))
+    check_export_formats([format], family)
     data = card_data_from_repo(repo)
     arguments = data.get("training_arguments", {})
-    metadata = kohya_metadata(family, settings["rank"], settings["alpha"], state_dict,
-                              base_model=public_value(data.get("base_model")),
-                              resolution=arguments.get("resolution") or native_resolution(config.get("base_model")),
-                              title=target.stem, training_arguments=arguments)
-    with disk_full_as_error(target, f"Writing {target}"), atomic_file(target) as staging:
-        save_file(state_dict, str(staging), metadata=metadata)
-    return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return write_lora_export(source, target, format, family, base_model=config.get("base_model"),
+                             public_base_model=public_value(data.get("base_model")),
+                             resolution=arguments.get("resolution"), title=target.stem, training_arguments=arguments)

@@ -14,10 +14,22 @@ def test_a_stable_diffusion_lora_card_offers_diffusers_and_the_kohya_file():
     assert "tinypipe export me/dog --format kohya --to dog.safetensors" in text and "<lora:dog:1>" in text
 
 
-def test_a_lora_of_a_family_without_a_kohya_layout_offers_no_kohya_file():
-    flux = {**SD_LORA, "tags": ["diffusers", "flux", "lora"]}
-    text = "\n".join(usage_section(flux, "me/flux"))
-    assert "load_lora_weights" in text and "tinypipe export" not in text
+def test_each_familys_card_offers_the_file_its_tools_read_and_none_where_only_diffusers_is_written():
+    sdxl = "\n".join(usage_section({**SD_LORA, "tags": ["diffusers", "stable-diffusion-xl", "lora"]}, "me/xl"))
+    assert "tinypipe export me/xl --format kohya --to xl.safetensors" in sdxl and "<lora:xl:1>" in sdxl
+    flux = "\n".join(usage_section({**SD_LORA, "tags": ["diffusers", "flux", "lora"]}, "me/flux"))
+    assert "tinypipe export me/flux --format comfyui --to flux.safetensors" in flux
+    assert "ComfyUI/models/loras/" in flux and "<lora:" not in flux  # A1111 does not read FLUX.1 LoRAs
+    sd3 = "\n".join(usage_section({**SD_LORA, "tags": ["diffusers", "stable-diffusion-3", "lora"]}, "me/sd3"))
+    assert "load_lora_weights" in sd3 and "tinypipe export" not in sd3
+
+
+def test_a_card_names_the_lora_file_saved_with_export_formats_instead_of_the_export_command():
+    saved = {**SD_LORA, "model_files": [*SD_LORA["model_files"], "kohya_lora.safetensors"]}
+    text = "\n".join(usage_section(saved, "me/dog"))
+    assert 'hf_hub_download("me/dog", "model/kohya_lora.safetensors")' in text
+    assert 'pipe.load_lora_weights("me/dog", subfolder="model", weight_name="kohya_lora.safetensors")' in text
+    assert "<lora:kohya_lora:1>" in text and "tinypipe export" not in text
 
 
 def test_an_unknown_base_model_is_named_as_such_not_invented():

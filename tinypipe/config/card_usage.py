@@ -9,8 +9,9 @@ lines = usage_section(card_data_from_repo("out"), "me/my-lora")   # Markdown lin
 One snippet per tool that reads the repo's files, chosen from what `model/` holds (`card_data["model_files"]`):
 tinypipe itself; diffusers (`load_lora_weights(repo, subfolder="model")`, or no arguments when the LoRA is also
 published at the repo root; `load_textual_inversion`; a DreamBooth pipeline folder); peft (`PeftModel.from_pretrained(
-base, repo, subfolder="model")`); and, for a Stable Diffusion 1/2 LoRA, the kohya file `tinypipe export` writes for
-A1111 / ComfyUI.
+base, repo, subfolder="model")`); and the LoRA file for A1111 / Forge / ComfyUI (kohya's format for SD 1/2 and SDXL,
+ComfyUI's for FLUX.1): the one saved in `model/` with `export_formats`, or else the `tinypipe export` command that
+writes it.
 The diffusers and peft snippets name the base model once (`base_model = ...`), so each reads as the code a user runs;
 the tests run each one against a published copy.
 """
@@ -18,20 +19,28 @@ the tests run each one against a published copy.
 import json
 from typing import Any, Optional
 
+from .export_formats import REPO_EXPORT_NAMES
+
 __all__ = ["usage_section"]
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 _UNKNOWN_BASE = "<the base model's hub id or folder>"
-_OTHER_FAMILY_TAGS = {"stable-diffusion-xl", "sdxl", "flux"}
+_FORMAT_WORDS = {"kohya": "kohya's key names, alpha and ss_* metadata",
+                 "comfyui": "diffusers' module names with an alpha per module, as ComfyUI reads FLUX.1 LoRAs"}
 STEPS = 30
 """The denoising steps the snippets generate with."""
 _DEVICE = 'pipe = pipe.to("cuda" if torch.cuda.is_available() else "cpu")'
 
 
-def _kohya_exportable(tags: list[str]) -> bool:
-    """Whether `tinypipe export --format kohya` writes this repo's LoRA: a Stable Diffusion 1/2 one (see
-    `tinypipe.models.kohya_export.KOHYA_LAYOUTS`), told by its tags, since the card reads no weights."""
-    return "stable-diffusion" in tags and not set(tags) & _OTHER_FAMILY_TAGS
+def _tool_format(tags: list[str]) -> Optional[str]:
+    """The format A1111 / ComfyUI users need for this repo's LoRA, told by its family tag (the card reads no weights):
+    `kohya` for Stable Diffusion 1/2 and SDXL, `comfyui` for FLUX.1, None where only diffusers' file is written (SD3);
+    see `tinypipe.config.export_formats`."""
+    if "flux" in tags:
+        return "comfyui"
+    if {"stable-diffusion", "stable-diffusion-xl"} & set(tags):
+        return "kohya"
+    return None
 
 
 def _python(*lines: str) -> list[str]:
@@ -65,17 +74,35 @@ def _diffusion_snippets(card_data: dict[str, Any], repo_id: str, base: str, prom
     if steps:
         lines += ["### diffusers", ""]
         lines += _python(*_text_to_image_start(base), *steps, f"image = pipe({prompt}, num_inference_steps={STEPS}).images[0]")
-    if LORA_FILE in files and _kohya_exportable(card_data.get("tags", [])):
-        name = f"{repo_id.rsplit('/', 1)[-1]}.safetensors"
-        lines += ["### A1111, Forge, ComfyUI, kohya (one kohya-format file)", "",
-                  "Write the LoRA with kohya's key names and metadata (`pip install tinypipe`):", "",
-                  "```bash", f"tinypipe export {repo_id} --format kohya --to {name}", "```", "",
-                  f"A1111 / Forge: copy `{name}` into `models/Lora/` and add `<lora:{name.removesuffix('.safetensors')}:1>` "
-                  "to the prompt. ComfyUI: copy it into `ComfyUI/models/loras/` and pick it in a *Load LoRA* node. "
-                  "diffusers reads the same file:", ""]
-        lines += _python(*_text_to_image_start(base), f"pipe.load_lora_weights({json.dumps(name)})",
-                         f"image = pipe({prompt}, num_inference_steps={STEPS}).images[0]")
+    format = _tool_format(card_data.get("tags", [])) if LORA_FILE in files else None
+    if format is not None:
+        lines += _tool_snippets(repo_id, format, REPO_EXPORT_NAMES[format] in files, base, prompt)
     return lines
+
+
+def _tool_snippets(repo_id: str, format: str, in_repo: bool, base: str, prompt: str) -> list[str]:
+    """The LoRA file for A1111 / Forge / ComfyUI: the one saved in `model/` (`export_formats`), or else the
+    `tinypipe export` command that writes it; and diffusers reading the same file."""
+    repo = json.dumps(repo_id)
+    tools = "A1111, Forge, ComfyUI, kohya" if format == "kohya" else "ComfyUI"
+    if in_repo:
+        name = REPO_EXPORT_NAMES[format]
+        lines = [f"### {tools} (`model/{name}`)", "",
+                 f"`model/{name}` is the LoRA in {format}'s format ({_FORMAT_WORDS[format]}). Download it:", ""]
+        lines += _python("from huggingface_hub import hf_hub_download", "",
+                         f'path = hf_hub_download({repo}, "model/{name}")')
+        load = f'pipe.load_lora_weights({repo}, subfolder="model", weight_name="{name}")'
+    else:
+        name = f"{repo_id.rsplit('/', 1)[-1]}.safetensors"
+        lines = [f"### {tools} (one {format}-format file)", "",
+                 f"Write the LoRA in {format}'s format ({_FORMAT_WORDS[format]}; `pip install tinypipe`):", "",
+                 "```bash", f"tinypipe export {repo_id} --format {format} --to {name}", "```", ""]
+        load = f"pipe.load_lora_weights({json.dumps(name)})"
+    a1111 = (f"A1111 / Forge: copy `{name}` into `models/Lora/` and add `<lora:{name.removesuffix('.safetensors')}:1>` "
+             "to the prompt. " if format == "kohya" else "")
+    lines += [f"{a1111}ComfyUI: copy `{name}` into `ComfyUI/models/loras/` and pick it in a *Load LoRA* node. "
+              "diffusers reads the same file:", ""]
+    return lines + _python(*_text_to_image_start(base), load, f"image = pipe({prompt}, num_inference_steps={STEPS}).images[0]")
 
 
 def _peft_snippet(card_data: dict[str, Any], repo_id: str, base: str) -> list[str]:

@@ -80,7 +80,8 @@ def lora_state_dicts(pipe: Any, components: Sequence[str]) -> dict[str, dict[str
     A transformer family's (FLUX.1, SD3) are peft's keys, which its pipeline class reads (converting them would drop
     SD3's attention LoRA). For a UNet family every text-encoder layer gets diffusers' `lora_linear_layer.down/up` keys, the MLP (`fc1`, `fc2`) too:
     diffusers converts only the attention projections, and reads a text-encoder part back only when it
-    finds that form.
+    finds that form; and every UNet layer gets `lora.down/up` keys, its resnets and projections too (a part mixing
+    `lora.down` and `lora_A` keys is read in the form of its first key, the rest dropped).
     """
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -90,9 +91,11 @@ def lora_state_dicts(pipe: Any, components: Sequence[str]) -> dict[str, dict[str
     layers = {name: convert_state_dict_to_diffusers(get_peft_model_state_dict(getattr(pipe, name), adapter_name=ADAPTER_NAME))
               for name in components}
     for name in layers:
-        if name.startswith("text_encoder"):
-            layers[name] = {key.replace(".lora_A.", ".lora_linear_layer.down.").replace(".lora_B.", ".lora_linear_layer.up."): value
-                            for key, value in layers[name].items()}
+        # diffusers converts what is left in peft's form (`lora_A`), and reads a part in one form only, told by its first
+        # key: a UNet LoRA on attention and other layers (conv1, proj_in, ...) must not mix `lora.down` and `lora_A`.
+        down, up = ("lora_linear_layer.down", "lora_linear_layer.up") if name.startswith("text_encoder") else ("lora.down", "lora.up")
+        layers[name] = {key.replace(".lora_A.", f".{down}.").replace(".lora_B.", f".{up}."): value
+                        for key, value in layers[name].items()}
     return layers
 
 

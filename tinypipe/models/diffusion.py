@@ -51,6 +51,7 @@ from .diffusers_lora import (
     save_lora_file,
 )
 from .embedding_files import textual_inversion_file_name
+from .lora_exports import write_repo_exports
 from .lora_targets import check_target_modules
 
 __all__ = ["DiffusionPipeline", "LORA_WEIGHTS_NAME", "UNET_LORA_TARGETS"]
@@ -328,6 +329,48 @@ class DiffusionPipeline(TextualInversionTokens, ConfigMixin):
 
     # -- saving and loading -------------------------------------------------------------------------
 
+    def check_export_formats(self, export_formats: Sequence[str]) -> tuple[str, ...]:
+        """Refuse (before a run) export formats this pipeline's LoRA cannot be saved in (see `save_pretrained`).
+
+        Raises:
+            ConfigError: An unknown format, one the family's LoRA is not written in (naming both), or export formats
+                for a pipeline without a LoRA.
+        """
+        from ..config.export_formats import check_export_formats
+
+        formats = check_export_formats(export_formats, self.family.name)
+        if formats and not self.has_lora:
+            raise ConfigError(f"export_formats {list(formats)} writes LoRA files, but this {self.family.title} pipeline has "
+                              "no LoRA; leave export_formats out, or train a LoRA.")
+        return formats
+
+    def save_pretrained(self, path: Union[str, Path], *, export_formats: Sequence[str] = (),
+                        trained_with: Optional[Mapping[str, Any]] = None, **hub: Any) -> Path:
+        """Save this pipeline into the repo at `path` (its `model/` folder), atomically; optionally with the LoRA also
+        written for other tools.
+
+        Args:
+            path: The repo folder.
+            export_formats: Formats (`tinypipe.config.export_formats`: `"kohya"`, `"comfyui"`, `"diffusers"`) the
+                LoRA is also saved in, as `model/kohya_lora.safetensors` / `model/comfyui_lora.safetensors`, listed in
+                `model/filelist.txt` (`"diffusers"` is `pytorch_lora_weights.safetensors` itself).
+            trained_with: The run's training arguments, for the exported files' `ss_*` metadata (resolution, steps,
+                learning rate; local paths and credentials are left out).
+            **hub: `push_to_hub`, `repo_id`, `private`, `token`, `commit_message`, as `ConfigMixin.save_pretrained`.
+
+        Returns:
+            The repo folder.
+
+        Raises:
+            ConfigError: An export format this pipeline's LoRA is not written in (see `check_export_formats`).
+        """
+        formats = self.check_export_formats(export_formats)
+        self._exports = (formats, dict(trained_with or {}), Path(path).name)
+        try:
+            return super().save_pretrained(path, **hub)
+        finally:
+            self._exports = ((), {}, "")
+
     def save_weights(self, folder: Path) -> None:
         """Write the fine-tuned weights in diffusers' formats.
 
@@ -344,6 +387,8 @@ class DiffusionPipeline(TextualInversionTokens, ConfigMixin):
             save_file(tensors, str(folder / textual_inversion_file_name(index)))
         if self.has_lora:
             save_lora_file(self.pipe, folder, self.lora_configs())
+            formats, arguments, title = getattr(self, "_exports", ((), {}, ""))
+            write_repo_exports(folder, formats, self.family.name, self.base_model, arguments, title)
 
     @classmethod
     def _build_from_folder(cls, folder: Path, arguments: Mapping[str, Any], overrides: Mapping[str, Any]) -> "DiffusionPipeline":
@@ -378,7 +423,7 @@ class DiffusionPipeline(TextualInversionTokens, ConfigMixin):
     def card_data_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
         """Base model, method and tags (diffusers, the family, lora, dreambooth, textual_inversion) of a saved pipeline."""
         has_lora = config.get("lora_rank") is not None
-        family_tag = {"sdxl": "stable-diffusion-xl", "flux": "flux"}.get(config.get("family") or "sd", "stable-diffusion")
+        family_tag = {"sdxl": "stable-diffusion-xl", "flux": "flux", "sd3": "stable-diffusion-3"}.get(config.get("family") or "sd", "stable-diffusion")
         tags = ["diffusers", family_tag, "text-to-image"] + (["lora"] if has_lora else [])
         method = "LoRA" if has_lora else "diffusion pipeline"
         if config.get("fine_tuned_components"):

@@ -30,6 +30,7 @@ from typing import Any, Mapping, Optional
 
 from ..builtin.tiny_sd import TINY_SD
 from ..config import BaseArgsFromConfig, FromConfig, Ignore, TrainerConfigMixin, copy_signature, save_config, set_from_config
+from ..config.export_formats import check_export_formats
 from ..errors import ConfigError
 from ..models.diffusion import DiffusionPipeline
 from ..training import arguments as shared, diffusion_steps as steps, loop
@@ -137,6 +138,7 @@ class DreamBoothTrainer(TrainerConfigMixin):
         report_to: shared.ReportTo = "none",
         validation_inference_steps: shared.ValidationInferenceSteps = 25,
         validation_guidance_scale: shared.ValidationGuidanceScale = 7.5,
+        export_formats: shared.ExportFormats = None,
     ) -> DiffusionPipeline:
         """Fine-tune the pipeline on the instance images in `data` and return it.
 
@@ -171,6 +173,10 @@ class DreamBoothTrainer(TrainerConfigMixin):
                               "family on one machine; train a DreamBooth LoRA instead: use_lora=True (tinypipe train-diffuser "
                               "--method dreambooth --training-args '{\"use_lora\": true}').")
         pipeline.family.check_method("dreambooth_lora" if use_lora else "dreambooth_full")
+        if export_formats and not use_lora:
+            raise ConfigError(f"export_formats {export_formats!r} writes LoRA files, and use_lora is False (a full fine-tune, "
+                              "whose model/ is a diffusers pipeline folder); set use_lora=True, or leave export_formats out.")
+        export_formats = arguments["export_formats"] = list(check_export_formats(export_formats or (), pipeline.family.name)) or None
         if not use_lora and pipeline.has_lora:
             raise ConfigError("This pipeline has a LoRA; a full DreamBooth fine-tune needs one without. "
                               "Pass use_lora=True to train its LoRA instead.")
@@ -197,7 +203,8 @@ class DreamBoothTrainer(TrainerConfigMixin):
         self.set_method_config("train_config", DreamBoothTrainConfig(**arguments))
         output = Path(output_dir) if output_dir is not None else None
         loop.save_run(self, pipeline, accelerator, output,
-                      also_write=lambda output: validation.save_before_after(pipeline, before, output, accelerator))
+                      also_write=lambda output: validation.save_before_after(pipeline, before, output, accelerator),
+                      **({"export_formats": export_formats, "trained_with": arguments} if export_formats else {}))
         return pipeline
 
 

@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 from ..builtin.tiny_sd import TINY_SD
 from ..config import BaseArgsFromConfig, FromConfig, Ignore, TrainerConfigMixin, copy_signature, save_config, set_from_config
+from ..config.export_formats import check_export_formats
 from ..models.diffusion import DiffusionPipeline
 from ..training import arguments as shared, diffusion_steps as steps, loop
 from ..training.checkpoints import save_checkpoint
@@ -121,6 +122,7 @@ class LoRATrainer(TrainerConfigMixin):
         report_to: shared.ReportTo = "none",
         validation_inference_steps: shared.ValidationInferenceSteps = 25,
         validation_guidance_scale: shared.ValidationGuidanceScale = 7.5,
+        export_formats: shared.ExportFormats = None,
     ) -> DiffusionPipeline:
         """Fine-tune the pipeline on `data` and return it (with its LoRA trained).
 
@@ -143,6 +145,7 @@ class LoRATrainer(TrainerConfigMixin):
         check_prior_preservation(arguments)
         pipeline = self.model if self.model is not None else self.init_model(base_model).model
         pipeline.family.check_method("dreambooth_lora" if with_prior_preservation else "lora")
+        export_formats = arguments["export_formats"] = list(check_export_formats(export_formats or (), pipeline.family.name)) or None
         rank, lora_alpha = steps.resolve_lora_settings(pipeline, rank=rank, lora_alpha=lora_alpha,
                                                        train_text_encoder=train_text_encoder)
         loop.record_effective_arguments(arguments, "LoRA", base_model=pipeline.config["base_model"], rank=rank,
@@ -159,7 +162,8 @@ class LoRATrainer(TrainerConfigMixin):
         # 3. The result: the trained pipeline, and the repo (the LoRA, this trainer with the effective configuration).
         self.set_method_config("train_config", LoRATrainConfig(**arguments))
         loop.save_run(self, pipeline, accelerator, None if output_dir is None else Path(output_dir),
-                      also_write=lambda output: validation.save_before_after(pipeline, before, output, accelerator))
+                      also_write=lambda output: validation.save_before_after(pipeline, before, output, accelerator),
+                      **({"export_formats": export_formats, "trained_with": arguments} if export_formats else {}))
         return pipeline
 
 

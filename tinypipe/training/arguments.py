@@ -35,7 +35,7 @@ __all__ = [
     "NumValidationImages", "ValidationInferenceSteps", "ValidationGuidanceScale", "Rank", "LoraAlpha", "TrainTextEncoder",
     "SnrGamma", "NoiseOffset", "Resolution", "CenterCrop", "RandomFlip", "InstancePrompt", "WithPriorPreservation",
     "ClassPrompt", "ClassDataDir", "NumClassImages", "PriorLossWeight", "SampleBatchSize", "ClassInferenceSteps",
-    "ClassGuidanceScale", "TRAINING_ARGUMENTS", "DIFFUSION_ARGUMENTS", "argument_doc", "document_shared_arguments",
+    "ClassGuidanceScale", "ExportFormats", "TRAINING_ARGUMENTS", "DIFFUSION_ARGUMENTS", "argument_doc", "document_shared_arguments",
     "training_arguments_help",
 ]
 
@@ -115,6 +115,10 @@ PriorLossWeight = Annotated[float, FromConfig, Doc("Weight of the class-image lo
 SampleBatchSize = Annotated[int, FromConfig, Doc("Images per generation batch for the class images.")]
 ClassInferenceSteps = Annotated[int, FromConfig, Doc("Denoising steps of the generated class images.")]
 ClassGuidanceScale = Annotated[float, FromConfig, Doc("Guidance scale of the generated class images.")]
+ExportFormats = Annotated[Optional[list], FromConfig, Doc(
+    "LoRA formats also saved in the repo's model/ for other tools: kohya (A1111, Forge; SD 1/2, SDXL), comfyui "
+    "(ComfyUI; SD 1/2, SDXL, FLUX.1), diffusers (the LoRA file itself); one the model family's LoRA is not written in "
+    "is refused before training.")]
 
 # The tables the command line's help is written from: argument name -> its type.
 TRAINING_ARGUMENTS = {
@@ -137,7 +141,7 @@ DIFFUSION_ARGUMENTS = {
     "center_crop": CenterCrop, "random_flip": RandomFlip, "instance_prompt": InstancePrompt,
     "with_prior_preservation": WithPriorPreservation, "class_prompt": ClassPrompt, "class_data_dir": ClassDataDir,
     "num_class_images": NumClassImages, "prior_loss_weight": PriorLossWeight, "sample_batch_size": SampleBatchSize,
-    "class_inference_steps": ClassInferenceSteps, "class_guidance_scale": ClassGuidanceScale,
+    "class_inference_steps": ClassInferenceSteps, "class_guidance_scale": ClassGuidanceScale, "export_formats": ExportFormats,
 }
 
 _F = TypeVar("_F", bound=Callable)

@@ -147,7 +147,7 @@ def scaled_learning_rate(settings: Mapping[str, Any], num_processes: int) -> flo
 
 
 def save_run(trainer: Any, pipeline: Any, accelerator: Any, output: Optional[Path],
-             also_write: Optional[Callable[[Path], None]] = None) -> None:
+             also_write: Optional[Callable[[Path], None]] = None, **save_arguments: Any) -> None:
     """Write the run's repo on the main process, then end the run (and its trackers).
 
     The repo: the pipeline; the trainer with its recorded config and the run's record (`trainer/metrics.jsonl`,
@@ -160,10 +160,11 @@ def save_run(trainer: Any, pipeline: Any, accelerator: Any, output: Optional[Pat
         accelerator: The run's accelerator.
         output: The run's `output_dir`; None writes nothing.
         also_write: Writes the recipe's other files into `output` (validation images, metrics).
+        **save_arguments: Passed to the pipeline's `save_pretrained` (a LoRA's `export_formats`, `trained_with`).
     """
     if output is not None and accelerator.is_main_process:
         records = read_metrics(output / METRICS_FILE)
-        pipeline.save_pretrained(output)
+        pipeline.save_pretrained(output, **save_arguments)
         trainer.run_record = lambda folder: write_run_record(records, folder)
         try:
             trainer.save_pretrained(output)

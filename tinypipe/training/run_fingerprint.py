@@ -43,8 +43,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["NOT_RUN_SETTINGS", "content_digest", "run_fingerprint", "checkpoint_to_resume"]
 
 NOT_RUN_SETTINGS = frozenset({
-    # Where the results go, and the resume itself.
-    "output_dir", "resume_from_checkpoint",
+    # Where the results go (and in which extra file formats), and the resume itself.
+    "output_dir", "export_formats", "resume_from_checkpoint",
     # How often checkpoints and validation images are written, and what the validation shows.
     "checkpointing_steps", "checkpoints_total_limit", "validation_prompt", "num_validation_images", "validation_epochs",
     "validation_inference_steps", "validation_guidance_scale", "validation_data",
