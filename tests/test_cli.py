@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tinypipe.jobs import JobStore
 
@@ -118,12 +119,18 @@ def test_download_model_zips_weights_and_images_that_diffusers_loads(home, diffu
     assert np.abs(as_array(tuned) - as_array(base)).mean() > 0.5  # the downloaded LoRA changes the images
 
 
-def test_generate_writes_images_from_a_job_id(home, diffuser_job, tmp_path):
+def test_generate_writes_numbered_images_from_a_job_and_never_replaces_a_file(home, diffuser_job, tmp_path):
     job, _ = diffuser_job
+    folder = tmp_path / "images"
+    folder.mkdir()
+    mine = {"00000-seed0-0.png": b"my picture", "00003-seed0-1.png": b"an earlier run's", "cat.png": b"my cat"}
+    for name, content in mine.items():
+        (folder / name).write_bytes(content)
     result = tinypipe(home, "generate", job.id, "a photo of sks circle", "--num-images", "2", "--steps", "2",
-                      "--output", str(tmp_path / "images"))
-    written = sorted((tmp_path / "images").glob("*.png"))
-    assert len(written) == 2 and result.stdout.split() == [str(path) for path in written]
+                      "--output", str(folder))
+    assert result.stdout.split() == [str(folder / "00004-seed0-0.png"), str(folder / "00004-seed0-1.png")]
+    assert all(Image.open(path).format == "PNG" for path in result.stdout.split())
+    assert {name: (folder / name).read_bytes() for name in mine} == mine
 
 
 # -- detached jobs, two at once ----------------------------------------------------------------------------

@@ -202,13 +202,30 @@ def _generate(arguments: argparse.Namespace) -> int:
     images = pipeline.generate(arguments.prompt, num_inference_steps=arguments.steps, guidance_scale=arguments.guidance_scale,
                                seed=arguments.seed, negative_prompt=arguments.negative_prompt,
                                num_images_per_prompt=arguments.num_images)
-    folder = Path(arguments.output)
-    folder.mkdir(parents=True, exist_ok=True)
-    for index, image in enumerate(images):
-        path = folder / f"{arguments.seed}-{index}.png"
-        image.save(path)
+    for path in _save_numbered(images, Path(arguments.output), arguments.seed):
         print(path)
     return 0
+
+
+def _save_numbered(images: list, folder: Path, seed: int) -> list[Path]:
+    """Save images as `NNNNN-seed<seed>-<index>.png`, numbered on from the folder's highest `NNNNN-` (as A1111 numbers
+    its outputs): a file already there, the user's or an earlier run's, is never replaced."""
+    import re
+
+    folder.mkdir(parents=True, exist_ok=True)
+    numbers = [int(found.group(1)) for entry in folder.iterdir() if (found := re.match(r"(\d{5,})-", entry.name))]
+    number, paths = max(numbers, default=-1) + 1, []
+    for index, image in enumerate(images):
+        while True:
+            path = folder / f"{number:05d}-seed{seed}-{index}.png"
+            try:
+                with open(path, "xb") as file:  # exclusive: fails rather than replace a file written meanwhile
+                    image.save(file, format="PNG")
+                break
+            except FileExistsError:
+                number += 1
+        paths.append(path)
+    return paths
 
 
 def _push(arguments: argparse.Namespace) -> int:
@@ -370,7 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Guidance scale (default: the model family's: SD/SDXL 7.5, FLUX.1 3.5, SD3 7.0).")
     generate.add_argument("--negative-prompt", help="What to steer the images away from.")
     generate.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
-    generate.add_argument("--output", default="generated", metavar="DIR", help="Folder for the images (default: generated).")
+    generate.add_argument("--output", default="generated", metavar="DIR",
+                          help="Folder for the images (default: generated), named NNNNN-seedS-I.png, numbered on from "
+                               "the files there: none is replaced.")
     generate.add_argument("--max-new-tokens", type=positive_int, default=64, help="Causal LM: tokens to generate (default: 64).")
     generate.add_argument("--raw", action="store_true", help="Causal LM: continue PROMPT as is, not as an alpaca instruction.")
     generate.add_argument("--revision", help="Hub revision, for a Hub id.")
