@@ -75,13 +75,13 @@ def _user_class_examples(folder: Path, class_prompt: str, limit: int) -> list[Im
     then all generated into it.
     """
     if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"class_data_dir {str(folder)!r} is a file, not a folder; give a folder of class images (a new "
-                          "one is created and filled), or leave it out to generate them into the cache.")
+        raise ConfigError(f"class_data_dir (--prior-class-image-dir) {str(folder)!r} is a file, not a folder; give a folder "
+                          "of class images (a new one is created and filled), or leave it out to generate them into the cache.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ConfigError(f"class_data_dir {str(folder)!r} cannot be created ({error.strerror}); give a folder you can "
-                          "write, or leave it out to generate the class images into the cache.") from None
+        raise ConfigError(f"class_data_dir (--prior-class-image-dir) {str(folder)!r} cannot be created ({error.strerror}); "
+                          "give a folder you can write, or leave it out to generate the class images into the cache.") from None
     if not any(path.suffix.lower() in IMAGE_EXTENSIONS for path in folder.iterdir() if not path.name.startswith(".")):
         return []
     examples = load_image_examples(folder, default_caption=class_prompt)
