@@ -156,6 +156,12 @@ def test_detached_jobs_return_at_once_and_both_succeed(home, detached_jobs):
     assert f"Job {lm.id} succeeded" in logs
 
 
+def test_a_normal_train_lm_run_logs_no_library_progress_bars_or_warnings(detached_jobs):
+    _, lm, _ = detached_jobs  # the first causal-LM run in its home: it also builds the built-in model's folder
+    log = lm.log_file.read_text()
+    assert "Causal-LM LoRA training with" in log and [noise for noise in LIBRARY_NOISE if noise in log] == []
+
+
 def test_train_lm_adapter_downloads_and_loads_in_peft(home, detached_jobs, tmp_path):
     from peft import PeftModel
     from safetensors.torch import load_file
