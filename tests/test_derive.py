@@ -330,7 +330,7 @@ def test_adapter_is_replaced_and_loads_in_peft(adapter_repos, tmp_path):
     assert all(torch.equal(loaded[key], expected[key]) for key in expected)
     assert AutoModelPipeline.from_pretrained(derived).config["lora_rank"] == 8
     replaced = json.loads((derived / DERIVED_FROM_NAME).read_text())["replacements"]
-    assert replaced == [{"path": str((replacement / "adapter_model.safetensors").resolve()), "sha256": sha256_file(replacement / "adapter_model.safetensors")}]
+    assert replaced == [{"path": f"{replacement.name}/adapter_model.safetensors", "sha256": sha256_file(replacement / "adapter_model.safetensors")}]
     assert file_hashes(source) == before
     verify_filelist(source / "model", use_stamps=False)
 

@@ -132,9 +132,9 @@ def derive_pipeline(
     with atomic_folder(output) as staging:  # an empty `output` (checked above) is replaced
         pipeline.save_pretrained(staging)
         provenance = {
-            "source": {**_public_location(source), "model_filelist_sha256": sha256_file(component_folder(source, MODEL_FOLDER) / FILELIST)},
+            "source": {**_public_location(source, source), "model_filelist_sha256": sha256_file(component_folder(source, MODEL_FOLDER) / FILELIST)},
             "replaced": component,
-            "replacements": [{**_public_location(path), "sha256": sha256_file(path)} for path in files],
+            "replacements": [{**_public_location(path, Path(given[component])), "sha256": sha256_file(path)} for path in files],
             "tinypipe_version": __version__,
         }
         (staging / DERIVED_FROM_NAME).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -142,12 +142,12 @@ def derive_pipeline(
     return output
 
 
-def _public_location(path: Path) -> dict[str, str]:
+def _public_location(path: Path, given: Path) -> dict[str, str]:
     """Where a source or replacement came from, with no local path (the repo is shared as it is): the hub repo id and
-    revision when it lies in a download of one, else its name within the folder it was given from.
+    revision when it lies in a download of one, else its path from the folder holding what the caller gave.
 
-    Example: `/home/me/runs/lora-b/model/pytorch_lora_weights.safetensors` -> `{"path": "lora-b/model/pytorch_lora_weights.safetensors"}`
-    when `lora-b` is a tinypipe repo; a hub download of `me/lora-b` -> `{"hub_repo": "me/lora-b", "path": "model/..."}`.
+    Example: `lora=/home/me/runs/lora-b` -> `{"path": "lora-b/model/pytorch_lora_weights.safetensors"}`; a hub download
+    of `me/lora-b` -> `{"hub_repo": "me/lora-b", "path": "model/pytorch_lora_weights.safetensors"}`.
     """
     path = path.resolve()
     for folder in (path, *path.parents):
@@ -155,8 +155,8 @@ def _public_location(path: Path) -> dict[str, str]:
         if download and isinstance(download.get("repo"), str):
             found = {"hub_repo": download["repo"], "path": path.relative_to(folder).as_posix() or "."}
             return {**found, "revision": download["revision"]} if download.get("revision") else found
-    repo = next((folder for folder in (path, *path.parents) if (folder / MODEL_FOLDER / CONFIG_NAME).is_file()), None)
-    return {"path": path.relative_to(repo.parent).as_posix() if repo is not None and repo.parent != repo else path.name}
+    root = given.resolve().parent
+    return {"path": path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name}
 
 
 def _check_output(source: Path, output: Path) -> None:
