@@ -19,7 +19,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-__all__ = ["add_job_commands", "start_job", "launch_job", "follow_log", "remove_job", "resume_request"]
+__all__ = ["add_job_commands", "start_job", "launch_job", "follow_log", "remove_job", "resume_job", "resume_request"]
 
 # What a training run writes into its output folder; `rm --delete-output` removes a folder holding nothing else.
 _RUN_ENTRIES = frozenset({"model", "model_code", "trainer", "validation", "checkpoints", "logs", "wandb", "metrics.jsonl",
@@ -157,12 +157,25 @@ def resume_request(job):
     return replace(request, train_arguments={**request.train_arguments, "resume_from_checkpoint": "latest"})
 
 
-def _resume(arguments: argparse.Namespace) -> int:
-    from .jobs import JobError, JobStore
+def resume_job(store, job, *, detach: bool) -> int:
+    """Continue a failed or cancelled job as its next attempt (same id, name and output; its log appended), from the
+    newest checkpoint of its own run: what `tinypipe resume JOB` does.
+
+    Args:
+        store: The job store.
+        job: The job (`JobStore.find`).
+        detach: Run it in the background (print its id) instead of in this process.
+
+    Returns:
+        The exit code (see `launch_job`).
+
+    Raises:
+        JobError: See `resume_request`; or another process resumed or removed the job meanwhile.
+        ConfigError, DataError: Its arguments no longer check (`runner.check_request`: a data set gone, ...).
+    """
+    from .jobs import JobError
     from .runner import check_request
 
-    store = JobStore()
-    job = store.find(arguments.job)
     request = resume_request(job)
     check_request(request)
     if not store.reopen(job.id, asdict(request)):  # another process resumed or removed it meanwhile
@@ -172,7 +185,14 @@ def _resume(arguments: argparse.Namespace) -> int:
         log.write(f"\n--- attempt {job.attempts}: `tinypipe resume` continues from the newest checkpoint of this run ---\n")
     print(f"Resuming job {job.id} ({job.name}), attempt {job.attempts}, from the newest checkpoint in "
           f"{job.output / 'checkpoints'}.", file=sys.stderr)
-    return launch_job(store, job, detach=arguments.detach)
+    return launch_job(store, job, detach=detach)
+
+
+def _resume(arguments: argparse.Namespace) -> int:
+    from .jobs import JobStore
+
+    store = JobStore()
+    return resume_job(store, store.find(arguments.job), detach=arguments.detach)
 
 
 # -- rm --------------------------------------------------------------------------------------------------
