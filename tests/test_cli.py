@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tinypipe.jobs import JobStore
 
@@ -118,12 +119,18 @@ def test_download_model_zips_weights_and_images_that_diffusers_loads(home, diffu
     assert np.abs(as_array(tuned) - as_array(base)).mean() > 0.5  # the downloaded LoRA changes the images
 
 
-def test_generate_writes_images_from_a_job_id(home, diffuser_job, tmp_path):
+def test_generate_writes_numbered_images_from_a_job_and_never_replaces_a_file(home, diffuser_job, tmp_path):
     job, _ = diffuser_job
+    folder = tmp_path / "images"
+    folder.mkdir()
+    mine = {"00000-seed0-0.png": b"my picture", "00003-seed0-1.png": b"an earlier run's", "cat.png": b"my cat"}
+    for name, content in mine.items():
+        (folder / name).write_bytes(content)
     result = tinypipe(home, "generate", job.id, "a photo of sks circle", "--num-images", "2", "--steps", "2",
-                      "--output", str(tmp_path / "images"))
-    written = sorted((tmp_path / "images").glob("*.png"))
-    assert len(written) == 2 and result.stdout.split() == [str(path) for path in written]
+                      "--output", str(folder))
+    assert result.stdout.split() == [str(folder / "00004-seed0-0.png"), str(folder / "00004-seed0-1.png")]
+    assert all(Image.open(path).format == "PNG" for path in result.stdout.split())
+    assert {name: (folder / name).read_bytes() for name in mine} == mine
 
 
 # -- detached jobs, two at once ----------------------------------------------------------------------------
@@ -147,6 +154,12 @@ def test_detached_jobs_return_at_once_and_both_succeed(home, detached_jobs):
     assert diffuser.pid != os.getpid() and lm.pid != diffuser.pid
     logs = tinypipe(home, "check-job-status", lm.id, "--include-logs", "--tail", "5").stdout
     assert f"Job {lm.id} succeeded" in logs
+
+
+def test_a_normal_train_lm_run_logs_no_library_progress_bars_or_warnings(detached_jobs):
+    _, lm, _ = detached_jobs  # the first causal-LM run in its home: it also builds the built-in model's folder
+    log = lm.log_file.read_text()
+    assert "Causal-LM LoRA training with" in log and [noise for noise in LIBRARY_NOISE if noise in log] == []
 
 
 def test_train_lm_adapter_downloads_and_loads_in_peft(home, detached_jobs, tmp_path):

@@ -70,13 +70,20 @@ def test_the_job_commands_run_in_a_shell_without_a_store_yet(capsys):
          "needs --initializer-token"),
         ([*TRAIN, "--num-prior-class-images", "4"], "needs --prior-class-prompt"),
         ([*TRAIN, "--prior-class-prompt", "a photo of a circle"], "needs class images"),
-        ([*TRAIN, "--prior-class-prompt", "a circle", "--prior-class-image-dir", "missing"], "is not a folder"),
+        ([*TRAIN, "--prior-class-prompt", "a circle", "--prior-class-image-dir", __file__], "is a file, not a folder"),
+        ([*TRAIN, "--prior-class-prompt", "a circle", "--prior-class-image-dir", "new-folder"], "--num-prior-class-images N"),
         (["train-lm", "run", "tinypipe/tiny-llama", "missing.json"], "missing.json does not exist"),
         (["train-lm", "run", "tinypipe/tiny-llama", "tinypipe/tiny-instructions", "--training-args", '{"rank": 4}'],
          r"--training-args: unknown keys \['rank'\]; valid keys are .*'r'"),
         (["train-diffuser", "run", "tinypipe/tiny-sdd", "tinypipe/shapes", "a photo"],
-         "MODEL 'tinypipe/tiny-sdd' is neither a local folder, a built-in model, nor in the local hub cache.*"
-         "Did you mean 'tinypipe/tiny-sd'"),
+         "MODEL 'tinypipe/tiny-sdd' is not a built-in model. Did you mean 'tinypipe/tiny-sd'"),
+        (["train-diffuser", "run", "tinypipe/tiny-sdx", "tinypipe/shapes", "a photo"],
+         "MODEL 'tinypipe/tiny-sdx' is not a built-in model. Did you mean 'tinypipe/tiny-sdxl'"),
+        (["train-lm", "run", "tinypipe/tiny-sd", "tinypipe/tiny-instructions"],
+         "MODEL 'tinypipe/tiny-sd' is a built-in diffusion model, not a causal LM"),
+        (["generate", "tinypipe/tiny-sdx", "a photo"], "'tinypipe/tiny-sdx' is not a built-in model. Did you mean 'tinypipe/tiny-sdxl'"),
+        ([*TRAIN, "--training-args", '{"learnin_rate": 1e-4, "max_train_step": 3}'],
+         r"Did you mean 'learning_rate' for 'learnin_rate', 'max_train_steps' for 'max_train_step'\?"),
         (["train-lm", "run", "tinypipe/tiny-lama", "tinypipe/tiny-instructions"], "Did you mean 'tinypipe/tiny-llama'"),
         ([*TRAIN, "--training-args", '{"max_train_steps": "sixty"}'], "'max_train_steps' must be an integer, got \"sixty\" \\(str\\)"),
         ([*TRAIN, "--training-args", '{"learning_rate": "1e-4"}'], "'learning_rate' must be a number, got \"1e-4\""),
@@ -89,9 +96,15 @@ def test_the_job_commands_run_in_a_shell_without_a_store_yet(capsys):
         (["cancel", "0badc0de"], "no job '0badc0de'"),
     ],
 )
-def test_bad_input_exits_2_with_a_clear_message_and_no_job(capsys, argv, message):
+def test_bad_input_exits_2_with_a_clear_message_and_no_job(capsys, argv, message, monkeypatch):
     import re
 
+    import huggingface_hub
+
+    def must_not_ask(*args, **kwargs):
+        raise AssertionError("the hub was asked")  # every mistake here is known without it (a typo of a built-in name, ...)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", must_not_ask)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", must_not_ask)
     code, error = run(capsys, *argv)
     assert code == 2 and error.startswith("tinypipe: error: "), error
     assert re.search(message, error), error

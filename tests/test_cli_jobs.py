@@ -1,5 +1,5 @@
 """The job commands (`tinypipe/cli_jobs.py`): a job named by id, id prefix or name everywhere; `logs --follow`;
-`resume` as a new job linked to the old one; `rm` keeping the repo unless asked."""
+`resume` continuing the same job; `rm` keeping the repo unless asked."""
 
 import json
 
@@ -105,23 +105,48 @@ def test_rm_keeps_the_repo_unless_asked_and_refuses_a_running_job(capsys, tmp_pa
 
 @pytest.fixture(scope="module")
 def resumed():
-    """A foreground run with a checkpoint, then `tinypipe resume` of it by name (in the session's tinypipe home, whose
-    built-in model the other module-scoped runs share)."""
+    """A foreground run cancelled (Ctrl-C) right after its first checkpoint, then `tinypipe resume` of it by name (in the
+    session's tinypipe home, whose built-in model the other module-scoped runs share)."""
+    import tinypipe.trainers.lora as lora
+
     arguments = {"max_train_steps": 2, "checkpointing_steps": 1, "num_validation_images": 0}
-    assert main(["train-diffuser", "resume-me", *TRAIN[2:], "--training-args", json.dumps(arguments)]) == 0
+    save = lora.save_checkpoint
+
+    def save_then_interrupt(*args, **kwargs):
+        path = save(*args, **kwargs)
+        raise KeyboardInterrupt  # as Ctrl-C right after the checkpoint is in place
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lora, "save_checkpoint", save_then_interrupt)
+        assert main(["train-diffuser", "resume-me", *TRAIN[2:], "--training-args", json.dumps(arguments)]) == 130
     store = JobStore()
     old = next(job for job in store.recent(100) if job.name == "resume-me")
+    assert old.status == "cancelled"
     assert main(["resume", "resume-me"]) == 0  # by its name, unique so far
     return store, old
 
 
-def test_resume_starts_a_new_job_with_the_same_arguments_from_the_latest_checkpoint(resumed):
+def test_resume_continues_the_same_job_from_its_own_checkpoint_and_appends_its_log(resumed, capsys, monkeypatch):
     store, old = resumed
-    new = next(job for job in store.recent(100) if job.name == "resume-me" and job.id != old.id)
-    assert new.status == "succeeded" and new.output == old.output
-    assert new.arguments["resumed_from"] == old.id
-    assert new.arguments["train_arguments"] == {**old.arguments["train_arguments"], "resume_from_checkpoint": "latest"}
-    assert "Resumed from" in new.log_file.read_text()
+    monkeypatch.setenv("TINYPIPE_HOME", str(store.folder.parent))
+    jobs = [job for job in store.recent(100) if job.name == "resume-me"]
+    assert [job.id for job in jobs] == [old.id]  # no second job: the name stays unique
+    job = jobs[0]
+    assert job.status == "succeeded" and job.attempts == 2 and job.output == old.output
+    assert job.arguments["train_arguments"] == {**old.arguments["train_arguments"], "resume_from_checkpoint": "latest"}
+    log = job.log_file.read_text()
+    assert log.index("cancelled") < log.index("--- attempt 2") < log.index("Resumed from") < log.rindex("succeeded")
+    assert "checkpoint-1" in log[log.index("Resumed from"):].splitlines()[0]
+    code, out, _ = run(capsys, "check-job-status", "resume-me")
+    assert code == 0 and "attempt 2 (resumed)" in out and "status    succeeded" in out
+
+
+def test_resume_of_a_succeeded_job_is_refused_saying_how_to_train_further(resumed, capsys, monkeypatch):
+    store, old = resumed
+    monkeypatch.setenv("TINYPIPE_HOME", str(store.folder.parent))
+    code, _, err = run(capsys, "resume", old.id)
+    assert code == 2 and f"Job {old.id} (resume-me) already succeeded" in err and "larger max_train_steps" in err
+    job = store.get(old.id)
+    assert job.attempts == 2 and [other.id for other in store.recent(100) if other.name == "resume-me"] == [old.id]
 
 
 def test_resume_without_a_checkpoint_is_refused_saying_why(capsys):
@@ -129,3 +154,26 @@ def test_resume_without_a_checkpoint_is_refused_saying_why(capsys):
     code, _, err = run(capsys, "resume", job.id)
     assert code == 2 and f"Job {job.id} has no checkpoint to resume from" in err
     assert len(JobStore().recent()) == 1  # no new job
+
+
+def test_every_repo_command_takes_a_job_by_name_or_id_prefix_and_ambiguity_lists_the_ids(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    store = JobStore()
+    job = ended_job(store, "my-lora")
+    job.output.mkdir()
+    for argv in (["push", "my-lora", "me/x"], ["push", job.id[:5], "me/x"], ["export", "my-lora"],
+                 ["derive", "my-lora", str(tmp_path / "new"), "--lora", str(job.output)],
+                 ["merge", "my-lora", str(tmp_path / "merged")], ["generate", "my-lora", "a photo"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and str(job.output) in err, (argv, err)  # the job's repo was read (it is empty: refused)
+    ended_job(store, "my-lora")
+    for argv in (["generate", "my-lora", "a photo"], ["export", "my-lora"], ["push", "my-lora", "me/x"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and "'my-lora' matches 2 jobs" in err and job.id in err, (argv, err)
+    code, _, err = run(capsys, "generate", "no-such-lora", "a photo")
+    assert code == 2 and "no-such-lora" in err and "tinypipe get-most-recent-jobs" in err
+    running = store.create("busy", "train-diffuser", "lora", {})
+    store.start(running.id)
+    code, _, err = run(capsys, "generate", "busy", "a photo")
+    assert code == 2 and f"Job {running.id} (busy) is running" in err

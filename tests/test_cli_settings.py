@@ -47,8 +47,7 @@ def test_settings_that_cannot_work_or_disagree_are_refused_before_a_job_is_recor
 def prior_lora_job(tmp_path_factory):
     """One `--method lora` run with prior preservation and --log-level DEBUG, as a user starts it."""
     home = tmp_path_factory.mktemp("home")
-    class_dir = home / "my_class_images"
-    class_dir.mkdir()
+    class_dir = home / "new" / "my_class_images"  # created by the run, which generates the class images into it
     env = {**os.environ, "TINYPIPE_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     arguments = {"max_train_steps": 2, "num_validation_images": 0, "class_inference_steps": 2, "sample_batch_size": 2}
     result = subprocess.run([sys.executable, "-m", "tinypipe", *TRAIN, "--prior-class-prompt", "a photo of a circle",
@@ -71,7 +70,7 @@ def test_prior_class_prompt_on_method_lora_trains_lora_with_prior_preservation_a
     assert (job.output / "model" / "pytorch_lora_weights.safetensors").is_file()
 
 
-def test_generated_class_images_go_into_the_prior_class_image_dir_and_the_log_says_so(prior_lora_job):
+def test_a_new_prior_class_image_dir_is_created_with_the_generated_class_images_and_the_log_says_so(prior_lora_job):
     job, class_dir, _ = prior_lora_job
     assert len(list(class_dir.glob("*.png"))) == 2
     assert f"0 class images found in {class_dir.resolve()}, 2 generated into it" in job.log_file.read_text()

@@ -133,11 +133,17 @@ def test_derived_repo_records_its_origin_and_copies_no_training_records(repos):
     derived = repos["derived"]
     assert sorted(path.name for path in derived.iterdir()) == [DERIVED_FROM_NAME, "model"]  # no trainer/, validation/, checkpoints/
     provenance = json.loads((derived / DERIVED_FROM_NAME).read_text())
-    assert provenance["source"]["path"] == str(repos["a"].resolve())
+    assert provenance["source"]["path"] == repos["a"].name  # the repo's name, never a local path (the repo is shared)
     assert provenance["source"]["model_filelist_sha256"] == sha256_file(repos["a"] / "model" / "filelist.txt")
     assert provenance["replaced"] == "lora"
-    assert provenance["replacements"] == [{"path": str((repos["b"] / LORA_FILE).resolve()), "sha256": sha256_file(repos["b"] / LORA_FILE)}]
+    assert provenance["replacements"] == [{"path": f"{repos['b'].name}/{LORA_FILE}", "sha256": sha256_file(repos["b"] / LORA_FILE)}]
     verify_filelist(derived / "model", use_stamps=False)
+
+
+def test_a_derived_repo_carries_no_local_path(repos):
+    local = str(repos["root"].resolve())  # the test's temporary folder, where every input lies
+    scanned = [path for path in repos["derived"].rglob("*") if path.is_file() and path.suffix != ".safetensors"]
+    assert scanned and [path for path in scanned if local in path.read_text(encoding="utf-8", errors="replace")] == []
 
 
 def test_a_lora_of_another_rank_and_alpha_replaces_the_old_one(repos, tmp_path):
@@ -324,7 +330,7 @@ def test_adapter_is_replaced_and_loads_in_peft(adapter_repos, tmp_path):
     assert all(torch.equal(loaded[key], expected[key]) for key in expected)
     assert AutoModelPipeline.from_pretrained(derived).config["lora_rank"] == 8
     replaced = json.loads((derived / DERIVED_FROM_NAME).read_text())["replacements"]
-    assert replaced == [{"path": str((replacement / "adapter_model.safetensors").resolve()), "sha256": sha256_file(replacement / "adapter_model.safetensors")}]
+    assert replaced == [{"path": f"{replacement.name}/adapter_model.safetensors", "sha256": sha256_file(replacement / "adapter_model.safetensors")}]
     assert file_hashes(source) == before
     verify_filelist(source / "model", use_stamps=False)
 

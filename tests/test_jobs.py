@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from tinypipe.jobs import JobError, JobStore
+from tinypipe.jobs import JobError, JobStore, _SCHEMA
 
 
 @pytest.fixture
@@ -77,3 +77,19 @@ def test_several_processes_writing_at_once_do_not_corrupt_the_store(store):
     jobs = store.recent(limit=100)
     assert len(jobs) == 60 and len({job.id for job in jobs}) == 60
     assert {job.status for job in jobs} == {"succeeded"}
+
+
+def test_a_store_written_before_attempts_were_recorded_opens_with_its_jobs_at_attempt_one(tmp_path):
+    import sqlite3
+
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    old_schema = _SCHEMA.replace(",\n    attempts INTEGER NOT NULL DEFAULT 1", "")
+    assert "attempts" not in old_schema
+    with sqlite3.connect(folder / "jobs.sqlite3") as connection:
+        connection.execute(old_schema)
+        connection.execute("INSERT INTO jobs (id, name, kind, method, arguments, status, created_at, log_file, output) "
+                           "VALUES ('0123abcd', 'old', 'train-lm', 'lora', '{}', 'failed', 1.0, '/x/log.txt', '/x/repo')")
+    store = JobStore(folder)
+    assert store.find("old").attempts == 1
+    assert store.reopen("0123abcd", {"resumed": True}) and store.get("0123abcd").attempts == 2

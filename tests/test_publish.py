@@ -225,6 +225,19 @@ def test_published_files_carry_no_local_paths_or_user_names(tmp_path, hub):
     assert local_base in (repo / "model/config.json").read_text()  # the local repo still records what ran
 
 
+def test_published_trained_and_derived_repos_carry_no_local_path_or_token(lora_run, lora_repo, tmp_path, hub):
+    from tinypipe.derive import derive_pipeline
+
+    derived = derive_pipeline(lora_repo, tmp_path / "derived", lora=lora_repo)
+    local = [str(folder.resolve()).encode() for folder in (lora_run.parent, tmp_path)]  # where the run and the copies lie
+    assert any(local[0] in content for content in files_of(lora_repo).values())  # the local repo records what ran
+    for repo, repo_id in ((lora_repo, "me/trained"), (derived, "me/derived")):
+        push_repo_folder(repo, repo_id, token=TOKEN)
+        published = files_of(hub.root / repo_id)
+        assert published and [name for name, content in published.items()
+                              if any(path in content for path in local) or TOKEN.encode() in content] == [], repo_id
+
+
 # -- the Hub-native card: metadata read back with huggingface_hub's ModelCard, "How to use" code run on the published
 # copy (the hub id replaced by its path, or found in tinypipe's cache folder as a placed copy; the base model by the
 # built-in tiny model's folder; the 30 denoising steps by 2, for the suite's time), and lora_at_root.

@@ -128,7 +128,8 @@ def _job_status(arguments: argparse.Namespace) -> int:
         f"  command   {job.kind} --method {job.method}",
         f"  model     {request.get('model')}" + (f" (revision {request['revision']})" if request.get("revision") else ""),
         f"  dataset   {request.get('dataset')}",
-        f"  created   {_when(job.created_at)}" + (f", resuming job {request['resumed_from']}" if request.get("resumed_from") else ""),
+        f"  created   {_when(job.created_at)}" + (f", resuming job {request['resumed_from']}" if request.get("resumed_from") else "")
+        + (f"; attempt {job.attempts} (resumed)" if job.attempts > 1 else ""),
         f"  output    {job.output}",
         f"  log       {job.log_file}",
     ]
@@ -201,13 +202,30 @@ def _generate(arguments: argparse.Namespace) -> int:
     images = pipeline.generate(arguments.prompt, num_inference_steps=arguments.steps, guidance_scale=arguments.guidance_scale,
                                seed=arguments.seed, negative_prompt=arguments.negative_prompt,
                                num_images_per_prompt=arguments.num_images)
-    folder = Path(arguments.output)
-    folder.mkdir(parents=True, exist_ok=True)
-    for index, image in enumerate(images):
-        path = folder / f"{arguments.seed}-{index}.png"
-        image.save(path)
+    for path in _save_numbered(images, Path(arguments.output), arguments.seed):
         print(path)
     return 0
+
+
+def _save_numbered(images: list, folder: Path, seed: int) -> list[Path]:
+    """Save images as `NNNNN-seed<seed>-<index>.png`, numbered on from the folder's highest `NNNNN-` (as A1111 numbers
+    its outputs): a file already there, the user's or an earlier run's, is never replaced."""
+    import re
+
+    folder.mkdir(parents=True, exist_ok=True)
+    numbers = [int(found.group(1)) for entry in folder.iterdir() if (found := re.match(r"(\d{5,})-", entry.name))]
+    number, paths = max(numbers, default=-1) + 1, []
+    for index, image in enumerate(images):
+        while True:
+            path = folder / f"{number:05d}-seed{seed}-{index}.png"
+            try:
+                with open(path, "xb") as file:  # exclusive: fails rather than replace a file written meanwhile
+                    image.save(file, format="PNG")
+                break
+            except FileExistsError:
+                number += 1
+        paths.append(path)
+    return paths
 
 
 def _push(arguments: argparse.Namespace) -> int:
@@ -216,7 +234,7 @@ def _push(arguments: argparse.Namespace) -> int:
 
     local = _repo_path(arguments.repo)
     if local is None:
-        raise RepoError(f"{arguments.repo} is neither a repo folder nor a job id; give the folder a training wrote.")
+        raise RepoError(f"{arguments.repo} is neither a repo folder nor a job; give the folder a training wrote, or its job's id or name.")
     url = push_repo_folder(local, arguments.hub_id, private=arguments.private, token=arguments.token,
                            commit_message=arguments.commit_message, lora_at_root=arguments.lora_at_root)
     print(f"Pushed {local} to {url}")
@@ -229,7 +247,7 @@ def _derive(arguments: argparse.Namespace) -> int:
 
     source = _repo_path(arguments.source)
     if source is None:
-        raise RepoError(f"{arguments.source} is neither a repo folder nor a job id.")
+        raise RepoError(f"{arguments.source} is neither a repo folder nor a job; give the folder a training wrote, or its job's id or name.")
     output = derive_pipeline(source, Path(arguments.output), lora=arguments.lora, embedding=arguments.embedding,
                              adapter=arguments.adapter, placeholder_token=arguments.placeholder_token,
                              trust_remote_code=arguments.trust_remote_code, allow_other_base=arguments.allow_other_base)
@@ -360,9 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.set_defaults(handler=_cancel)
 
     generate = commands.add_parser("generate", help="Generate images (or text) with a repo.",
-                                   description="Load a repo (a folder, a job id, or a Hub id) and generate: images into "
+                                   description="Load a repo (a folder, a job's id or name, or a Hub id) and generate: images into "
                                                "--output for a diffusion repo, text on stdout for a causal LM.")
-    generate.add_argument("repo", metavar="REPO", help="A repo folder, a job id, or a Hub id.")
+    generate.add_argument("repo", metavar="REPO", help="A repo folder, a job (its id or name), or a Hub id.")
     generate.add_argument("prompt", metavar="PROMPT", nargs="?",
                           help="The prompt (images), or the instruction a causal LM answers (text; see --raw and --chat).")
     generate.add_argument("--num-images", type=positive_int, default=4, help="Images to generate (default: 4).")
@@ -371,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Guidance scale (default: the model family's: SD/SDXL 7.5, FLUX.1 3.5, SD3 7.0).")
     generate.add_argument("--negative-prompt", help="What to steer the images away from.")
     generate.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
-    generate.add_argument("--output", default="generated", metavar="DIR", help="Folder for the images (default: generated).")
+    generate.add_argument("--output", default="generated", metavar="DIR",
+                          help="Folder for the images (default: generated), named NNNNN-seedS-I.png, numbered on from "
+                               "the files there: none is replaced.")
     generate.add_argument("--max-new-tokens", type=positive_int, default=64, help="Causal LM: tokens to generate (default: 64).")
     generate.add_argument("--raw", action="store_true", help="Causal LM: continue PROMPT as is, not as an alpaca instruction.")
     generate.add_argument("--revision", help="Hub revision, for a Hub id.")
@@ -382,10 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_lm_commands(commands)
 
     push = commands.add_parser("push", help="Publish a repo to the Hugging Face Hub with a model card.",
-                               description="Publish a repo (a folder or a job id) to the Hub with a model card (base model, "
+                               description="Publish a repo (a folder, or a job's id or name) to the Hub with a model card (base model, "
                                            "method, prompts, training arguments, validation images). Checkpoints are not "
                                            "uploaded; the token is never written anywhere.")
-    push.add_argument("repo", metavar="REPO", help="A repo folder or a job id.")
+    push.add_argument("repo", metavar="REPO", help="A repo folder, or a job (its id or name).")
     push.add_argument("hub_id", metavar="HUB_ID", help="The Hub repo to create or update, e.g. me/my-lora.")
     push.add_argument("--private", action="store_true", help="Create the Hub repo as private.")
     push.add_argument("--token", help="A Hub token (default: HF_TOKEN or the one saved by `hf auth login`).")
@@ -397,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     derive = commands.add_parser("derive", help="Copy a repo with one component replaced.",
                                  description="Write a new repo: SOURCE with its LoRA, textual-inversion embedding or PEFT "
                                              "adapter replaced by another's. SOURCE is left untouched.")
-    derive.add_argument("source", metavar="SOURCE", help="The repo to start from (a folder or a job id).")
+    derive.add_argument("source", metavar="SOURCE", help="The repo to start from (a folder, or a job's id or name).")
     derive.add_argument("output", metavar="OUTPUT", help="The new repo's folder.")
     replacement = derive.add_mutually_exclusive_group(required=True)
     replacement.add_argument("--lora", metavar="PATH", help="A diffusers LoRA file, or a folder / repo holding one.")

@@ -155,14 +155,16 @@ def diffuser_train_arguments(arguments: argparse.Namespace) -> dict:
         count = arguments.num_prior_class_images
         if arguments.prior_class_image_dir:
             folder = Path(arguments.prior_class_image_dir)
-            if not folder.is_dir():
-                raise DataError(f"--prior-class-image-dir {folder} is not a folder; give a folder of class images "
-                                "(missing ones are generated).")
-            count = count or sum(1 for entry in folder.iterdir() if entry.suffix.lower() in IMAGE_EXTENSIONS)
+            if folder.exists() and not folder.is_dir():
+                raise DataError(f"--prior-class-image-dir {folder} is a file, not a folder; give a folder of class images, "
+                                "or a new folder's name (it is created and the class images are generated into it).")
+            if folder.is_dir():  # a new folder is created by the run, which generates the class images into it
+                count = count or sum(1 for entry in folder.iterdir() if entry.suffix.lower() in IMAGE_EXTENSIONS)
             _set_option(train, "class_data_dir", str(folder.resolve()), "--prior-class-image-dir")
         if not count:
             raise ConfigError("Prior preservation needs class images: --num-prior-class-images N (generated with "
-                              "--prior-class-prompt), or a --prior-class-image-dir holding some.")
+                              "--prior-class-prompt, into --prior-class-image-dir when given), or a --prior-class-image-dir "
+                              "holding some.")
         # The same method with prior preservation: --method alone chooses the trainer (lora: LoRA at its own learning rate).
         _set_option(train, "with_prior_preservation", True, "--prior-class-prompt")
         _set_option(train, "class_prompt", arguments.prior_class_prompt, "--prior-class-prompt")

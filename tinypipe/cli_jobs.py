@@ -6,7 +6,7 @@ Every job command takes a job id, a unique prefix of one, or a job name no other
 
 ```
 tinypipe logs my-lora --follow        # the log so far, then each new line until the job ends
-tinypipe resume 3f2a                  # the same run again from its newest checkpoint, as a new job
+tinypipe resume 3f2a                  # a failed or cancelled job continues from its newest checkpoint (same job)
 tinypipe rm 3f2a --delete-output      # forget the job, its log, and (only when asked) its repo
 ```
 """
@@ -19,7 +19,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-__all__ = ["add_job_commands", "start_job", "follow_log", "remove_job", "resume_request"]
+__all__ = ["add_job_commands", "start_job", "launch_job", "follow_log", "remove_job", "resume_job", "resume_request"]
 
 # What a training run writes into its output folder; `rm --delete-output` removes a folder holding nothing else.
 _RUN_ENTRIES = frozenset({"model", "model_code", "trainer", "validation", "checkpoints", "logs", "wandb", "metrics.jsonl",
@@ -38,17 +38,28 @@ def start_job(request, output: Optional[Path], *, detach: bool) -> int:
         The exit code: that of the run (`run_job`), or 0 once a detached job started.
     """
     from .jobs import JobStore
-    from .runner import run_job, start_detached
 
     store = JobStore()
     job = store.create(request.name, request.kind, request.method, asdict(request), output)
+    return launch_job(store, job, detach=detach)
+
+
+def launch_job(store, job, *, detach: bool) -> int:
+    """Run a queued job in this process, or start it in the background (`--detach`) and print its id.
+
+    Returns:
+        The exit code: that of the run (`run_job`), or 0 once a detached job started.
+    """
+    from .runner import run_job, start_detached
+
     if detach:
         start_detached(store, job)
         print(job.id)
         print(f"Started job {job.id} in the background. Follow it with `tinypipe logs {job.id} --follow`; "
               f"its log is {job.log_file}.", file=sys.stderr)
         return 0
-    print(f"Job {job.id}: {request.kind} {request.method} of {request.model}; log {job.log_file}", file=sys.stderr)
+    request = job.arguments
+    print(f"Job {job.id}: {job.kind} {job.method} of {request.get('model')}; log {job.log_file}", file=sys.stderr)
     code = run_job(store, job, foreground=True)
     job = store.get(job.id)
     if job.status == "succeeded":
@@ -117,14 +128,24 @@ def _logs(arguments: argparse.Namespace) -> int:
 def resume_request(job):
     """The request that continues `job` from its newest checkpoint: the same arguments, `resume_from_checkpoint="latest"`.
 
+    The resume continues the job's own run only: the newest checkpoint in its output folder whose recorded settings
+    are this run's (`training.run_fingerprint`); other runs' checkpoints there are left alone.
+
     Raises:
-        JobError: The job is still queued or running, or its output holds no complete checkpoint.
+        JobError: The job is still queued or running, it already succeeded (nothing is left to run), or its output
+            holds no complete checkpoint.
     """
     from .jobs import ACTIVE, JobError
     from .runner import TrainRequest
 
     if job.status in ACTIVE:
         raise JobError(f"Job {job.id} is still {job.status}; resume it once it has ended (or `tinypipe cancel {job.id}`).")
+    if job.status == "succeeded":
+        raise JobError(
+            f"Job {job.id} ({job.name}) already succeeded: it ran all its steps, so resuming it would train none. To train "
+            f"further, start a new job with a larger max_train_steps in --training-args (same model, data and options); "
+            f"with --output {job.output} and \"resume_from_checkpoint\": \"latest\" it continues from this run's newest "
+            "checkpoint instead of starting over.")
     folder = job.output / "checkpoints"
     found = sorted(folder.glob("checkpoint-*/complete.json")) if folder.is_dir() else []
     if not found:
@@ -133,19 +154,45 @@ def resume_request(job):
                        f"{every if every is not None else 'the default'}; the run ended before the first one). Start "
                        f"it again with `tinypipe {job.kind}`.")
     request = TrainRequest(**job.arguments)
-    return replace(request, train_arguments={**request.train_arguments, "resume_from_checkpoint": "latest"},
-                   resumed_from=job.id)
+    return replace(request, train_arguments={**request.train_arguments, "resume_from_checkpoint": "latest"})
+
+
+def resume_job(store, job, *, detach: bool) -> int:
+    """Continue a failed or cancelled job as its next attempt (same id, name and output; its log appended), from the
+    newest checkpoint of its own run: what `tinypipe resume JOB` does.
+
+    Args:
+        store: The job store.
+        job: The job (`JobStore.find`).
+        detach: Run it in the background (print its id) instead of in this process.
+
+    Returns:
+        The exit code (see `launch_job`).
+
+    Raises:
+        JobError: See `resume_request`; or another process resumed or removed the job meanwhile.
+        ConfigError, DataError: Its arguments no longer check (`runner.check_request`: a data set gone, ...).
+    """
+    from .jobs import JobError
+    from .runner import check_request
+
+    request = resume_request(job)
+    check_request(request)
+    if not store.reopen(job.id, asdict(request)):  # another process resumed or removed it meanwhile
+        raise JobError(f"Job {job.id} is no longer failed or cancelled (now: {store.get(job.id).status}); nothing was resumed.")
+    job = store.get(job.id)
+    with open(job.log_file, "a", encoding="utf-8") as log:
+        log.write(f"\n--- attempt {job.attempts}: `tinypipe resume` continues from the newest checkpoint of this run ---\n")
+    print(f"Resuming job {job.id} ({job.name}), attempt {job.attempts}, from the newest checkpoint in "
+          f"{job.output / 'checkpoints'}.", file=sys.stderr)
+    return launch_job(store, job, detach=detach)
 
 
 def _resume(arguments: argparse.Namespace) -> int:
     from .jobs import JobStore
-    from .runner import check_request
 
-    job = JobStore().find(arguments.job)
-    request = resume_request(job)
-    check_request(request)
-    print(f"Resuming job {job.id} ({job.name}) from the newest checkpoint in {job.output / 'checkpoints'}.", file=sys.stderr)
-    return start_job(request, job.output, detach=arguments.detach)
+    store = JobStore()
+    return resume_job(store, store.find(arguments.job), detach=arguments.detach)
 
 
 # -- rm --------------------------------------------------------------------------------------------------
@@ -212,12 +259,13 @@ def add_job_commands(commands) -> None:
     logs.add_argument("--follow", "-f", action="store_true", help="Keep printing new lines until the job ends.")
     logs.set_defaults(handler=_logs)
 
-    resume = commands.add_parser("resume", help="Run an ended job again from its newest checkpoint, as a new job.",
-                                 description="Start a new job with the same arguments and output as JOB, and "
-                                             'resume_from_checkpoint="latest": it continues from JOB\'s newest checkpoint. '
-                                             "Refused when JOB has no checkpoint.")
+    resume = commands.add_parser("resume", help="Continue a failed or cancelled job from its newest checkpoint.",
+                                 description="Run a failed or cancelled JOB again as the same job (its next attempt, its "
+                                             'log appended) with its arguments and resume_from_checkpoint="latest": it '
+                                             "continues from the newest checkpoint of its own run. Refused when JOB has "
+                                             "no checkpoint, or already succeeded.")
     resume.add_argument("job", metavar="JOB", help=job_help)
-    resume.add_argument("--detach", action="store_true", help="Run in the background and print the new job's id.")
+    resume.add_argument("--detach", action="store_true", help="Run in the background and print the job's id.")
     resume.set_defaults(handler=_resume)
 
     remove = commands.add_parser("rm", help="Forget an ended job and its log (its repo stays unless --delete-output).",

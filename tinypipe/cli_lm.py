@@ -110,11 +110,11 @@ def add_lm_commands(commands: Any) -> None:
     """Add the `merge` command to the `tinypipe` sub-command parsers."""
     merge = commands.add_parser(
         "merge", help="Merge a causal-LM repo's LoRA into its base model, as a plain transformers folder.",
-        description="Merge the LoRA of a causal-LM repo (a folder, a job id, or a Hub id) into its base model and write "
+        description="Merge the LoRA of a causal-LM repo (a folder, a job's id or name, or a Hub id) into its base model and write "
                     "OUT: safetensors weights, config, generation config and tokenizer files with the chat template, "
                     "loadable with AutoModelForCausalLM.from_pretrained(OUT) without peft. OUT must be new or empty, or an "
                     "earlier merge's unchanged output (then replaced).")
-    merge.add_argument("repo", metavar="REPO", help="A causal-LM repo folder, a job id, or a Hub id.")
+    merge.add_argument("repo", metavar="REPO", help="A causal-LM repo folder, a job (its id or name), or a Hub id.")
     merge.add_argument("output", metavar="OUT", help="The folder to write the merged model into.")
     merge.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                        help="dtype of the merged weights (default: the dtype the repo's model runs in).")

@@ -9,7 +9,8 @@ derive_pipeline("chat-a", "chat-b", adapter="peft-adapter-folder")              
 ```
 
 The source repo is only read. The new repo holds what `save_pretrained` writes (`model/`, and
-`model_code/` for user classes) plus `derived_from.json`, which says where it came from. The source's
+`model_code/` for user classes) plus `derived_from.json`, which says where it came from (the hub repo id, or the
+folder's name: no local path, since the new repo is made to be shared). The source's
 `trainer/`, `validation/`, `checkpoints/` and model card are not copied: they describe a training run
 that did not produce the derived weights (re-running that trainer would not give them back). The
 provenance file points to the source and the replacement instead.
@@ -24,7 +25,8 @@ from .version import __version__
 from .config import ConfigMixin
 from .config.filelist import FILELIST, sha256_file, verify_filelist
 from .config.repo import CONFIG_NAME, component_folder, load_repo
-from .files import atomic_folder, read_json
+from .config.hub import DOWNLOAD_MARKER
+from .files import atomic_folder, read_json, read_marker
 from .errors import ConfigError
 from .models.causal_lm import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CausalLMPipeline
 from .models.diffusion import LORA_WEIGHTS_NAME, DiffusionPipeline
@@ -130,14 +132,31 @@ def derive_pipeline(
     with atomic_folder(output) as staging:  # an empty `output` (checked above) is replaced
         pipeline.save_pretrained(staging)
         provenance = {
-            "source": {"path": str(source.resolve()), "model_filelist_sha256": sha256_file(component_folder(source, MODEL_FOLDER) / FILELIST)},
+            "source": {**_public_location(source, source), "model_filelist_sha256": sha256_file(component_folder(source, MODEL_FOLDER) / FILELIST)},
             "replaced": component,
-            "replacements": [{"path": str(path.resolve()), "sha256": sha256_file(path)} for path in files],
+            "replacements": [{**_public_location(path, Path(given[component])), "sha256": sha256_file(path)} for path in files],
             "tinypipe_version": __version__,
         }
         (staging / DERIVED_FROM_NAME).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     logger.info("Derived %s from %s with its %s replaced by %s.", output, source, component, ", ".join(map(str, files)))
     return output
+
+
+def _public_location(path: Path, given: Path) -> dict[str, str]:
+    """Where a source or replacement came from, with no local path (the repo is shared as it is): the hub repo id and
+    revision when it lies in a download of one, else its path from the folder holding what the caller gave.
+
+    Example: `lora=/home/me/runs/lora-b` -> `{"path": "lora-b/model/pytorch_lora_weights.safetensors"}`; a hub download
+    of `me/lora-b` -> `{"hub_repo": "me/lora-b", "path": "model/pytorch_lora_weights.safetensors"}`.
+    """
+    path = path.resolve()
+    for folder in (path, *path.parents):
+        download = read_marker(folder, DOWNLOAD_MARKER) if folder.is_dir() else None
+        if download and isinstance(download.get("repo"), str):
+            found = {"hub_repo": download["repo"], "path": path.relative_to(folder).as_posix() or "."}
+            return {**found, "revision": download["revision"]} if download.get("revision") else found
+    root = given.resolve().parent
+    return {"path": path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name}
 
 
 def _check_output(source: Path, output: Path) -> None:

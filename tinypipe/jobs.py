@@ -1,7 +1,8 @@
 """The local job store: every `tinypipe train-*` run is a job recorded in one SQLite file, no server.
 
 A job has an id, a name, what it runs (`kind`, `method`, `arguments`), a status (queued, running,
-succeeded, failed, cancelled), timestamps, a log file and an output repo. It lives in
+succeeded, failed, cancelled), timestamps, a log file, an output repo and its number of attempts (a failed or
+cancelled job that `tinypipe resume` continues runs again as the same job, its log appended). It lives in
 `<tinypipe home>/jobs/jobs.sqlite3` (`TINYPIPE_HOME` moves it) and each job's files in
 `<tinypipe home>/jobs/<id>/`.
 
@@ -49,9 +50,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     pid_started REAL,
     log_file TEXT NOT NULL,
     output TEXT NOT NULL,
-    error TEXT
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 1
 )
 """
+# Columns added after the first release, with their definitions: an older store gains them when it is opened.
+_ADDED_COLUMNS = {"attempts": "INTEGER NOT NULL DEFAULT 1"}
 
 
 class JobError(TinypipeError):
@@ -95,6 +99,7 @@ class Job:
     log_file: Path
     output: Path
     error: Optional[str]
+    attempts: int = 1  # 1, then one more for each `tinypipe resume` (`JobStore.reopen`)
 
     @property
     def folder(self) -> Path:
@@ -138,6 +143,10 @@ class JobStore:
             with closing(self._connect()) as connection:
                 connection.execute("PRAGMA journal_mode = WAL")  # recorded in the file: every later connection uses it
                 connection.execute(_SCHEMA)
+                present = {row["name"] for row in connection.execute("PRAGMA table_info(jobs)")}
+                for column, definition in _ADDED_COLUMNS.items():
+                    if column not in present:
+                        connection.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
 
     @contextmanager
     def _store_errors(self) -> Iterator[None]:
@@ -293,6 +302,21 @@ class JobStore:
             (status, time.time(), error, job_id),
         ) == 1
 
+    def reopen(self, job_id: str, arguments: dict[str, Any]) -> bool:
+        """Queue a failed or cancelled job again as its next attempt (`tinypipe resume`): the same id, name, log and output.
+
+        Args:
+            job_id: The job's id.
+            arguments: What the new attempt runs (the job's arguments with the resume set), JSON-encodable.
+
+        Returns:
+            False if the job is not failed or cancelled (it is active, succeeded, or gone).
+        """
+        return self._execute(
+            "UPDATE jobs SET status = 'queued', arguments = ?, attempts = attempts + 1, started_at = NULL, finished_at = NULL, "
+            "pid = NULL, pid_started = NULL, error = NULL WHERE id = ? AND status IN ('failed', 'cancelled')",
+            (json.dumps(arguments, sort_keys=True), job_id),
+        ) == 1
 
     def remove(self, job_id: str) -> bool:
         """Forget an ended job (its record only; its files are the caller's to remove); False if it is still active."""

@@ -48,7 +48,7 @@ class TrainRequest:
     revision: Optional[str] = None
     log_level: str = "INFO"
     train_arguments: dict = field(default_factory=dict)  # the trainer's train() keyword arguments
-    resumed_from: Optional[str] = None  # the job this one resumes (`tinypipe resume`)
+    resumed_from: Optional[str] = None  # the job this one resumed (records of older versions, whose resume made a new job)
 
     def trainer_path(self) -> tuple[str, str, str]:
         """The trainer that runs: chosen by the command and `--method` alone, never by another option."""

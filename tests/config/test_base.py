@@ -10,8 +10,9 @@ def test_known_keys_pass():
     check_unknown_keys({"lr": 1, "steps": 2}, ["lr", "steps", "seed"], "Trainer", "keys")
 
 
-def test_unknown_keys_are_all_named_with_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"^Trainer: unknown config keys \['epochz', 'lrr'\]; valid keys are \['lr', 'steps'\]\.$"):
+def test_unknown_keys_are_all_named_with_the_valid_ones_and_the_closest_to_each_typo():
+    with pytest.raises(ConfigError, match=r"^Trainer: unknown config keys \['epochz', 'lrr'\]; valid keys are \['lr', 'steps'\]\. "
+                                          r"Did you mean 'lr' for 'lrr'\?$"):
         check_unknown_keys(["lrr", "steps", "epochz"], ("steps", "lr"), "Trainer", "config keys")
 
 

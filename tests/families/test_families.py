@@ -55,8 +55,9 @@ def test_sdxl_prompt_conditioning_is_the_pipelines_own(sdxl):
 
 def test_a_method_the_family_lacks_is_refused_naming_the_others(sdxl, monkeypatch):
     monkeypatch.setattr(type(sdxl.family), "methods", frozenset({"lora", "dreambooth_lora"}))
-    with pytest.raises(ConfigError, match="textual inversion is not supported for the Stable Diffusion XL family; it supports: "
-                                          "dreambooth_lora, lora"):
+    with pytest.raises(ConfigError, match=r"Textual inversion \(--method textual-inversion; TextualInversionTrainer\) is not "
+                                          r"supported for the Stable Diffusion XL family; it supports: LoRA \(--method lora; "
+                                          r"LoRATrainer\); DreamBooth-LoRA \(--method lora with --prior-class-prompt"):
         sdxl.family.check_method("textual_inversion")
 
 

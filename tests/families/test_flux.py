@@ -4,6 +4,7 @@ FluxPipeline.load_lora_weights loads with the same images."""
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -209,12 +210,15 @@ def test_ddpm_loss_settings_are_refused_naming_the_setting(dev, objective, messa
 
 
 @pytest.mark.parametrize(("method", "message"), [
-    ("textual_inversion", "textual inversion is not supported for the FLUX.1 family.*LoRA.*method lora"),
-    ("dreambooth_full", "dreambooth full is not supported for the FLUX.1 family.*method dreambooth_lora"),
+    ("textual_inversion", r"Textual inversion \(--method textual-inversion; TextualInversionTrainer\) is not supported "
+                          r"for the FLUX.1 family.*LoRA instead: --method lora"),
+    ("dreambooth_full", r"DreamBooth fine-tuning every weight \(--method dreambooth; DreamBoothTrainer\) is not supported "
+                        r"for the FLUX.1 family.*--method dreambooth with '\{\"use_lora\": true\}' in --training-args"),
 ])
-def test_textual_inversion_and_full_fine_tune_are_refused_naming_the_lora_alternative(method, message):
-    with pytest.raises(ConfigError, match=message):
+def test_textual_inversion_and_full_fine_tune_are_refused_naming_the_lora_alternative_as_the_user_asks_for_it(method, message):
+    with pytest.raises(ConfigError, match=message) as refused:
         FLUX.check_method(method)
+    assert not re.search(r"\b(dreambooth_lora|dreambooth_full|textual_inversion)\b", str(refused.value))  # no internal name
     FLUX.check_method("lora")
     FLUX.check_method("dreambooth_lora")
 

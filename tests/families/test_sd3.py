@@ -80,9 +80,9 @@ def test_guidance_and_ddpm_settings_and_textual_inversion_are_refused():
         SD3.check_objective(TrainingObjective(guidance_scale=3.5))
     with pytest.raises(ConfigError, match="snr_gamma=5.0.*Stable Diffusion 3's flow matching"):
         SD3.check_objective(TrainingObjective(snr_gamma=5.0))
-    with pytest.raises(ConfigError, match="textual inversion is not supported for the Stable Diffusion 3 family.*LoRA"):
+    with pytest.raises(ConfigError, match="Textual inversion .* is not supported for the Stable Diffusion 3 family.*LoRA"):
         SD3.check_method("textual_inversion")
-    with pytest.raises(ConfigError, match="dreambooth full is not supported.*dreambooth_lora"):
+    with pytest.raises(ConfigError, match="DreamBooth fine-tuning every weight .* is not supported.*use_lora"):
         SD3.check_method("dreambooth_full")
 
 

@@ -122,3 +122,26 @@ def test_the_chat_model_name_is_a_base_model_everywhere_a_model_id_is():
     check_base_model(TINY_LLAMA_CHAT, kind="causal-lm")  # what train-lm checks MODEL with, before a job is recorded
     with pytest.raises(ConfigError, match=r"Did you mean 'tinypipe/tiny-llama-chat'"):
         check_base_model("tinypipe/tiny-llama-chatt", kind="causal-lm")
+
+
+def rendered_prompts(pipeline, monkeypatch, **arguments) -> list[str]:
+    """The prompts `generate(**arguments)` hands the model, as text (special tokens kept)."""
+    seen = []
+
+    def generate(batch, *args, **sampling):
+        seen.extend(pipeline.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=False))
+        return [[pipeline.tokenizer.eos_token_id]] * len(batch["input_ids"])
+    monkeypatch.setattr(pipeline, "_generate", generate)
+    pipeline.generate(**arguments)
+    return [text.replace(pipeline.tokenizer.pad_token, "") for text in seen]
+
+
+def test_an_instruction_to_a_chat_template_repo_is_a_user_turn_of_its_template_not_the_alpaca_prompt(tmp_path, monkeypatch):
+    CausalLMPipeline(TINY_LLAMA, chat_template="chatml").save_pretrained(tmp_path / "chatml-repo")
+    pipeline = AutoModelPipeline.from_pretrained(tmp_path / "chatml-repo")  # the template recorded in the repo
+    prompts = rendered_prompts(pipeline, monkeypatch, instruction=["Add the numbers.", "Name a colour."], input=["2 and 3", ""])
+    assert prompts == ["<|im_start|>user\nAdd the numbers.\n\n2 and 3<|im_end|>\n<|im_start|>assistant\n",
+                       "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"]
+    assert rendered_prompts(pipeline, monkeypatch, instruction="Name a colour.") == prompts[1:]
+    alpaca = CausalLMPipeline(TINY_LLAMA)  # no chat template: the alpaca prompt it trains with by default
+    assert "### Instruction:\nName a colour.\n\n### Response:" in rendered_prompts(alpaca, monkeypatch, instruction="Name a colour.")[0]

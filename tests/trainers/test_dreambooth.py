@@ -115,7 +115,7 @@ def test_a_corrupt_class_image_is_a_clear_error(tmp_path):
     ({"class_prompt": None}, "needs class_prompt"),
     ({"num_class_images": 0}, "num_class_images must be"),
     ({"prior_loss_weight": -1.0}, "prior_loss_weight"),
-    ({"class_data_dir": "/no/such/folder"}, "not a folder"),
+    ({"class_data_dir": __file__}, "is a file, not a folder"),
 ])
 def test_bad_prior_preservation_settings_are_clear_errors(bad, message):
     with pytest.raises(ConfigError, match=message):

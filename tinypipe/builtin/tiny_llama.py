@@ -226,14 +226,19 @@ def builtin_lm_folder(name: str = TINY_LLAMA) -> Path:
     load_tokenizer = load_tiny_llama_chat_tokenizer if name == TINY_LLAMA_CHAT else load_tiny_llama_tokenizer
 
     def build(staging: Path) -> None:
+        import logging
+
         from transformers.utils import logging as transformers_logging
 
         tokenizer = load_tokenizer()
-        transformers_logging.disable_progress_bar()
+        quiet = not logging.getLogger("tinypipe").isEnabledFor(logging.DEBUG)  # the bars show under --log-level DEBUG
+        if quiet:
+            transformers_logging.disable_progress_bar()
         try:
             build_tiny_llama(tokenizer).save_pretrained(staging, safe_serialization=True)
         finally:
-            transformers_logging.enable_progress_bar()
+            if quiet:
+                transformers_logging.enable_progress_bar()
         tokenizer.save_pretrained(staging)
 
     return cached_builtin_folder(name, build, format_version=_BUILTIN_FORMAT_VERSION, libraries=("torch", "transformers"),

@@ -20,14 +20,19 @@ def check_unknown_keys(keys, valid, owner: str, what: str) -> None:
         what: What the keys are, for the message (`"config keys"`, `"keys"`, `"arguments"`).
 
     Raises:
-        ConfigError: Naming the unknown keys and the valid ones.
+        ConfigError: Naming the unknown keys, the valid ones, and the closest valid key to each typo ("did you mean").
     """
     from ..errors import ConfigError
+
+    import difflib
 
     unknown = sorted(key for key in keys if key not in valid)
     if unknown:
         ones = "ones" if what == "arguments" else "keys"
-        raise ConfigError(f"{owner}: unknown {what} {unknown}; valid {ones} are {sorted(valid)}.")
+        close = {key: difflib.get_close_matches(key, list(valid), n=1) for key in unknown}
+        hints = [f"{matches[0]!r} for {key!r}" for key, matches in close.items() if matches]
+        hint = f" Did you mean {', '.join(hints)}?" if hints else ""
+        raise ConfigError(f"{owner}: unknown {what} {unknown}; valid {ones} are {sorted(valid)}.{hint}")
 
 
 class ConfigBase:

@@ -47,6 +47,9 @@ LoRA from an earlier push never outlives the LoRA it copied."""
 # Never uploaded: resumable training state, the hub download cache and marker, half-done or replaced saves.
 UPLOAD_IGNORE_PATTERNS = ("checkpoints/**", "logs/**", "wandb/**", ".cache/**", DOWNLOAD_MARKER, ".*.tmp-*/**", ".*.old-*/**", "**/__pycache__/**")
 
+BUILTIN_PREFIX = "tinypipe/"
+"""The namespace of the built-in names: a repo id in it that is none of them is refused without asking the hub."""
+
 # Built-in names -> the function that saves that repo into a folder, registered by the package that builds them.
 _BUILTIN_REPOS: dict[str, Callable[[Path], None]] = {}
 
@@ -109,13 +112,19 @@ def cache_folder(cache: Path, repo: str) -> Path:
     """The folder of hub repo `repo` under the cache folder `cache`, checked to stay inside it.
 
     Raises:
-        RepoError: `repo` is not a valid hub id (huggingface_hub's own rules: `name` or `owner/name`, no `..`), or
-            its folder leads outside `cache` (a link).
+        RepoError: `repo` is not a valid hub id (huggingface_hub's own rules: `name` or `owner/name`, no `..`), a
+            `tinypipe/` name that is no built-in one (the closest is suggested), or its folder leads outside `cache` (a link).
     """
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
     if builtin_repo_writer(repo) is None:
+        if repo.startswith(BUILTIN_PREFIX) and _BUILTIN_REPOS:  # the built-in names' namespace: a typo, never a hub id
+            import difflib
+
+            close = difflib.get_close_matches(repo, sorted(_BUILTIN_REPOS), n=1, cutoff=0.6)
+            raise RepoError(f"{repo!r} is not a built-in model. " + (f"Did you mean {close[0]!r}? " if close else "")
+                            + f"The built-in models are {', '.join(repr(name) for name in sorted(_BUILTIN_REPOS))}.")
         try:
             validate_repo_id(repo)
         except HFValidationError as error:

@@ -17,11 +17,21 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-__all__ = ["ModelFamily", "TrainingObjective", "METHODS"]
+__all__ = ["ModelFamily", "TrainingObjective", "METHODS", "METHOD_NAMES"]
 
 METHODS = ("lora", "dreambooth_lora", "dreambooth_full", "textual_inversion")
 """The training methods a family may support: LoRA, DreamBooth-LoRA (with prior preservation), DreamBooth
 fine-tuning every weight, and textual inversion."""
+
+METHOD_NAMES = {
+    "lora": "LoRA (--method lora; LoRATrainer)",
+    "dreambooth_lora": "DreamBooth-LoRA (--method lora with --prior-class-prompt, or --method dreambooth with "
+                       "'{\"use_lora\": true}' in --training-args; DreamBoothTrainer(use_lora=True))",
+    "dreambooth_full": "DreamBooth fine-tuning every weight (--method dreambooth; DreamBoothTrainer)",
+    "textual_inversion": "Textual inversion (--method textual-inversion; TextualInversionTrainer)",
+}
+"""Each method as a user asks for it (the command line's --method and options, the trainer class): the names every
+refusal uses, never the internal ones of `METHODS`."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,6 @@ class ModelFamily:
         from ..errors import ConfigError
 
         if method not in self.methods:
-            supported = ", ".join(sorted(self.methods))
-            raise ConfigError(f"{method.replace('_', ' ')} is not supported for the {self.title} family; it supports: "
+            supported = "; ".join(METHOD_NAMES[name] for name in METHODS if name in self.methods)
+            raise ConfigError(f"{METHOD_NAMES[method]} is not supported for the {self.title} family; it supports: "
                               f"{supported}.")

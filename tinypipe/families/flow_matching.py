@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .base import ModelFamily, TrainingObjective
+from .base import METHOD_NAMES, ModelFamily, TrainingObjective
 
 __all__ = ["FlowMatchingFamily", "FlowMatchingDraw", "WEIGHTING_SCHEMES"]
 
@@ -49,10 +49,11 @@ class FlowMatchingFamily(ModelFamily):
 
     _ALTERNATIVES = {
         "textual_inversion": "its prompts go through a T5 encoder as well as CLIP, and diffusers' pipeline for it loads no "
-                             "textual-inversion embeddings; teach the concept with a LoRA instead (method lora, or "
-                             "dreambooth_lora with an identifier token such as 'sks' in the captions)",
+                             "textual-inversion embeddings; teach the concept with a LoRA instead: --method lora "
+                             "(LoRATrainer), with an identifier token such as 'sks' in the prompt",
         "dreambooth_full": "fine-tuning every weight of its multi-billion-parameter transformer does not fit one machine; "
-                           "use DreamBooth-LoRA instead (method dreambooth_lora, with prior preservation as before)",
+                           "use DreamBooth-LoRA instead: --method dreambooth with '{\"use_lora\": true}' in --training-args "
+                           "(DreamBoothTrainer(use_lora=True)), prior preservation as before",
     }
 
     def check_method(self, method: str) -> None:
@@ -62,7 +63,7 @@ class FlowMatchingFamily(ModelFamily):
             ConfigError: `method` is not `"lora"` or `"dreambooth_lora"`.
         """
         if method in self._ALTERNATIVES:
-            raise ConfigError(f"{method.replace('_', ' ')} is not supported for the {self.title} family: "
+            raise ConfigError(f"{METHOD_NAMES[method]} is not supported for the {self.title} family: "
                               f"{self._ALTERNATIVES[method]}.")
         super().check_method(method)
 

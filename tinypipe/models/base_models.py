@@ -1,8 +1,9 @@
 """Base models: what a base-model name points to, checked before anything is loaded or recorded.
 
 A base model is named by a built-in name (`"tinypipe/tiny-sd"`, `"tinypipe/tiny-llama"`), a local folder or a
-hub id. `check_base_model` refuses a name that cannot be had (only huggingface_hub is asked about a hub id, its
-local cache in offline mode, so a typo is caught in a moment rather than when a job has started loading weights);
+hub id. `check_base_model` refuses a name that cannot be had (a `tinypipe/` name that is no built-in one at once; only
+huggingface_hub is asked about a hub id, its local cache in offline mode, so a typo is caught in a moment rather than
+when a job has started loading weights);
 `base_model_source` turns the name into what diffusers / transformers load; `base_model_load_error` explains a load
 that failed; `same_base_model` tells whether two names mean one model, and `refuse_other_base_model` refuses weights
 recorded for another base model.
@@ -11,7 +12,7 @@ recorded for another base model.
 from tinypipe.models.base_models import check_base_model
 
 check_base_model("tinypipe/tiny-sdd", kind="diffusion")
-# ConfigError: MODEL 'tinypipe/tiny-sdd' is neither a local folder, a built-in model, nor ... Did you mean 'tinypipe/tiny-sd'? ...
+# ConfigError: MODEL 'tinypipe/tiny-sdd' is not a built-in model. Did you mean 'tinypipe/tiny-sd'? The built-in models are ...
 ```
 """
 
@@ -20,16 +21,20 @@ import logging
 from pathlib import Path
 from typing import Optional, Union
 
-from ..builtin import builtin_names
+from ..builtin import BUILTIN_NAMES, builtin_names
 from ..builtin.tiny_llama import TINY_LLAMA, builtin_lm_folder, is_builtin_lm
 from ..builtin.diffusion_folders import builtin_diffusion_folder
 from ..builtin.tiny_sd import TINY_SD, is_builtin
+from ..config.hub import BUILTIN_PREFIX
 from ..errors import ConfigError, RepoError
 
 __all__ = ["BASE_MODEL_KINDS", "base_model_load_error", "base_model_source", "builtin_hint", "check_base_model",
            "load_error_reason", "refuse_other_base_model", "same_base_model"]
 
 logger = logging.getLogger(__name__)
+
+_KIND_WORDS = {"diffusion": "diffusion model", "causal-lm": "causal LM", "images": "image data set",
+               "instructions": "causal-LM data set"}
 
 # kind -> (the file a local folder of that kind holds, what such a folder is called)
 BASE_MODEL_KINDS = {
@@ -82,6 +87,10 @@ def check_base_model(name: str, *, kind: str, revision: Optional[str] = None, to
             raise ConfigError(f"MODEL {name!r} is a local path but not a {folder_kind} (no {marker}); give a folder written "
                               f"by save_pretrained, a hub id, or a built-in model. {builtin_hint(name, kind)}")
         return
+    if name.startswith(BUILTIN_PREFIX):  # the built-in names' own namespace: never asked of the hub
+        other = BUILTIN_NAMES.get(name)
+        what = f"a built-in {_KIND_WORDS[other]}, not a {_KIND_WORDS[kind]}" if other else "not a built-in model"
+        raise ConfigError(f"MODEL {name!r} is {what}. {builtin_hint(name, kind)}")
     import huggingface_hub
     from huggingface_hub.errors import HFValidationError
 

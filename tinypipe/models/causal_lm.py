@@ -25,7 +25,7 @@ from ..config import ConfigMixin, Ignore, save_config
 from ..errors import ConfigError, RepoError
 from ..builtin.tiny_llama import TINY_LLAMA, TINY_LLAMA_CHAT
 from .base_models import same_base_model
-from .chat import check_conversations, encode_conversations, require_chat_template
+from .chat import PROMPT_TEMPLATES, check_conversations, encode_conversations, instruction_conversations, require_chat_template
 from .generation import encode_prompts, generate_new_tokens, stop_token_ids
 from .lora_targets import ATTENTION_PROJECTIONS, check_target_modules, default_lora_targets
 from .base_models import refuse_other_base_model
@@ -391,8 +391,9 @@ class CausalLMPipeline(ConfigMixin):
 
         Args:
             prompt: A text or a list of texts to continue as they are.
-            instruction: Instead of `prompt`: an instruction or a list of them, rendered with the alpaca
-                template the trainer uses (with `input` when it is non-empty).
+            instruction: Instead of `prompt`: an instruction or a list of them, rendered as training rendered alpaca
+                records: with the alpaca prompt (with `input` when it is non-empty), or, for a repo trained with a chat
+                template (chatml, llama-3, the tokenizer's own, ...), as a user turn of that template.
             input: The input of the instruction (or one per instruction).
             messages: Instead: a conversation `[{"role": "system"|"user"|"assistant", "content": ...}, ...]` (or a
                 list of them), rendered with the tokenizer's chat template (the one training saved) and its
@@ -416,6 +417,9 @@ class CausalLMPipeline(ConfigMixin):
         ```
         """
         sampling = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
+        if instruction is not None and messages is None and self.config.get("chat_template") not in PROMPT_TEMPLATES:
+            conversations = instruction_conversations(instruction, input)  # the repo's chat template, as training rendered them
+            messages, instruction = (conversations[0] if isinstance(instruction, str) else conversations), None
         if messages is not None:
             if prompt is not None or instruction is not None:
                 raise ConfigError("generate() takes messages, a prompt or an instruction: give only one of them.")

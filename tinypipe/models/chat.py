@@ -13,12 +13,18 @@ batch = encode_conversations(tokenizer, conversations)          # left-padded in
 """
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Union
 
 from ..builtin import TINY_LLAMA_CHAT
 from ..errors import ConfigError
 
-__all__ = ["check_conversations", "encode_conversations", "require_chat_template"]
+__all__ = ["check_conversations", "encode_conversations", "instruction_conversations", "require_chat_template",
+           "PROMPT_TEMPLATES"]
+
+PROMPT_TEMPLATES = (None, "alpaca", "alpaca-lora")
+"""The `chat_template` settings under which an instruction is rendered as the alpaca prompt text (no template, or one of
+the alpaca ones); under any other (chatml, llama-3, the tokenizer's own, a Jinja template) it is a user turn of the
+repo's chat template, as training rendered alpaca records."""
 
 Conversation = list[dict[str, str]]
 
@@ -62,6 +68,24 @@ def check_conversations(messages: Any) -> tuple[list[Conversation], bool]:
             raise ConfigError(f"{name} must be a non-empty list of messages, got {conversation!r:.80}.")
         checked.append([_check_message(message, f"{name}[{index}]") for index, message in enumerate(conversation)])
     return checked, single
+
+
+def instruction_conversations(instruction: Union[str, Sequence[str]], input: Union[str, Sequence[str]]) -> list[Conversation]:
+    """Instructions (with their inputs) as one-turn conversations, as training renders alpaca records with a chat template
+    (`data.chat_formats.alpaca_messages`: the input follows the instruction after a blank line).
+
+    Raises:
+        ConfigError: A different number of instructions and inputs.
+    """
+    from ..data.chat_formats import alpaca_messages
+    from ..data.instructions import InstructionExample
+
+    instructions = [instruction] if isinstance(instruction, str) else list(instruction)
+    inputs = [input] * len(instructions) if isinstance(input, str) else list(input)
+    if len(inputs) != len(instructions):
+        raise ConfigError(f"generate() got {len(instructions)} instructions but {len(inputs)} inputs.")
+    return [alpaca_messages(InstructionExample(text, context or "", ""), input_field=False)[:1]
+            for text, context in zip(instructions, inputs)]
 
 
 def require_chat_template(tokenizer: Any, model_name: str) -> None:

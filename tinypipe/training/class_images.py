@@ -69,10 +69,19 @@ def _local_weights_fingerprint(base_model: str) -> Optional[str]:
 
 
 def _user_class_examples(folder: Path, class_prompt: str, limit: int) -> list[ImageExample]:
-    """The first `limit` images of the user's class folder (sorted by name), captioned with the class prompt."""
-    if not folder.is_dir():
-        raise ConfigError(f"class_data_dir {str(folder)!r} is not a folder; give a folder of class images, or leave it out "
-                          "to generate them all.")
+    """The first `limit` images of the user's class folder (sorted by name), captioned with the class prompt.
+
+    A folder that does not exist yet is created (empty), as diffusers' `train_dreambooth.py` does: the class images are
+    then all generated into it.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"class_data_dir (--prior-class-image-dir) {str(folder)!r} is a file, not a folder; give a folder "
+                          "of class images (a new one is created and filled), or leave it out to generate them into the cache.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"class_data_dir (--prior-class-image-dir) {str(folder)!r} cannot be created ({error.strerror}); "
+                          "give a folder you can write, or leave it out to generate the class images into the cache.") from None
     if not any(path.suffix.lower() in IMAGE_EXTENSIONS for path in folder.iterdir() if not path.name.startswith(".")):
         return []
     examples = load_image_examples(folder, default_caption=class_prompt)
@@ -118,7 +127,8 @@ def prepare_class_examples(pipeline: DiffusionPipeline, *, class_prompt: str, cl
     Args:
         pipeline: The base pipeline that generates the missing images.
         class_prompt: Their prompt, and the caption of every class image.
-        class_data_dir: A folder of the user's class images, or None. Its non-image files are skipped; a corrupt image is an error.
+        class_data_dir: A folder of the user's class images (created when it does not exist), or None. Its non-image
+            files are skipped; a corrupt image is an error.
         num_class_images: How many class images to train with.
         resolution, seed, sample_batch_size, inference_steps, guidance_scale: Generation settings (part of the cache key).
         accelerator: With several processes, the main one generates and the others wait for it, then read the images.
@@ -127,7 +137,7 @@ def prepare_class_examples(pipeline: DiffusionPipeline, *, class_prompt: str, cl
         `num_class_images` examples captioned with `class_prompt`.
 
     Raises:
-        ConfigError: `class_data_dir` is not a folder. DataError: An image in it cannot be read.
+        ConfigError: `class_data_dir` is a file, or cannot be created. DataError: An image in it cannot be read.
     """
     show_progress = accelerator is None or accelerator.is_main_process
     several = accelerator is not None and accelerator.num_processes > 1
