@@ -47,15 +47,15 @@ def add_export_commands(commands: "argparse._SubParsersAction", local_repo: Call
 
     Args:
         commands: The parser's sub-commands.
-        local_repo: The CLI's reading of a REPO argument: the local repo folder it names (a folder, a job id), or
-            None for a hub id.
+        local_repo: The CLI's reading of a REPO argument: the local repo folder it names (a folder, or a job by id,
+            id prefix or unique name), or None for a hub id.
     """
     export = commands.add_parser(
         "export", help="Write a repo's LoRA as one file for A1111, ComfyUI or kohya.", epilog=EXPORT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Write the LoRA of a diffusion repo (a folder, a job id, or a Hub id) as one .safetensors file in "
-                    "the format another tool reads. The repo is only read; an existing file is not replaced without --force.")
-    export.add_argument("repo", metavar="REPO", help="A repo folder, a job id, or a Hub id.")
+        description="Write the LoRA of a diffusion repo (a folder, a job by id, id prefix or unique name, or a Hub id) "
+                    "as one .safetensors file in the format another tool reads. The repo is only read; an existing file is not replaced without --force.")
+    export.add_argument("repo", metavar="REPO", help="A repo folder, a job (id, id prefix or unique name), or a Hub id.")
     export.add_argument("--format", choices=EXPORT_FORMATS, default="kohya", help="The file format (default: kohya).")
     export.add_argument("--to", metavar="FILE", help="The .safetensors file to write (default: <repo name>-<format>.safetensors here).")
     export.add_argument("--force", action="store_true", help="Replace FILE if it exists.")
