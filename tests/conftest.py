@@ -19,24 +19,34 @@ def _session_builtins(tmp_path_factory):
     return tmp_path_factory.mktemp("tinypipe_builtins")
 
 
+@pytest.fixture(scope="session")
+def new_home(tmp_path_factory, _session_builtins):
+    """Makes a new tinypipe home (for a module's CLI subprocesses) whose built-in models are the session's."""
+
+    def make(name: str = "home"):
+        home = tmp_path_factory.mktemp(name)
+        (home / "builtin").symlink_to(_session_builtins, target_is_directory=True)
+        return home
+
+    return make
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _session_home(tmp_path_factory, _session_builtins):
+def _session_home(new_home):
     """A tinypipe home for fixtures wider than one test (module-scoped trainings), which run before `_isolated_home`:
     no test ever reads or writes the user's own `~/.cache/tinypipe` (a stale class-image cache there once made a
     re-run differ)."""
-    home = tmp_path_factory.mktemp("tinypipe_session_home")
-    (home / "builtin").symlink_to(_session_builtins, target_is_directory=True)
+    home = new_home("tinypipe_session_home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TINYPIPE_HOME", str(home))
         yield
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(request, tmp_path_factory, monkeypatch, _session_builtins):
+def _isolated_home(request, tmp_path_factory, monkeypatch, new_home):
     """Every test gets its own tinypipe home, so caches and job stores never leak between tests. Its built-in models
     are the session's (see `_session_builtins`), except in a test marked `own_builtins`, which builds (or damages)
     its own."""
-    home = tmp_path_factory.mktemp("tinypipe_home")
-    if request.node.get_closest_marker("own_builtins") is None:
-        (home / "builtin").symlink_to(_session_builtins, target_is_directory=True)
+    own = request.node.get_closest_marker("own_builtins") is not None
+    home = tmp_path_factory.mktemp("tinypipe_home") if own else new_home("tinypipe_home")
     monkeypatch.setenv("TINYPIPE_HOME", str(home))

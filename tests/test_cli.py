@@ -1,9 +1,6 @@
 """The `tinypipe` command line, driven as a user drives it: subprocesses, offline, on the built-in models."""
 
 import os
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -12,43 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_commands import DIFFUSER_ARGS, LM_ARGS, as_array, extract, tinypipe, wait_for
 from tinypipe.jobs import JobStore
-
-DIFFUSER_ARGS = '{"max_train_steps": 4, "num_validation_images": 1, "validation_inference_steps": 2, "learning_rate": 0.003}'
-LM_ARGS = '{"max_train_steps": 6, "train_batch_size": 4, "learning_rate": 0.003}'
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """One tinypipe home (job store, built-in models) shared by this module's commands."""
     return tmp_path_factory.mktemp("cli_home")
-
-
-def tinypipe(home: Path, *args: str, cwd: Path | None = None, launcher: tuple = (sys.executable, "-m", "tinypipe"),
-             expect: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TINYPIPE_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    result = subprocess.run([*launcher, *args], cwd=cwd or home, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == expect, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr[-3000:]}"
-    return result
-
-
-def wait_for(home: Path, job_id: str, limit: float = 240.0):
-    """Poll the job store until the job ends (a finished job never changes again)."""
-    store, deadline = JobStore(home / "jobs"), time.monotonic() + limit
-    while (job := store.get(job_id)).status in ("queued", "running"):
-        assert time.monotonic() < deadline, f"job {job_id} still {job.status} after {limit} s"
-        time.sleep(0.3)
-    return job
-
-
-def extract(archive: Path, folder: Path) -> Path:
-    with zipfile.ZipFile(archive) as zip_file:
-        zip_file.extractall(folder)
-    return folder
-
-
-def as_array(image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
 
 
 # -- training in the foreground, results downloaded and loaded by the tools users already have -------------
@@ -180,67 +148,6 @@ def test_train_lm_adapter_downloads_and_loads_in_peft(home, detached_jobs, tmp_p
     assert len(saved) == len([name for name in model.state_dict() if "lora_" in name])
     text = tinypipe(home, "generate", lm.id, "Name a primary colour.", "--max-new-tokens", "8").stdout
     assert text.strip()
-
-
-# -- other methods ------------------------------------------------------------------------------------------
-
-
-def test_textual_inversion_from_a_zipped_folder_loads_in_diffusers(home, tmp_path):
-    from diffusers import StableDiffusionPipeline
-
-    from tinypipe.builtin.tiny_sd import builtin_model_folder, write_shapes_folder
-
-    images = write_shapes_folder(tmp_path / "shapes")
-    archive = tmp_path / "shapes.zip"
-    with zipfile.ZipFile(archive, "w") as zip_file:
-        for path in sorted(images.iterdir()):
-            zip_file.write(path, f"shapes/{path.name}")
-    tinypipe(home, "train-diffuser", "token", "tinypipe/tiny-sd", str(archive), "a photo of <sks-shape>",
-             "--method", "textual-inversion", "--initializer-token", "circle", "--training-args",
-             '{"max_train_steps": 3, "num_validation_images": 1, "validation_inference_steps": 2, "learning_rate": 0.01}')
-    job = JobStore(home / "jobs").recent(1)[0]
-    assert (job.status, job.method) == ("succeeded", "textual-inversion")
-    tinypipe(home, "download-model", job.id, "--to", str(tmp_path / "ti.zip"))
-    plain = StableDiffusionPipeline.from_pretrained(builtin_model_folder("tinypipe/tiny-sd"), safety_checker=None)
-    plain.load_textual_inversion(extract(tmp_path / "ti.zip", tmp_path / "ti") / "model")
-    assert plain.tokenizer.convert_tokens_to_ids("<sks-shape>") != plain.tokenizer.unk_token_id
-
-
-def test_cancel_stops_a_detached_job(home):
-    job_id = tinypipe(home, "train-diffuser", "long", "tinypipe/tiny-sd", "tinypipe/shapes", "a photo of sks circle",
-                      "--training-args", '{"max_train_steps": 100000}', "--detach").stdout.strip()
-    store = JobStore(home / "jobs")
-    deadline = time.monotonic() + 60
-    while store.get(job_id).status == "queued" and time.monotonic() < deadline:
-        time.sleep(0.2)
-    pid = store.get(job_id).pid
-    assert "cancelled" in tinypipe(home, "cancel", job_id).stdout
-    job = wait_for(home, job_id)
-    assert job.status == "cancelled"
-    import psutil
-
-    deadline = time.monotonic() + 30
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert "already cancelled" in tinypipe(home, "cancel", job_id, expect=2).stderr
-
-
-@pytest.mark.parametrize("command", [
-    ("train-diffuser", "multi", "tinypipe/tiny-sd", "tinypipe/shapes", "a photo of sks circle", "--training-args", DIFFUSER_ARGS),
-    ("train-lm", "multi-lm", "tinypipe/tiny-llama", "tinypipe/tiny-instructions", "--training-args", LM_ARGS),
-], ids=["train-diffuser", "train-lm"])
-def test_accelerate_launch_runs_a_train_command_on_two_processes(home, tmp_path, command):
-    output = tmp_path / "multi"
-    result = tinypipe(home, *command, "--output", str(output),
-                      launcher=(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tinypipe"),
-                      env={"ACCELERATE_CONFIG_FILE": str(tmp_path / "none.yaml")})
-    jobs = [job for job in JobStore(home / "jobs").recent(100) if job.name == command[1]]
-    assert len(jobs) == 1 and jobs[0].status == "succeeded" and jobs[0].output == output  # one record, by the main process
-    weights = "pytorch_lora_weights.safetensors" if command[0] == "train-diffuser" else "adapter_model.safetensors"
-    assert (output / "model" / weights).is_file()
-    assert result.stderr.count("LoRA training with") == 2  # each process trained; only the main one recorded and saved
 
 
 def test_derive_replaces_a_jobs_lora_with_another_jobs(home, diffuser_job, detached_jobs, tmp_path):

@@ -44,9 +44,9 @@ def test_settings_that_cannot_work_or_disagree_are_refused_before_a_job_is_recor
 
 
 @pytest.fixture(scope="module")
-def prior_lora_job(tmp_path_factory):
+def prior_lora_job(new_home):
     """One `--method lora` run with prior preservation and --log-level DEBUG, as a user starts it."""
-    home = tmp_path_factory.mktemp("home")
+    home = new_home()
     class_dir = home / "new" / "my_class_images"  # created by the run, which generates the class images into it
     env = {**os.environ, "TINYPIPE_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     arguments = {"max_train_steps": 2, "num_validation_images": 0, "class_inference_steps": 2, "sample_batch_size": 2}

@@ -31,14 +31,14 @@ def test_the_model_pipelines_register_a_repo_writer_for_every_builtin_model_name
         assert builtin_repo_writer(name).__module__.startswith("tinypipe.models."), name
 
 
-def test_auto_model_pipeline_loads_a_builtin_name_before_the_pipelines_are_imported(tmp_path):
+def test_auto_model_pipeline_loads_a_builtin_name_before_the_pipelines_are_imported(tmp_path, new_home):
     import os
     import subprocess
     import sys
 
     script = ("import sys\nfrom tinypipe import AutoModelPipeline\nassert 'tinypipe.models' not in sys.modules\n"
               f"print(type(AutoModelPipeline.from_pretrained({str(tmp_path / 'cache')!r}, {TINY_LLAMA!r})).__name__)")
-    environment = {**os.environ, "TINYPIPE_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    environment = {**os.environ, "TINYPIPE_HOME": str(new_home()), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=300)
 
     assert result.returncode == 0, result.stderr
