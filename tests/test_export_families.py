@@ -88,6 +88,37 @@ def test_an_sdxl_repo_with_a_lora_on_attention_and_resnet_layers_reloads_every_l
     assert weights.keys() == saved_weights.keys() and all(torch.equal(weights[key], saved_weights[key]) for key in weights)
 
 
+def test_a_repo_saved_with_mixed_unet_key_forms_still_reloads_its_attention_lora(sdxl_repo, tmp_path):
+    # tinypipe once saved attention layers as `lora.down` and the other UNet layers as peft's `lora_A`; diffusers reads a
+    # part in the form of its first key, so without tinypipe's repair the attention LoRA would be silently dropped
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from tinypipe import AutoModelPipeline
+    from tinypipe.config.filelist import write_filelist
+
+    repo, _, saved = sdxl_repo
+    old = shutil.copytree(repo, tmp_path / "old")
+    weights = old / "model" / "pytorch_lora_weights.safetensors"
+    with safe_open(str(weights), "pt") as handle:
+        metadata = handle.metadata()
+        tensors = {(key.replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B.")
+                    if key.startswith("unet.") and not any(f".{name}." in key for name in ("to_q", "to_k", "to_v", "to_out"))
+                    else key): handle.get_tensor(key) for key in handle.keys()}
+    assert any(".lora_A." in key for key in tensors) and any(".lora.down." in key for key in tensors)
+    save_file(tensors, str(weights), metadata=metadata)
+    write_filelist(old / "model")  # as that repo was saved: its filelist lists this file
+
+    loaded = AutoModelPipeline.from_pretrained(old).pipe
+    def lora_weights(pipe):
+        return {key.replace(".default_0", "").replace(".default", ""): value
+                for key, value in pipe.unet.state_dict().items() if "lora_" in key}
+    reloaded, expected = lora_weights(loaded), lora_weights(saved)
+    assert reloaded.keys() == expected.keys() and all(torch.equal(reloaded[key], expected[key]) for key in reloaded)
+
+
 def test_sdxl_unet_modules_are_named_as_in_the_sgm_unet():
     from diffusers.loaders.single_file_utils import LDM_UNET_KEY, convert_ldm_unet_checkpoint
 

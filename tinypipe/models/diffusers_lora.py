@@ -12,9 +12,11 @@ load_lora_file(pipeline.pipe, folder / LORA_WEIGHTS_NAME, "tinypipe/tiny-sd")
 ```
 """
 
+import contextlib
 import logging
+import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -124,11 +126,39 @@ def load_lora_file(pipe: Any, weights: Path, base_model: str) -> None:
         RepoError: The file does not fit the base model (the message names the file and the reason).
     """
     try:
-        with quiet_loading():
-            pipe.load_lora_weights(weights.parent, weight_name=weights.name, adapter_name=ADAPTER_NAME)
+        with quiet_loading(), _one_key_form(weights) as readable:
+            pipe.load_lora_weights(readable.parent, weight_name=readable.name, adapter_name=ADAPTER_NAME)
     except (ValueError, RuntimeError, KeyError) as error:
         reason = " ".join(line.strip() for line in str(error).splitlines()[:2])  # torch's first line only says "Error(s) in ..."
         raise RepoError(f"{weights} does not fit the base model {base_model!r}: {reason}") from error
+
+
+@contextlib.contextmanager
+def _one_key_form(weights: Path) -> Iterator[Path]:
+    """`weights`, or a temporary copy of it whose UNet keys are all in diffusers' `lora.down/up` form.
+
+    tinypipe saved a UNet LoRA on attention and other layers (until December 2026) with `lora.down` keys for the attention
+    projections and peft's `lora_A` keys for the rest. diffusers reads a part in the form of its first key only, so
+    such a file would load without its attention LoRA: the copy gives every layer one form (metadata kept).
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(weights), "pt") as handle:
+        keys, metadata = list(handle.keys()), handle.metadata()
+        unet = [key for key in keys if key.startswith("unet.")]
+        if not (any(".lora.down." in key for key in unet) and any(".lora_A." in key for key in unet)):
+            tensors = None
+        else:
+            tensors = {key.replace(".lora_A.", ".lora.down.").replace(".lora_B.", ".lora.up.") if key.startswith("unet.")
+                       else key: handle.get_tensor(key) for key in keys}
+    if tensors is None:
+        yield weights
+        return
+    with tempfile.TemporaryDirectory(prefix="tinypipe-lora-") as folder:
+        copy = Path(folder) / weights.name
+        save_file(tensors, str(copy), metadata=metadata)
+        yield copy
 
 
 def loaded_lora_settings(pipe: Any, weights: Path, text_encoders: Sequence[str] = ("text_encoder",),
