@@ -17,9 +17,11 @@ Per run: wall seconds, seconds to the first step, steady seconds per step, secon
 process's rusage). Then tinypipe / peer ratios: median and min-max over the pairs. For `lm`, tokens/s ratio = the
 inverse of the steady seconds-per-step ratio (both sides see the same records, batch and padding).
 
-Set-up (peers' scripts are kept out of the repo; see ../shared/bench/README.md):
-    bash ../shared/bench/setup_benchvenv.sh /tmp/benchvenv
-    bash ../shared/bench/fetch_examples.sh <bare clone of huggingface/diffusers> HEAD /tmp/diffusers_examples
+Set-up (the peers' venv and scripts are kept out of the repo): with a clone of huggingface/diffusers,
+    git clone --bare https://github.com/huggingface/diffusers /tmp/diffusers.git
+    bash bench/peers/setup.sh /tmp/diffusers.git HEAD /tmp/benchvenv /tmp/diffusers_examples
+makes the venv (the project's torch / diffusers / transformers / peft versions, plus torchvision and datasets) and
+copies the five example scripts; `--peer-python` and `--examples` point elsewhere.
 Usage:
     python bench/bench_jobs.py [--methods lora,dreambooth,ti,lm] [--steps 30,200] [--pairs 3] [--model sd128|tiny]
 """
@@ -164,6 +166,13 @@ def commands(method: str, steps: int, work: Path, model: Path, resolution: int, 
     return peer, ours
 
 
+def _peer_scripts(method: str) -> list[str]:
+    """The diffusers example scripts `method` runs (none for `lm`, whose peer is in bench/peers/)."""
+    scripts = {"lora": "train_text_to_image_lora.py", "dreambooth": "train_dreambooth_lora.py",
+               "ti": "textual_inversion.py", **FAMILY_SCRIPTS}
+    return [scripts[method]] if method in scripts else []
+
+
 def summary(name: str, runs: list[Run]) -> str:
     def median(key: str) -> float:
         return statistics.median(getattr(run, key) for run in runs)
@@ -192,6 +201,12 @@ def main() -> None:
     parser.add_argument("--peer-python", default="/tmp/benchvenv/bin/python")
     parser.add_argument("--examples", default="/tmp/diffusers_examples")
     args = parser.parse_args()
+    needed = [Path(args.peer_python)] + [Path(args.examples) / script for method in args.methods.split(",")
+                                        for script in _peer_scripts(method)]
+    missing = [str(path) for path in needed if not path.exists()]
+    if missing:
+        sys.exit(f"Missing peer set-up: {', '.join(missing)}. Run `bash bench/peers/setup.sh <diffusers clone>` "
+                 "(see this script's docstring) or pass --peer-python / --examples.")
     sys.path.insert(0, str(BENCH))
     from bench_lora_step import build_model
 

@@ -43,21 +43,22 @@ def __getattr__(name: str) -> Any:
 
 def _register_builtin_models() -> None:
     """Let `AutoModelPipeline.from_pretrained(cache, "tinypipe/tiny-sd")` load a built-in model before the model
-    pipelines are imported: each built-in model name gets a writer that imports them on first use (their import
-    registers each name's own writer, which then saves the repo)."""
+    pipelines are imported: each built-in model name gets a writer that imports the pipeline of its kind on first
+    use (that import registers the name's own writer, which then saves the repo)."""
     from .builtin import builtin_names
     from .config.hub import builtin_repo_writer, register_builtin_repo
 
-    def import_then_write(name: str) -> Callable[[Path], None]:
+    def import_then_write(name: str, module: str) -> Callable[[Path], None]:
         def write(folder: Path) -> None:
-            importlib.import_module(".models", __name__)
+            importlib.import_module(module, __name__)
             builtin_repo_writer(name)(folder)
 
         return write
 
-    for name in builtin_names("diffusion") + builtin_names("causal-lm"):
-        if builtin_repo_writer(name) is None:
-            register_builtin_repo(name, import_then_write(name))
+    for kind, module in (("diffusion", ".models.diffusion"), ("causal-lm", ".models.causal_lm")):
+        for name in builtin_names(kind):
+            if builtin_repo_writer(name) is None:
+                register_builtin_repo(name, import_then_write(name, module))
 
 
 def __dir__() -> list[str]:

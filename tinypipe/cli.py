@@ -441,8 +441,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _collect_once_then_freeze() -> None:
+    """At exit: collect the garbage once (finalizers run, open files flush), then freeze the rest, so that the
+    interpreter's teardown frees a training run's millions of objects by reference count instead of walking them in
+    one full collection after another (seconds after a job, for nothing)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `tinypipe` console script."""
+    import atexit
+
+    atexit.unregister(_collect_once_then_freeze)  # once per process, however often main() runs in it
+    atexit.register(_collect_once_then_freeze)
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 2 and argv[0] == "run-job":
         return _run_job(argv[1])

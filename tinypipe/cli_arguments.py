@@ -113,7 +113,7 @@ def diffuser_train_arguments(arguments: argparse.Namespace) -> dict:
     """`train()` keyword arguments of a train-diffuser command."""
     from .errors import ConfigError, DataError
     from .runner import parse_training_args, placeholder_from_prompt
-    from .data.images import IMAGE_EXTENSIONS
+    from .data.image_sources import IMAGE_EXTENSIONS
 
     train = parse_training_args(arguments.training_args)
     _set_report_to(train, arguments)

@@ -1,24 +1,46 @@
-"""Model pipelines: config objects that wrap a diffusers / transformers model and its fine-tuned weights."""
+"""Model pipelines: config objects that wrap a diffusers / transformers model and its fine-tuned weights.
+
+The names below are imported on first use (PEP 562): a diffusion job does not import the causal-LM stack
+(transformers' Llama, the chat templates) and a causal-LM job does not import diffusers. Importing this package
+registers, for every built-in model name, a writer that imports the pipeline which saves its repo
+(`builtin_repos`), so `tinypipe/tiny-sd` and `tinypipe/tiny-llama` load from here as before.
+"""
+
+import importlib
+from typing import Any
 
 from . import quiet_transformers  # noqa: F401  (first: installs a logging filter before transformers loads)
-from ..builtin.tiny_sd import TINY_SD, build_tiny_stable_diffusion, builtin_model_folder, shapes_dataset
-from ..builtin.tiny_sdxl import TINY_SDXL, build_tiny_sdxl
-from ..builtin.tiny_llama import TINY_INSTRUCTIONS, TINY_LLAMA, build_tiny_llama, builtin_lm_folder, tiny_instructions
-from .causal_lm import CausalLMPipeline
-from .diffusion import DiffusionPipeline
+from .builtin_repos import register_builtin_writers
 
-__all__ = [
-    "CausalLMPipeline",
-    "DiffusionPipeline",
-    "TINY_INSTRUCTIONS",
-    "TINY_LLAMA",
-    "TINY_SD",
-    "TINY_SDXL",
-    "build_tiny_llama",
-    "build_tiny_sdxl",
-    "build_tiny_stable_diffusion",
-    "builtin_lm_folder",
-    "builtin_model_folder",
-    "shapes_dataset",
-    "tiny_instructions",
-]
+_MODULE_OF = {
+    "CausalLMPipeline": ".causal_lm",
+    "DiffusionPipeline": ".diffusion",
+    "TINY_INSTRUCTIONS": "..builtin.tiny_llama",
+    "TINY_LLAMA": "..builtin.tiny_llama",
+    "build_tiny_llama": "..builtin.tiny_llama",
+    "builtin_lm_folder": "..builtin.tiny_llama",
+    "tiny_instructions": "..builtin.tiny_llama",
+    "TINY_SD": "..builtin.tiny_sd",
+    "build_tiny_stable_diffusion": "..builtin.tiny_sd",
+    "builtin_model_folder": "..builtin.tiny_sd",
+    "shapes_dataset": "..builtin.tiny_sd",
+    "TINY_SDXL": "..builtin.tiny_sdxl",
+    "build_tiny_sdxl": "..builtin.tiny_sdxl",
+}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))
+
+
+register_builtin_writers()
