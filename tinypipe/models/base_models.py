@@ -21,10 +21,8 @@ import logging
 from pathlib import Path
 from typing import Optional, Union
 
-from ..builtin import BUILTIN_NAMES, builtin_names
-from ..builtin.tiny_llama import TINY_LLAMA, builtin_lm_folder, is_builtin_lm
+from ..builtin import BUILTIN_NAMES, TINY_LLAMA, TINY_SD, builtin_names, is_builtin
 from ..builtin.diffusion_folders import builtin_diffusion_folder
-from ..builtin.tiny_sd import TINY_SD, is_builtin
 from ..config.hub import BUILTIN_PREFIX
 from ..errors import ConfigError, RepoError
 
@@ -132,9 +130,11 @@ def refuse_other_base_model(message: str, recorded: str, allow_other_base: bool)
 
 def _builtin_folder(name: str) -> Optional[Path]:
     """The folder of a built-in model name, or None for any other name."""
-    if is_builtin(name):
+    if is_builtin(name, "diffusion"):
         return Path(builtin_diffusion_folder(name))
-    if is_builtin_lm(name):
+    if is_builtin(name, "causal-lm"):
+        from ..builtin.tiny_llama import builtin_lm_folder  # imports transformers: only for a built-in LM
+
         return Path(builtin_lm_folder(name))
     return None
 
@@ -152,9 +152,11 @@ def base_model_source(base_model: str, kind: str) -> Union[str, Path]:
     Raises:
         ConfigError: A local path that is not a folder of `kind` (it lacks `model_index.json` / `config.json`).
     """
-    if kind == "diffusion" and is_builtin(base_model):
+    if kind == "diffusion" and is_builtin(base_model, "diffusion"):
         return Path(builtin_diffusion_folder(base_model))
-    if kind == "causal-lm" and is_builtin_lm(base_model):
+    if kind == "causal-lm" and is_builtin(base_model, "causal-lm"):
+        from ..builtin.tiny_llama import builtin_lm_folder  # imports transformers: only for a built-in LM
+
         return Path(builtin_lm_folder(base_model))
     if not Path(base_model).exists():
         return base_model

@@ -1,0 +1,28 @@
+"""What a command imports: a job loads the libraries of its own kind of model only, on first use of a name.
+
+A diffusion job must not pay for the causal-LM stack (transformers' Llama, chat templates), nor a causal-LM job for
+diffusers: the `tinypipe.trainers` and `tinypipe.models` packages import each name's module when it is first used,
+and the base-model check every job runs first imports no library.
+"""
+
+import os
+import subprocess
+import sys
+
+LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate")
+
+
+def _libraries_loaded_by(statement: str) -> str:
+    script = f"import sys\n{statement}\nprint(sorted(name for name in {LIBRARIES!r} if name in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_the_trainer_and_model_packages_load_no_library_until_a_name_is_used():
+    assert _libraries_loaded_by("import tinypipe.trainers, tinypipe.models") == "[]"
+
+
+def test_the_base_model_check_of_every_job_loads_no_library():
+    assert _libraries_loaded_by("from tinypipe.models.base_models import check_base_model") == "[]"
