@@ -232,6 +232,8 @@ def main() -> None:
                 peer, ours = commands(method, steps, work, model, resolution, args.batch, args)
                 peer_runs.append(timed_run(peer, steps, env))
                 our_runs.append(timed_run(ours, steps, env))
+                print(f"  pair {len(our_runs)}: {method} {steps} steps, wall peer {peer_runs[-1].wall:.1f} s / tinypipe "
+                      f"{our_runs[-1].wall:.1f} s, cpu {peer_runs[-1].cpu:.1f} / {our_runs[-1].cpu:.1f} s", flush=True)
             print(f"\n== {method}, {steps} steps")
             print(summary("peer", peer_runs))
             print(summary("tinypipe", our_runs))
