@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tinypipe"
 
 LAYERS = ["errors", "version", "files", "config", "builtin", "data", "families", "models", "training", "trainers", "app"]
 APP_MODULES = {"cli", "cli_arguments", "cli_lm", "cli_repos", "cli_export", "cli_jobs", "cli_builtin", "runner", "jobs",
-               "archive", "publish", "derive", "demo", "export", "__main__"}
+               "archive", "publish", "derive", "demo", "export", "__main__", "cli_ui", "ui"}
 DOTTED = re.compile(r"\btinypipe((?:\.\w+)+)")
 
 

@@ -6,7 +6,6 @@ job commands start fast. Bad input exits with code 2 and one line saying what is
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -16,19 +15,19 @@ from .cli_repos import load_pipeline, repo_path as _repo_path
 from .cli_export import add_export_commands
 from .cli_builtin import add_builtin_commands
 from .cli_jobs import add_job_commands
+from .cli_ui import add_ui_commands
+from .jobs import format_duration as _length, format_time as _when
 from .runner import DIFFUSER_METHODS
 from .version import __version__
 from .cli_arguments import (
     TRAIN_DIFFUSER_EPILOG,
     OneLineParser,
     add_chat_data_options,
-    dataset_path,
-    diffuser_train_arguments,
-    lm_train_arguments,
     non_negative_int,
     positive_float,
     positive_int,
     probability,
+    train_request,
     training_arguments_epilog,
 )
 
@@ -39,19 +38,12 @@ from .cli_arguments import (
 def _train(arguments: argparse.Namespace) -> int:
     from .cli_jobs import start_job
     from .errors import ConfigError
-    from .runner import TrainRequest, check_request, is_distributed, is_main_process, run_unrecorded
+    from .runner import is_distributed, is_main_process, run_unrecorded
 
-    kind = arguments.command
     if is_distributed() and (arguments.detach or not arguments.output):
         raise ConfigError("Under accelerate launch / torchrun, give --output DIR (a folder every process can reach) "
                           "and leave out --detach.")
-    request = TrainRequest(
-        kind=kind, name=arguments.name, method=arguments.method if kind == "train-diffuser" else "lora",
-        model=arguments.model, dataset=dataset_path(arguments.dataset), revision=arguments.revision,
-        log_level=arguments.log_level,
-        train_arguments=diffuser_train_arguments(arguments) if kind == "train-diffuser" else lm_train_arguments(arguments),
-    )
-    check_request(request)
+    request = train_request(arguments)
     output = Path(arguments.output).resolve() if arguments.output else None
     if is_distributed() and not is_main_process():
         return run_unrecorded(request, output)
@@ -70,32 +62,6 @@ def _run_job(job_id: str) -> int:
 # -- jobs -------------------------------------------------------------------------------------------
 
 
-def _when(seconds: Optional[float]) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "-"
-
-
-def _length(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "-"
-    minutes, seconds = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
-
-
-def _progress(log_file: Path) -> Optional[str]:
-    """The newest `step/total` of the progress bar in a job's log, if any."""
-    import re
-
-    try:
-        with open(log_file, "rb") as log:
-            log.seek(0, 2)
-            log.seek(max(0, log.tell() - 65536))
-            tail = log.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    found = re.findall(r"(\d+)/(\d+) \[", tail)
-    return f"{found[-1][0]}/{found[-1][1]} steps" if found else None
-
-
 def _recent_jobs(arguments: argparse.Namespace) -> int:
     from .jobs import JobStore
 
@@ -112,14 +78,14 @@ def _recent_jobs(arguments: argparse.Namespace) -> int:
 
 
 def _job_status(arguments: argparse.Namespace) -> int:
-    from .jobs import JobStore
+    from .jobs import JobStore, read_progress
 
     job = JobStore().find(arguments.job_id)
     request = job.arguments
     status = job.status
     if status == "running":
-        progress = _progress(job.log_file)
-        status += f" for {_length(job.duration)}" + (f", {progress}" if progress else "")
+        progress = read_progress(job.log_file)
+        status += f" for {_length(job.duration)}" + (f", {progress.step}/{progress.total} steps" if progress else "")
     elif job.finished_at:
         status += f" at {_when(job.finished_at)}" + (f" after {_length(job.duration)}" if job.started_at else "")
     lines = [
@@ -149,26 +115,12 @@ def _job_status(arguments: argparse.Namespace) -> int:
 
 
 def _download(arguments: argparse.Namespace) -> int:
-    from .archive import write_zip
+    from .archive import job_zip_members, job_zip_name, write_zip
     from .jobs import JobError, JobStore
 
     job = JobStore().find(arguments.job_id)
-    if job.status != "succeeded":
-        hint = {"queued": "it has not started", "running": "it is still running; wait for it",
-                "failed": f"it failed ({job.error}); see `tinypipe check-job-status {job.id} --include-logs`",
-                "cancelled": "it was cancelled"}[job.status]
-        raise JobError(f"Job {job.id} has no results to download: {hint}.")
-    model = job.output / "model"
-    if not model.is_dir():
-        raise JobError(f"Job {job.id} succeeded but its repo {job.output} has no model/ folder; was it moved or deleted?")
-    members = {f"model/{path.relative_to(model).as_posix()}": path for path in model.rglob("*") if path.is_file()}
-    validation = job.output / "validation"
-    if validation.is_dir():
-        members.update({f"validation/{path.relative_to(validation).as_posix()}": path
-                        for path in validation.rglob("*.png") if path.is_file()})
-    # The default zip lands in the current folder under a plain name, whatever an older store recorded as the name.
-    plain_name = "".join(char if char.isalnum() or char in "-_." else "_" for char in job.name).strip(".") or "job"
-    target = Path(arguments.to) if arguments.to else Path(f"{plain_name}-{job.id}.zip")
+    members = job_zip_members(job)
+    target = Path(arguments.to) if arguments.to else Path(job_zip_name(job))
     if target.exists() and not arguments.force:
         raise JobError(f"{target} already exists and is left as it is; choose another --to FILE, or pass --force to replace it.")
     write_zip(members, target)
@@ -438,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_commands(commands, local_repo=_repo_path)
     add_job_commands(commands)  # logs, resume, rm
     add_builtin_commands(commands)  # builtin-path
+    add_ui_commands(commands, command_line=build_parser)  # ui: the web page (the ui extra)
     return parser
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 __all__ = ["TRAIN_DIFFUSER_EPILOG", "training_arguments_epilog", "OneLineParser", "positive_int", "non_negative_int", "positive_float", "probability", "dataset_path",
-           "diffuser_train_arguments", "lm_train_arguments"]
+           "diffuser_train_arguments", "lm_train_arguments", "train_request"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -217,6 +217,31 @@ def lm_train_arguments(arguments: argparse.Namespace) -> dict:
         if value is not None:
             _set_option(train, key, value, flags[key])
     return train
+
+
+def train_request(arguments: argparse.Namespace):
+    """The checked `TrainRequest` of a parsed `train-diffuser` / `train-lm` command line (the web UI's form builds one too).
+
+    A zipped DATASET is extracted first (`dataset_path`); then everything is checked before any job exists.
+
+    Returns:
+        The `runner.TrainRequest`, checked by `runner.check_request`.
+
+    Raises:
+        ConfigError: An option or training argument that cannot work, naming it and the fix.
+        DataError: A data set that is missing, empty or unreadable.
+    """
+    from .runner import TrainRequest, check_request
+
+    kind = arguments.command
+    request = TrainRequest(
+        kind=kind, name=arguments.name, method=arguments.method if kind == "train-diffuser" else "lora",
+        model=arguments.model, dataset=dataset_path(arguments.dataset), revision=arguments.revision,
+        log_level=arguments.log_level,
+        train_arguments=diffuser_train_arguments(arguments) if kind == "train-diffuser" else lm_train_arguments(arguments),
+    )
+    check_request(request)
+    return request
 
 
 TRAIN_DIFFUSER_EPILOG = """\

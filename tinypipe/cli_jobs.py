@@ -19,7 +19,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-__all__ = ["add_job_commands", "start_job", "launch_job", "follow_log", "remove_job", "resume_job", "resume_request"]
+__all__ = ["add_job_commands", "start_job", "start_detached_job", "launch_job", "follow_log", "remove_job", "resume_job",
+           "resume_request"]
 
 # What a training run writes into its output folder; `rm --delete-output` removes a folder holding nothing else.
 _RUN_ENTRIES = frozenset({"model", "model_code", "trainer", "validation", "checkpoints", "logs", "wandb", "metrics.jsonl",
@@ -68,6 +69,21 @@ def launch_job(store, job, *, detach: bool) -> int:
     else:
         print(f"tinypipe: error: job {job.id} {job.status}: {job.error}", file=sys.stderr)
     return code
+
+
+def start_detached_job(request, output: Optional[Path]):
+    """Record a checked `TrainRequest` as a job and start it in the background, as `--detach` does (the web UI's form).
+
+    Returns:
+        The new `Job`, its process started.
+    """
+    from .jobs import JobStore
+    from .runner import start_detached
+
+    store = JobStore()
+    job = store.create(request.name, request.kind, request.method, asdict(request), output)
+    start_detached(store, job)
+    return store.get(job.id)
 
 
 # -- logs ------------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from typing import Any, Optional
 from .errors import TinypipeError
 from .files import tinypipe_home
 
-__all__ = ["Job", "JobError", "JobStoreError", "JobStore", "ACTIVE", "STATUSES", "check_job_name"]
+__all__ = ["Job", "JobError", "JobStoreError", "JobStore", "ACTIVE", "STATUSES", "check_job_name", "JobProgress",
+           "read_progress", "format_time", "format_duration"]
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -328,3 +329,48 @@ def _job(row: sqlite3.Row) -> Job:
     values["arguments"] = json.loads(values["arguments"])
     values["log_file"], values["output"] = Path(values["log_file"]), Path(values["output"])
     return Job(**values)
+
+
+# -- progress ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """Where a run's progress bar stands: `step` of `total` optimizer steps, and tqdm's estimate of the time left."""
+
+    step: int
+    total: int
+    seconds_left: Optional[float]  # None before tqdm has a rate to estimate with
+
+
+_BAR = re.compile(r"(\d+)/(\d+) \[[\d:]+<([\d:]+|\?)")
+
+
+def read_progress(log_file: Path) -> Optional[JobProgress]:
+    """The newest state of the progress bar (`12/300 [00:05<02:00, ...]`) in the last 64 KiB of a job's log, if any."""
+    try:
+        with open(log_file, "rb") as log:
+            log.seek(0, 2)
+            log.seek(max(0, log.tell() - 65536))
+            tail = log.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    found = _BAR.findall(tail)
+    if not found:
+        return None
+    step, total, left = found[-1]
+    seconds = None if left == "?" else float(sum(int(part) * 60 ** index for index, part in enumerate(reversed(left.split(":")))))
+    return JobProgress(int(step), int(total), seconds)
+
+
+def format_time(seconds: Optional[float]) -> str:
+    """A job's time as the job commands and the web UI show it: local `2026-12-01 06:45:18` ("-" for None)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "-"
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    """A duration as `H:MM:SS` ("-" for None)."""
+    if seconds is None:
+        return "-"
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
