@@ -7,8 +7,8 @@ The names below are imported on first use (PEP 562), so `import tinypipe` - and 
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from .lazy_names import lazy_names
 from .version import __version__  # noqa: F401  (public)
 
 _CONFIG_NAMES = (
@@ -31,16 +31,6 @@ _MODULE_OF = {**{name: ".config" for name in _CONFIG_NAMES}, **{name: ".errors" 
 __all__ = sorted([*_MODULE_OF, "__version__"])
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'tinypipe' has no attribute {name!r}")
-    if name in ("AutoModelPipeline", "AutoTrainerPipeline"):
-        _register_builtin_models()
-    value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
 def _register_builtin_models() -> None:
     """Let `AutoModelPipeline.from_pretrained(cache, "tinypipe/tiny-sd")` load a built-in model before the model
     pipelines are imported: each built-in model name gets a writer that imports the pipeline of its kind on first
@@ -61,5 +51,9 @@ def _register_builtin_models() -> None:
                 register_builtin_repo(name, import_then_write(name, module))
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_MODULE_OF))
+def _before(name: str) -> None:
+    if name in ("AutoModelPipeline", "AutoTrainerPipeline"):
+        _register_builtin_models()
+
+
+__getattr__, __dir__ = lazy_names(__name__, _MODULE_OF, before=_before)

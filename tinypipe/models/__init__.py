@@ -6,10 +6,8 @@ registers, for every built-in model name, a writer that imports the pipeline whi
 (`builtin_repos`), so `tinypipe/tiny-sd` and `tinypipe/tiny-llama` load from here as before.
 """
 
-import importlib
-from typing import Any
-
 from . import quiet_transformers  # noqa: F401  (first: installs a logging filter before transformers loads)
+from ..lazy_names import lazy_names
 from .builtin_repos import register_builtin_writers
 
 _MODULE_OF = {
@@ -31,16 +29,7 @@ _MODULE_OF = {
 __all__ = sorted(_MODULE_OF)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_MODULE_OF))
+__getattr__, __dir__ = lazy_names(__name__, _MODULE_OF)
 
 
 register_builtin_writers()

@@ -4,9 +4,7 @@ The names below are imported on first use (PEP 562), so that running one trainer
 (a diffusion job never imports the causal-LM trainer, nor a causal-LM job diffusers).
 """
 
-import importlib
-from typing import Any
-
+from ..lazy_names import lazy_names
 from ..models import quiet_transformers  # noqa: F401  (first: installs a logging filter before transformers loads)
 
 _MODULE_OF = {
@@ -22,15 +20,4 @@ _MODULE_OF = {
 }
 
 __all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_MODULE_OF))
+__getattr__, __dir__ = lazy_names(__name__, _MODULE_OF)
