@@ -79,7 +79,11 @@ def test_an_sdxl_repo_with_a_lora_on_attention_and_resnet_layers_reloads_every_l
     from tinypipe import AutoModelPipeline
 
     repo, _, saved = sdxl_repo
-    loaded = AutoModelPipeline.from_pretrained(repo).pipe
+    assert_same_unet_lora(AutoModelPipeline.from_pretrained(repo).pipe, saved)
+
+
+def assert_same_unet_lora(loaded, saved):
+    """Every UNet LoRA weight of `saved` is in `loaded`, equal, and no other."""
 
     def lora_weights(pipe):
         return {key.replace(".default_0", "").replace(".default", ""): value
@@ -111,12 +115,7 @@ def test_a_repo_saved_with_mixed_unet_key_forms_still_reloads_its_attention_lora
     save_file(tensors, str(weights), metadata=metadata)
     write_filelist(old / "model")  # as that repo was saved: its filelist lists this file
 
-    loaded = AutoModelPipeline.from_pretrained(old).pipe
-    def lora_weights(pipe):
-        return {key.replace(".default_0", "").replace(".default", ""): value
-                for key, value in pipe.unet.state_dict().items() if "lora_" in key}
-    reloaded, expected = lora_weights(loaded), lora_weights(saved)
-    assert reloaded.keys() == expected.keys() and all(torch.equal(reloaded[key], expected[key]) for key in reloaded)
+    assert_same_unet_lora(AutoModelPipeline.from_pretrained(old).pipe, saved)
 
 
 def test_sdxl_unet_modules_are_named_as_in_the_sgm_unet():
