@@ -126,3 +126,12 @@ def test_cancel_stops_a_running_job(client):
 def test_an_unknown_job_is_a_404_naming_it(client):
     answer = client.get("/jobs/no-such-job")
     assert answer.status_code == 404 and "There is no job &#39;no-such-job&#39;" in answer.text
+
+
+def test_resume_is_offered_for_a_stopped_job_but_not_for_a_succeeded_one(client, trained_job, tmp_path):
+    # a succeeded job cannot be resumed (the CLI refuses: train further in a new job), so no page offers it
+    failed = record_job(JobStore(), "stopped", "failed", output=tmp_path / "out")
+    resume = 'action="/jobs/{}/resume"'
+    for page in (client.get("/").text + client.get("/jobs/rows").text, client.get(f"/jobs/{trained_job.id}").text):
+        assert resume.format(trained_job.id) not in page
+    assert resume.format(failed.id) in client.get(f"/jobs/{failed.id}").text
