@@ -128,10 +128,12 @@ def test_an_unknown_job_is_a_404_naming_it(client):
     assert answer.status_code == 404 and "There is no job &#39;no-such-job&#39;" in answer.text
 
 
-def test_resume_is_offered_for_a_stopped_job_but_not_for_a_succeeded_one(client, trained_job, tmp_path):
+def test_resume_is_offered_for_a_stopped_job_but_not_for_a_succeeded_one(client, trained_job, new_home, monkeypatch):
     # a succeeded job cannot be resumed (the CLI refuses: train further in a new job), so no page offers it
-    failed = record_job(JobStore(), "stopped", "failed", output=tmp_path / "out")
     resume = 'action="/jobs/{}/resume"'
     for page in (client.get("/").text + client.get("/jobs/rows").text, client.get(f"/jobs/{trained_job.id}").text):
         assert resume.format(trained_job.id) not in page
+    home = new_home()  # the stopped job in a store of its own: the trained one is shared with other tests
+    monkeypatch.setenv("TINYPIPE_HOME", str(home))
+    failed = record_job(JobStore(), "stopped", "failed", output=home / "out")
     assert resume.format(failed.id) in client.get(f"/jobs/{failed.id}").text
