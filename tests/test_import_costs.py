@@ -26,3 +26,12 @@ def test_the_trainer_and_model_packages_load_no_library_until_a_name_is_used():
 
 def test_the_base_model_check_of_every_job_loads_no_library():
     assert _libraries_loaded_by("from tinypipe.models.base_models import check_base_model") == "[]"
+
+
+def test_a_mistyped_builtin_model_name_is_refused_before_the_trainers_libraries_load():
+    statement = ("from tinypipe.errors import ConfigError\nfrom tinypipe.cli import build_parser\n"
+                 "from tinypipe.cli_arguments import train_request\n"
+                 "arguments = build_parser().parse_args(['train-diffuser', 'typo', 'tinypipe/tiny-sdx', 'tinypipe/shapes', 'p'])\n"
+                 "try:\n    train_request(arguments)\nexcept ConfigError as error:\n"
+                 "    assert \"Did you mean 'tinypipe/tiny-sdxl'\" in str(error), error\nelse:\n    raise AssertionError('accepted')")
+    assert _libraries_loaded_by(statement) == "[]"

@@ -90,11 +90,18 @@ def check_request(request: TrainRequest) -> None:
             here (a `mixed_precision` this machine cannot run, a count <= 0, ...), or options that do not fit.
         DataError: A missing, empty or unreadable data set.
     """
-    from .config.base import check_unknown_keys
-    from .training.settings import check_training_settings
+    from .models.base_models import check_base_model
 
     if request.kind == "train-diffuser" and request.method not in DIFFUSER_METHODS:
         raise ConfigError(f"Unknown --method {request.method!r}; use one of {', '.join(DIFFUSER_METHODS)}.")
+    model_kind = "causal-lm" if request.kind == "train-lm" else "diffusion"
+    if request.model.startswith("tinypipe/") or Path(request.model).exists():
+        # a built-in name or a local folder is checked at once, before the trainer's libraries load (seconds); a hub id
+        # after the training arguments, which need no network
+        check_base_model(request.model, kind=model_kind, revision=request.revision)
+    from .config.base import check_unknown_keys
+    from .training.settings import check_training_settings
+
     module, _, config_name = request.trainer_path()
     config_class = _import(module, config_name)
     valid = [name for name in config_class._valid_argument_names() if name not in _RESERVED]
@@ -107,9 +114,7 @@ def check_request(request: TrainRequest) -> None:
     defaults_to_none = tuple(name for name, parameter in config_class._arguments_signature.parameters.items()
                              if parameter.default is None)
     check_training_settings(request.train_arguments, "the training settings", none_means_default=defaults_to_none)
-    from .models.base_models import check_base_model
-
-    check_base_model(request.model, kind="causal-lm" if request.kind == "train-lm" else "diffusion", revision=request.revision)
+    check_base_model(request.model, kind=model_kind, revision=request.revision)
     _check_dataset(request)
 
 
