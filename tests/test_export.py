@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from tinypipe import AutoModelPipeline, ConfigError, RepoError
 from tinypipe.cli import main
 from tinypipe.export import export_lora
+from tinypipe.jobs import JobStore
 from tinypipe.models import TINY_SD, DiffusionPipeline, builtin_model_folder
 
 PROMPT = "a photo of sks circle"
@@ -141,6 +142,12 @@ def test_export_never_replaces_an_existing_file_without_force(lora_repo, tmp_pat
     monkeypatch.chdir(tmp_path)
     assert main(["export", str(lora_repo), "--format", "comfyui"]) == 0  # default name: <repo>-<format>.safetensors
     assert (tmp_path / "repo-comfyui.safetensors").is_file()
+    store = JobStore()  # a job's repo folder is always `repo`: its file is named after the job as the user named it
+    job = store.create("my-circles", "train-diffuser", "lora", {}, lora_repo)
+    store.start(job.id)
+    store.finish(job.id, "succeeded")
+    assert main(["export", "my-circles", "--format", "comfyui"]) == 0
+    assert (tmp_path / "my-circles-comfyui.safetensors").is_file()
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no staging file left
 
 

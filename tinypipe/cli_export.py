@@ -28,7 +28,7 @@ training time: tinypipe train-diffuser ... --export-formats kohya,comfyui.
 
 def _export(arguments: argparse.Namespace) -> int:
     from .config.hub import resolve_repo
-    from .export import export_lora
+    from .export import default_export_name, export_lora
     from .files import tinypipe_home
 
     local = arguments.local_repo(arguments.repo)
@@ -37,7 +37,10 @@ def _export(arguments: argparse.Namespace) -> int:
 
         cache = Path(arguments.cache_dir) if arguments.cache_dir else tinypipe_home() / "hub"
         local = resolve_repo(cache, arguments.repo, revision=arguments.revision)
-    target = export_lora(local, arguments.format, arguments.to, overwrite=arguments.force)
+    to = arguments.to
+    if to is None and not Path(arguments.repo).exists():  # a job (its repo folder is always `repo`) or a hub id
+        to = default_export_name(arguments.repo, arguments.format)  # named as the user named it: my-job-kohya...
+    target = export_lora(local, arguments.format, to, overwrite=arguments.force)
     print(f"Wrote {target} ({arguments.format} format) from {local}.")
     return 0
 
@@ -57,7 +60,8 @@ def add_export_commands(commands: "argparse._SubParsersAction", local_repo: Call
                     "as one .safetensors file in the format another tool reads. The repo is only read; an existing file is not replaced without --force.")
     export.add_argument("repo", metavar="REPO", help="A repo folder, a job (id, id prefix or unique name), or a Hub id.")
     export.add_argument("--format", choices=EXPORT_FORMATS, default="kohya", help="The file format (default: kohya).")
-    export.add_argument("--to", metavar="FILE", help="The .safetensors file to write (default: <repo name>-<format>.safetensors here).")
+    export.add_argument("--to", metavar="FILE", help="The .safetensors file to write (default: "
+                        "<repo folder, job or hub repo name>-<format>.safetensors here).")
     export.add_argument("--force", action="store_true", help="Replace FILE if it exists.")
     export.add_argument("--revision", help="Hub revision, for a Hub id.")
     export.add_argument("--cache-dir", metavar="DIR", help="Where Hub repos are downloaded (default: the tinypipe home's hub/).")

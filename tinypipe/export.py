@@ -85,8 +85,8 @@ def export_lora(repo: Union[str, Path], format: str = "kohya", to: Optional[Unio
         raise ConfigError(f"The export target {target} must be a .safetensors file (tinypipe writes safetensors only); "
                           "give a name ending in .safetensors.")
     if target.exists() and not overwrite:
-        raise ConfigError(f"{target} already exists and is left as it is; choose another file, or pass overwrite=True "
-                          "(--force) to replace it.")
+        raise ConfigError(f"{target} already exists and is left as it is; choose another file (--to), or replace it "
+                          "(--force; overwrite=True in Python).")
 
     # 2. The repo: verified, a diffusion pipeline with a LoRA.
     model = repo / "model"
