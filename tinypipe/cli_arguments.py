@@ -254,7 +254,8 @@ Examples:
 DATASET is a folder of images (captions in metadata.jsonl or <image>.txt), a JSON file listing images
 (and captions), a .zip of either, or the built-in "tinypipe/shapes". The job's repo (model/, trainer/,
 validation/, checkpoints/) goes to --output or to the job's folder; `tinypipe download-model ID` zips it.
-An interrupted run resumes from its last checkpoint with the same --output and
+An interrupted job continues from its last checkpoint with `tinypipe resume NAME` (the same job, same
+arguments); a run started by hand resumes with the same --output and
 --training-args '{"resume_from_checkpoint": "latest"}'.
 Several processes / GPUs: accelerate launch -m tinypipe train-diffuser ... --output DIR
 """
