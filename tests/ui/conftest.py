@@ -21,10 +21,9 @@ def client():
 
 
 @pytest.fixture(scope="session")
-def trained_home(tmp_path_factory, _session_builtins):
+def trained_home(new_home):
     """A tinypipe home holding one succeeded tiny LoRA job, trained by `tinypipe train-diffuser` in this process."""
-    home = tmp_path_factory.mktemp("ui_home")
-    (home / "builtin").symlink_to(_session_builtins, target_is_directory=True)
+    home = new_home("ui_home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TINYPIPE_HOME", str(home))
         assert main([*TRAIN, "--training-args", QUICK]) == 0
@@ -40,9 +39,6 @@ def trained_job(trained_home, monkeypatch):
 
 
 @pytest.fixture
-def home(tmp_path, _session_builtins):
+def home(new_home):
     """A fresh tinypipe home for a `tinypipe ui` subprocess, with the session's built-in models."""
-    folder = tmp_path / "home"
-    folder.mkdir()
-    (folder / "builtin").symlink_to(_session_builtins, target_is_directory=True)
-    return folder
+    return new_home()
