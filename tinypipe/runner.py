@@ -95,9 +95,10 @@ def check_request(request: TrainRequest) -> None:
     if request.kind == "train-diffuser" and request.method not in DIFFUSER_METHODS:
         raise ConfigError(f"Unknown --method {request.method!r}; use one of {', '.join(DIFFUSER_METHODS)}.")
     model_kind = "causal-lm" if request.kind == "train-lm" else "diffusion"
-    if request.model.startswith("tinypipe/") or Path(request.model).exists():
-        # a built-in name or a local folder is checked at once, before the trainer's libraries load (seconds); a hub id
-        # after the training arguments, which need no network
+    # a built-in name or a local folder is checked at once, before the trainer's libraries load (seconds); a hub id
+    # after the training arguments, which need no network
+    model_is_local = request.model.startswith("tinypipe/") or Path(request.model).exists()
+    if model_is_local:
         check_base_model(request.model, kind=model_kind, revision=request.revision)
     from .config.base import check_unknown_keys
     from .training.settings import check_training_settings
@@ -114,7 +115,8 @@ def check_request(request: TrainRequest) -> None:
     defaults_to_none = tuple(name for name, parameter in config_class._arguments_signature.parameters.items()
                              if parameter.default is None)
     check_training_settings(request.train_arguments, "the training settings", none_means_default=defaults_to_none)
-    check_base_model(request.model, kind=model_kind, revision=request.revision)
+    if not model_is_local:
+        check_base_model(request.model, kind=model_kind, revision=request.revision)
     _check_dataset(request)
 
 
