@@ -61,6 +61,13 @@ def test_num_train_epochs_given_now_wins_over_an_epoch_saved_by_an_earlier_call(
     assert (trainer.train_config.num_train_epochs, trainer.train_config.epoch) == (2, None)
 
 
+def test_a_run_cut_short_by_max_train_steps_records_the_epochs_it_ran_not_the_default():
+    trainer = CausalLMTrainer()  # num_train_epochs defaults to 3
+    trainer.train(data=TINY_INSTRUCTIONS, train_batch_size=20, max_train_steps=3, checkpointing_steps=0)  # 2 steps an epoch
+    assert [(record["epoch"], record["step"]) for record in trainer.metrics] == [(1, 2), (2, 3)]  # per epoch
+    assert (trainer.train_config.num_train_epochs, trainer.train_config.max_train_steps) == (2, 3)
+
+
 def test_an_epoch_saved_in_the_train_config_loses_to_num_train_epochs_given_now():
     trainer = CausalLMTrainer(train_config={"epoch": 3, "batch_size": 40})
     trainer.train(data=TINY_INSTRUCTIONS, num_train_epochs=1, train_batch_size=20, checkpointing_steps=0)

@@ -81,6 +81,11 @@ class StepPlan:
     updates_per_epoch: int
     total_steps: int
 
+    @property
+    def epochs(self) -> int:
+        """The epochs the run passes through, the last one perhaps in part (`max_train_steps` can end it early)."""
+        return math.ceil(self.total_steps / self.updates_per_epoch)
+
 
 def start_run(arguments: Mapping[str, Any], owner: str, *, data_forms: str, none_means_default: tuple = ()) -> Any:
     """Check every setting of a run before any heavy work, then start it: its accelerator, everything seeded.
@@ -220,9 +225,13 @@ class TrainingSetup:
     learning_rate: float
 
 
-def set_up_training(accelerator: Any, settings: Mapping[str, Any], *, example_count: int, models: Sequence[torch.nn.Module],
-                    parameters: Sequence[torch.nn.Parameter], use_8bit_adam: bool) -> TrainingSetup:
+def set_up_training(accelerator: Any, settings: MutableMapping[str, Any], *, example_count: int,
+                    models: Sequence[torch.nn.Module], parameters: Sequence[torch.nn.Parameter],
+                    use_8bit_adam: bool) -> TrainingSetup:
     """Plan the steps, build the optimizer and schedule, and let accelerate prepare the models and optimizer.
+
+    When `max_train_steps` decides the run's length, `settings["num_train_epochs"]` becomes the epochs it passes
+    through, so the run records what ran (as diffusers' training scripts do), not the default it overrode.
 
     Args:
         accelerator: The run's accelerator.
@@ -235,6 +244,7 @@ def set_up_training(accelerator: Any, settings: Mapping[str, Any], *, example_co
     plan = plan_steps(example_count, train_batch_size=settings["train_batch_size"], num_processes=accelerator.num_processes,
                       gradient_accumulation_steps=settings["gradient_accumulation_steps"],
                       num_train_epochs=settings["num_train_epochs"], max_train_steps=settings["max_train_steps"])
+    settings["num_train_epochs"] = plan.epochs
     parameters = list(parameters)
     learning_rate = scaled_learning_rate(settings, accelerator.num_processes)
     log_resolved_steps(accelerator, plan=plan, learning_rate=learning_rate, trainable_parameters=parameters)
