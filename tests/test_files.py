@@ -171,3 +171,19 @@ def test_a_failed_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
 
     assert sorted(path.name for path in target.iterdir()) == ["old.txt"]
     assert _hidden(tmp_path) == []
+
+
+def test_what_moves_into_place_gets_the_modes_of_the_umask_not_safetensors_private_ones(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    previous = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "weights.safetensors") as temporary:
+            save_file({"a": torch.zeros(2)}, str(temporary))
+        with atomic_folder(tmp_path / "checkpoint") as staging:
+            save_file({"a": torch.zeros(2)}, str(staging / "state.safetensors"))
+    finally:
+        os.umask(previous)
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in [*tmp_path.iterdir(), *(tmp_path / "checkpoint").iterdir()]}
+    assert modes == {"weights.safetensors": "0o644", "checkpoint": "0o755", "state.safetensors": "0o644"}

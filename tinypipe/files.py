@@ -3,7 +3,8 @@ not write.
 
 Writing: every file or folder tinypipe replaces is written beside its target under a hidden temporary name and renamed
 into place once complete (`atomic_file`, `atomic_folder`, `write_atomic`), so a reader sees the old one or the new one,
-never half of one. A folder that is only usable once complete carries a marker written last (`write_marker`,
+never half of one. What moves into place gets the modes the user's umask gives a plain file or folder
+(`apply_umask`): safetensors and `tempfile` make theirs private whatever the umask. A folder that is only usable once complete carries a marker written last (`write_marker`,
 `read_marker`).
 
 Home: `tinypipe_home()` and the folders materialised under it. Reading without trusting: every name that comes from
@@ -30,7 +31,7 @@ from filelock import FileLock
 
 from .errors import RepoError, StorageError, disk_full_as_error
 
-__all__ = ["tinypipe_home", "cached_folder", "fsync_path", "atomic_file", "write_atomic", "atomic_folder", "write_marker",
+__all__ = ["tinypipe_home", "cached_folder", "fsync_path", "apply_umask", "atomic_file", "write_atomic", "atomic_folder", "write_marker",
            "read_marker", "MAX_JSON_DEPTH", "child_path", "open_regular_file", "read_text", "read_json"]
 
 # -- writing: beside the target, then one rename ---------------------------------------------------------
@@ -45,6 +46,38 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (`os.umask` sets while it reads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Union[str, Path]) -> None:
+    """Give `path`, and all under it when it is a folder, the modes `open` and `mkdir` would: 0o666 and 0o777 less the
+    umask (0o644 and 0o755 with the usual 0o022).
+
+    safetensors' `save_file` writes 0o600 and `tempfile.mkdtemp` makes 0o700 whatever the umask, so without this a
+    saved repo or checkpoint could be read by its owner alone, unlike every other file the user writes there.
+    Symlinks, and a path that does not exist, are left as they are.
+    """
+    mask = _umask()
+    path = Path(path)
+    if not path.exists():
+        return
+    entries = [path] + (list(path.rglob("*")) if path.is_dir() and not path.is_symlink() else [])
+    for entry in entries:
+        if entry.is_symlink():
+            continue
+        os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~mask)
 
 
 def _staging_name(target: Path) -> Path:
@@ -80,6 +113,7 @@ def atomic_file(target: Union[str, Path], *, durable: bool = False) -> Iterator[
     temporary = _staging_name(target)
     try:
         yield temporary
+        apply_umask(temporary)
         if durable:
             fsync_path(temporary)
         os.replace(temporary, target)
@@ -122,6 +156,7 @@ def atomic_folder(target: Union[str, Path], *, staging: Optional[Path] = None, d
     replaced = None
     try:
         yield staging
+        apply_umask(staging)
         if durable:
             fsync_path(staging)
         if target.exists():

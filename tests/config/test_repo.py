@@ -13,6 +13,7 @@ from tinypipe import AutoModelPipeline, ConfigError, ConfigMixin, RepoError, Tru
 from tinypipe.config import filelist as filelist_module
 from tinypipe.config.filelist import verify_filelist
 from tinypipe.config.weights import load_state_dict_file
+from custom_code import SENTINEL_MODULE
 
 
 class Small(ConfigMixin, torch.nn.Module):
@@ -194,40 +195,6 @@ def test_cut_between_the_two_renames_still_loads_the_old_folder(repo):
     assert Small.from_pretrained(repo).linear.in_features == 4
 
 
-SENTINEL_MODULE = textwrap.dedent('''
-    import os
-    from pathlib import Path
-    from tinypipe import ConfigMixin, save_config
-
-    Path(os.environ["SENTINEL_FILE"]).write_text("code ran")
-
-    class CustomModel(ConfigMixin):
-        @save_config
-        def __init__(self, size: int = 2):
-            self.size = size
-''')
-
-
-@pytest.fixture
-def custom_repo(tmp_path, monkeypatch):
-    """A repo saved from a user module that writes a sentinel file whenever it is imported."""
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "sentinel_model.py").write_text(SENTINEL_MODULE)
-    sentinel = tmp_path / "sentinel"
-    monkeypatch.setenv("SENTINEL_FILE", str(sentinel))
-    monkeypatch.syspath_prepend(str(code))
-    import sentinel_model
-
-    sentinel_model.CustomModel(size=5).save_pretrained(tmp_path / "repo")
-    del sys.modules["sentinel_model"]
-    sys.path.remove(str(code))
-    (code / "sentinel_model.py").unlink()
-    sentinel.unlink()
-    yield tmp_path / "repo", sentinel
-    sys.modules.pop("sentinel_model", None)
-
-
 def test_model_code_is_copied_on_save(custom_repo):
     repo, _ = custom_repo
     assert (repo / "model_code/sentinel_model.py").read_text() == SENTINEL_MODULE
@@ -295,3 +262,16 @@ def test_plain_tensor_bin_loads(tmp_path):
 
 def test_version_written_is_the_package_version(repo):
     assert json.loads((repo / "model/config.json").read_text())["__version__"] == tinypipe.__version__
+
+
+@pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_a_saved_repo_is_as_readable_as_any_file_the_user_writes(tmp_path, umask, file_mode, folder_mode):
+    # safetensors writes 0600 and the staging folder is made 0700, whatever the umask: a team folder could not read it
+    previous = os.umask(umask)
+    try:
+        Small().save_pretrained(tmp_path / "new-repo")
+    finally:
+        os.umask(previous)
+    repo = tmp_path / "new-repo"
+    assert {oct(path.stat().st_mode & 0o777) for path in [repo, *repo.rglob("*")] if path.is_dir()} == {oct(folder_mode)}
+    assert {oct(path.stat().st_mode & 0o777) for path in repo.rglob("*") if path.is_file()} == {oct(file_mode)}

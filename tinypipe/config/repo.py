@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..errors import RepoError, disk_full_as_error
-from ..files import child_path, read_json
+from ..files import apply_umask, child_path, read_json
 from ..version import __version__, check_version
 from .base import ConfigBase
 from .coders import decode_value, encode_value
@@ -207,6 +207,7 @@ def save_repo(obj: ConfigBase, repo: Path) -> Path:
             write_filelist(component)
             if code_files:
                 _write_code(staging, repo, code_files)
+            apply_umask(staging)
             _swap_into_place(staging, repo)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
