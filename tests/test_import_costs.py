@@ -35,3 +35,11 @@ def test_a_mistyped_builtin_model_name_is_refused_before_the_trainers_libraries_
                  "try:\n    train_request(arguments)\nexcept ConfigError as error:\n"
                  "    assert \"Did you mean 'tinypipe/tiny-sdxl'\" in str(error), error\nelse:\n    raise AssertionError('accepted')")
     assert _libraries_loaded_by(statement) == "[]"
+
+
+def test_a_causal_lm_job_never_imports_diffusers(tmp_path):
+    statement = ("from tinypipe.builtin.tiny_llama import TINY_INSTRUCTIONS, TINY_LLAMA\n"
+                 "from tinypipe.trainers import CausalLMTrainer\n"
+                 f"CausalLMTrainer().train(base_model=TINY_LLAMA, data=TINY_INSTRUCTIONS, max_train_steps=2, "
+                 f"output_dir={str(tmp_path / 'out')!r})")
+    assert _libraries_loaded_by(statement) == "['accelerate', 'peft', 'torch', 'transformers']"
