@@ -14,7 +14,8 @@ no validation on either side:
 
 Per run: wall seconds, seconds to the first step, steady seconds per step, seconds after the last step, CPU seconds
 (user + system of the process and its children), peak RSS, final loss (all read from the progress bars and the
-process's rusage). Then tinypipe / peer ratios: median and min-max over the pairs. For `lm`, tokens/s ratio = the
+process's rusage; for `lm`, where the target is the same final loss, the mean loss of the last tenth of the steps on
+both sides, from the Trainer's log and tinypipe's `metrics.jsonl`). Then tinypipe / peer ratios: median and min-max over the pairs. For `lm`, tokens/s ratio = the
 inverse of the steady seconds-per-step ratio (both sides see the same records, batch and padding).
 
 Set-up (the peers' venv and scripts are kept out of the repo): with a clone of huggingface/diffusers,
@@ -173,6 +174,13 @@ def _peer_scripts(method: str) -> list[str]:
     return [scripts[method]] if method in scripts else []
 
 
+def tail_mean_loss(metrics: Path) -> float:
+    """The mean loss of the last tenth of the optimizer steps in a tinypipe run's `metrics.jsonl`."""
+    losses = [json.loads(line)["loss"] for line in metrics.read_text().splitlines() if line.strip()]
+    tail = losses[-max(1, len(losses) // 10):]
+    return sum(tail) / len(tail) if tail else float("nan")
+
+
 def summary(name: str, runs: list[Run]) -> str:
     def median(key: str) -> float:
         return statistics.median(getattr(run, key) for run in runs)
@@ -232,6 +240,8 @@ def main() -> None:
                 peer, ours = commands(method, steps, work, model, resolution, args.batch, args)
                 peer_runs.append(timed_run(peer, steps, env))
                 our_runs.append(timed_run(ours, steps, env))
+                if method == "lm":  # the same measure as the peer prints: the mean loss of the last tenth of the steps
+                    our_runs[-1].loss = tail_mean_loss(work / f"out-tp-{method}-{steps}" / "metrics.jsonl")
                 print(f"  pair {len(our_runs)}: {method} {steps} steps, wall peer {peer_runs[-1].wall:.1f} s / tinypipe "
                       f"{our_runs[-1].wall:.1f} s, cpu {peer_runs[-1].cpu:.1f} / {our_runs[-1].cpu:.1f} s", flush=True)
             print(f"\n== {method}, {steps} steps")
