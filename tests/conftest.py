@@ -1,6 +1,7 @@
 import os
 
 import pytest
+from custom_code import custom_repo  # noqa: F401  (a fixture for every test folder)
 
 # Tests never touch the network; every model is built locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

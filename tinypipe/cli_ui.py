@@ -11,6 +11,7 @@ from `tinypipe.cli.build_parser` with `add_ui_commands(commands)`.
 """
 
 import argparse
+import socket
 import threading
 from typing import Callable
 
@@ -37,6 +38,11 @@ def check_ui_extra() -> None:
                               "pip install \"tinypipe[ui]\"") from None
 
 
+def _address(host: str, port: int) -> str:
+    """`http://host:port/`, with an IPv6 address in brackets."""
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+
+
 def _ui(arguments: argparse.Namespace) -> int:
     from .errors import ConfigError
 
@@ -52,9 +58,11 @@ def _ui(arguments: argparse.Namespace) -> int:
                           "--auth (a new token is printed) or --auth TOKEN.")
     token = None if arguments.auth is None else (arguments.auth or new_token())
     app = create_app(arguments.command_line, token, local_only=local)
-    shown = "127.0.0.1" if arguments.host in ("0.0.0.0", "::") else arguments.host
-    address = f"http://{'[' + shown + ']' if ':' in shown else shown}:{arguments.port}/"
-    print(f"tinypipe UI on {address}{'?token=' + token if token else ''}", flush=True)
+    every_interface = arguments.host in ("0.0.0.0", "::")
+    query = f"?token={token}" if token else ""
+    print(f"tinypipe UI on {_address('127.0.0.1' if every_interface else arguments.host, arguments.port)}{query}", flush=True)
+    if every_interface:  # the loopback link above works only here; others need this machine's name
+        print(f"From other machines: {_address(socket.getfqdn(), arguments.port)}{query}", flush=True)
     print("Stop it with Ctrl+C; jobs started from it keep running.", flush=True)
     from .ui.new_job import warm_up
 

@@ -61,3 +61,20 @@ def test_a_form_sent_from_another_site_is_refused_and_records_no_job(client):
 def test_a_ui_others_can_reach_cannot_be_made_without_a_token():
     with pytest.raises(ValueError, match="needs an access token"):
         create_app(build_parser, None, local_only=False)
+
+
+def test_a_ui_served_to_other_machines_prints_a_link_they_can_open(monkeypatch, capsys):
+    import socket
+
+    import uvicorn
+
+    from tinypipe.cli import main
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **options: served.append((host, port)))
+    monkeypatch.setattr(socket, "getfqdn", lambda *name: "gpu-box.lab")
+    assert main(["ui", "--host", "0.0.0.0", "--port", "7861", "--auth", "s3cret-token"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert served == [("0.0.0.0", 7861)]
+    assert printed[:2] == ["tinypipe UI on http://127.0.0.1:7861/?token=s3cret-token",
+                           "From other machines: http://gpu-box.lab:7861/?token=s3cret-token"]

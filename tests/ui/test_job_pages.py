@@ -137,3 +137,13 @@ def test_resume_is_offered_for_a_stopped_job_but_not_for_a_succeeded_one(client,
     monkeypatch.setenv("TINYPIPE_HOME", str(home))
     failed = record_job(JobStore(), "stopped", "failed", output=home / "out")
     assert resume.format(failed.id) in client.get(f"/jobs/{failed.id}").text
+
+
+def test_a_resumed_jobs_page_says_which_attempt_it_is(client, new_home, monkeypatch):
+    monkeypatch.setenv("TINYPIPE_HOME", str(new_home()))
+    store = JobStore()
+    job = record_job(store, "interrupted", "failed")
+    assert "job-attempts" not in client.get(f"/jobs/{job.id}").text  # a first attempt says nothing of attempts
+    assert store.reopen(job.id, job.arguments)
+    store.start(job.id)
+    assert "(attempt 2: resumed 1 time)" in client.get(f"/jobs/{job.id}").text

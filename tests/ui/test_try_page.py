@@ -27,3 +27,11 @@ def test_two_repos_get_the_same_prompt_and_seed_side_by_side(client, trained_job
 def test_a_repo_that_does_not_exist_is_refused_naming_it(client):
     answer = client.post("/try", data={"repo_path": "./no/such/repo", "prompts": "a photo"})
     assert answer.status_code == 400 and "REPO ./no/such/repo does not exist" in answer.text
+
+
+def test_a_repo_with_its_own_code_is_refused_unless_the_trust_box_is_ticked_and_its_code_never_runs(client, custom_repo):
+    repo, sentinel = custom_repo
+    answer = client.post("/try", data={"repo_path": str(repo), "prompts": "a photo"})
+    assert answer.status_code == 400
+    assert "model_code/" in answer.text and "trust_remote_code" in answer.text
+    assert not sentinel.exists()
