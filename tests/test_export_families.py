@@ -1,14 +1,14 @@
-"""`tinypipe export` of SDXL and FLUX.1 LoRAs, each read back by a second reader.
+"""`tinypipe export` of SDXL, FLUX.1 and SD3 LoRAs, each read back by a second reader.
 
 SDXL, kohya format: diffusers' `StableDiffusionXLPipeline.load_lora_weights(file)` (its own reader of kohya SDXL files,
 sgm block names included) must give the images of the pipeline that was saved; the UNet names must be the ones Stability's sgm UNet uses,
 checked by diffusers' single-file converter (`convert_ldm_unet_checkpoint`, an independent reader of sgm names), and
 the key set the one kohya's naming rule gives: `lora_unet_` + the sgm module path with "." written "_",
 `lora_te1_` / `lora_te2_` + the CLIP path under `text_model.`, each with `.lora_down.weight`, `.lora_up.weight`,
-`.alpha`. FLUX.1, ComfyUI format: diffusers' `FluxPipeline.load_lora_weights(file)` must give the images of the pipeline that was saved.
+`.alpha`. FLUX.1 and SD3, ComfyUI format: diffusers' `FluxPipeline` / `StableDiffusion3Pipeline.load_lora_weights(file)`
+must give the images of the pipeline that was saved.
 """
 
-import json
 import shutil
 
 import numpy as np
@@ -195,40 +195,45 @@ def flux_repo(tmp_path_factory):
     return lora_repo(tmp_path_factory.mktemp("export_flux") / "repo", TINY_FLUX)
 
 
-def test_flux_comfyui_export_loads_in_diffusers_and_gives_the_saved_pipelines_images(flux_repo, tmp_path):
-    from diffusers import FluxPipeline
+@pytest.fixture(scope="module")
+def sd3_repo(tmp_path_factory):
+    return lora_repo(tmp_path_factory.mktemp("export_sd3") / "repo", TINY_SD3)
 
-    flux_repo, expected, _ = flux_repo
-    exported = export_lora(flux_repo, "comfyui", tmp_path / "flux.safetensors")
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_comfyui_export_of_a_transformer_family_loads_in_diffusers_and_gives_the_saved_pipelines_images(
+        family, flux_repo, sd3_repo, tmp_path):
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    # FLUX.1: an .alpha per module (4, the trained alpha); SD3, whose diffusers reader refuses .alpha keys: the scale
+    # alpha / rank folded into lora_B, so that ComfyUI (no .alpha: strength 1) and diffusers apply the trained strength
+    (repo, expected, _), reader, base_model, version, roots, alpha = {
+        "flux": (flux_repo, FluxPipeline, TINY_FLUX, "flux1", ("transformer.", "text_encoder.text_model."), "4"),
+        "sd3": (sd3_repo, StableDiffusion3Pipeline, TINY_SD3, "sd3",
+                ("transformer.", "text_encoder.text_model.", "text_encoder_2.text_model."), "2"),
+    }[family]
+    exported = export_lora(repo, "comfyui", tmp_path / f"{family}.safetensors")
     tensors = load_file(exported)
-    # ComfyUI's names for FLUX.1: transformer.<diffusers path>, text_encoder.text_model.<CLIP path>; an alpha per module
+    # ComfyUI's names: transformer.<diffusers path>, text_encoder(_2).text_model.<CLIP path>
     modules = {key.rsplit(".", 2)[0] for key in tensors if key.endswith((".lora_A.weight", ".lora_B.weight"))}
-    assert {key.rsplit(".", 1)[0] for key in tensors if key.endswith(".alpha")} == modules
-    assert all(key.startswith(("transformer.", "text_encoder.text_model.")) for key in tensors)
+    alphas = {key.rsplit(".", 1)[0] for key in tensors if key.endswith(".alpha")}
+    assert alphas == (modules if family == "flux" else set())
+    assert {root for root in roots if any(key.startswith(root) for key in tensors)} == set(roots)  # every component
+    assert all(key.startswith(roots) for key in tensors)
     assert all(tensors[key].item() == 4.0 for key in tensors if key.endswith(".alpha"))
-    assert len(tensors) - len(modules) == len(load_file(flux_repo / "model/pytorch_lora_weights.safetensors"))
+    assert len(tensors) - len(alphas) == len(load_file(repo / "model/pytorch_lora_weights.safetensors"))
     with safe_open(str(exported), framework="pt") as file:
         metadata = file.metadata()
-    assert (metadata["ss_network_dim"], metadata["ss_network_alpha"], metadata["ss_base_model_version"]) == ("2", "4", "flux1")
+    assert (metadata["ss_network_dim"], metadata["ss_network_alpha"], metadata["ss_base_model_version"]) == ("2", alpha, version)
 
-    base, loaded = read_back(FluxPipeline, TINY_FLUX, exported, height=32, width=32)
+    base, loaded = read_back(reader, base_model, exported, height=32, width=32)
     assert np.abs(expected - base).max() > 0.05
     np.testing.assert_allclose(loaded, expected, atol=1e-4)
 
 
-def test_formats_a_family_is_not_written_in_are_refused_naming_the_family_and_the_formats(flux_repo, tmp_path):
-    flux_repo, _, _ = flux_repo
-    with pytest.raises(ConfigError, match=r"A flux LoRA cannot be exported in the kohya format \(kohya's FLUX.1 layout .*"
-                                          r"--format comfyui.*for flux tinypipe writes: comfyui, diffusers"):
-        export_lora(flux_repo, "kohya", tmp_path / "flux.safetensors")
-    assert not (tmp_path / "flux.safetensors").exists()
-    repo = shutil.copytree(flux_repo, tmp_path / "sd3")  # the family a repo records decides what it is written in
-    config = json.loads((repo / "model/config.json").read_text())
-    (repo / "model/config.json").write_text(json.dumps({**config, "family": "sd3", "base_model": TINY_SD3}))
-    from tinypipe.config.filelist import write_filelist
-
-    (repo / "model/filelist.txt").unlink()
-    write_filelist(repo / "model")
-    with pytest.raises(ConfigError, match=r"sd3 LoRA cannot be exported in the comfyui format \(only the diffusers format "
-                                          r"is written for SD3; ComfyUI loads that file directly"):
-        export_lora(repo, "comfyui", tmp_path / "sd3.safetensors")
+def test_formats_a_family_is_not_written_in_are_refused_naming_the_family_and_the_formats(flux_repo, sd3_repo, tmp_path):
+    for family, (repo, _, _) in (("flux", flux_repo), ("sd3", sd3_repo)):
+        with pytest.raises(ConfigError, match=rf"A {family} LoRA cannot be exported in the kohya format \(kohya's .* layout .*"
+                                              rf"--format comfyui.*for {family} tinypipe writes: comfyui, diffusers"):
+            export_lora(repo, "kohya", tmp_path / f"{family}.safetensors")
+        assert not (tmp_path / f"{family}.safetensors").exists()

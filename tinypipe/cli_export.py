@@ -17,10 +17,10 @@ EXPORT_EPILOG = """formats:
              lora_te1_/lora_te2_), .alpha tensors and ss_* metadata: A1111, Forge, SD.Next, InvokeAI, ComfyUI,
              kohya's sd-scripts, and diffusers' load_lora_weights(FILE) read it. SD 1/2 and SDXL.
   comfyui    the file ComfyUI's LoRA loader reads (put it in ComfyUI/models/loras/): the kohya file for SD 1/2 and
-             SDXL; for FLUX.1 diffusers' module names (transformer.<path>.lora_A.weight) with an .alpha per module,
-             which diffusers' FluxPipeline.load_lora_weights reads too.
-  diffusers  the repo's own model/pytorch_lora_weights.safetensors (diffusers' keys), unchanged; SD3's only format
-             (ComfyUI reads it directly, at the trained strength when lora_alpha equals the rank).
+             SDXL; for FLUX.1 and SD3 diffusers' module names (transformer.<path>.lora_A.weight) with the
+             alpha as an .alpha per module (FLUX.1) or folded into lora_B (SD3), which diffusers reads too.
+  diffusers  the repo's own model/pytorch_lora_weights.safetensors (diffusers' keys), unchanged (ComfyUI reads
+             FLUX.1's and SD3's directly, but at the trained strength only when lora_alpha equals the rank).
 A format the repo's family is not written in is refused, naming those it is. To save the files inside the repo at
 training time: tinypipe train-diffuser ... --export-formats kohya,comfyui.
 """

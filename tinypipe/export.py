@@ -11,10 +11,11 @@ Formats (`EXPORT_FORMATS`; which family is written in which: `tinypipe.config.ex
   `input_blocks_...` names), `.alpha` tensors and `ss_*` metadata (`tinypipe.models.kohya_export`): Stable
   Diffusion 1/2 and SDXL. A1111, Forge, SD.Next, InvokeAI, ComfyUI and diffusers' `load_lora_weights` read it.
 - `comfyui`: the file ComfyUI's LoRA loader reads (put it in `ComfyUI/models/loras/`): the kohya file for SD 1/2
-  and SDXL; for FLUX.1 diffusers' module paths with peft's `lora_A`/`lora_B` and an `.alpha` per module
-  (`tinypipe.models.comfyui_export`), which diffusers' `FluxPipeline.load_lora_weights` reads too.
+  and SDXL; for FLUX.1 and SD3 diffusers' module paths with peft's `lora_A`/`lora_B` and the alpha as an `.alpha`
+  per module (FLUX.1) or folded into `lora_B` (SD3) (`tinypipe.models.comfyui_export`), which diffusers'
+  `load_lora_weights` reads too.
 - `diffusers`: the repo's own `model/pytorch_lora_weights.safetensors`, unchanged (diffusers' keys and metadata);
-  SD3's only format (ComfyUI reads it directly).
+  every family (ComfyUI reads FLUX.1's and SD3's directly, at the trained strength only when alpha equals the rank).
 
 The repo is only read (its `model/filelist.txt` checked first). The file is written atomically and never replaces an
 existing file unless `overwrite=True` (`--force`); only safetensors files are written.

@@ -9,10 +9,10 @@ check_export_formats(["kohya"], "sdxl")    # before training: refuses a format t
 Formats (`EXPORT_FORMATS`) by family (`FAMILY_FORMATS`):
 - `kohya`: kohya's key names, `.alpha` tensors and `ss_*` metadata (`tinypipe.models.kohya_export`): Stable
   Diffusion 1/2 and SDXL. A1111, Forge, SD.Next, InvokeAI, ComfyUI and diffusers' `load_lora_weights` read it.
-- `comfyui`: the file ComfyUI's LoRA loader reads: the kohya file for SD 1/2 and SDXL; for FLUX.1 diffusers' module
-  paths with `.alpha` tensors (`tinypipe.models.comfyui_export`), which diffusers' `FluxPipeline.load_lora_weights`
-  reads too.
-- `diffusers`: the repo's own `pytorch_lora_weights.safetensors`: every family (SD3's only format).
+- `comfyui`: the file ComfyUI's LoRA loader reads: the kohya file for SD 1/2 and SDXL; for FLUX.1 and SD3 diffusers'
+  module paths with the alpha applied (`tinypipe.models.comfyui_export`), which diffusers' `load_lora_weights` reads
+  too.
+- `diffusers`: the repo's own `pytorch_lora_weights.safetensors`: every family.
 
 Inside a repo the exported files are `model/kohya_lora.safetensors` / `model/comfyui_lora.safetensors`
 (`REPO_EXPORT_NAMES`). This module imports nothing heavy, so the CLI can check a format before loading anything.
@@ -31,20 +31,19 @@ FAMILY_FORMATS: dict[str, tuple[str, ...]] = {
     "sd": EXPORT_FORMATS,
     "sdxl": EXPORT_FORMATS,
     "flux": ("comfyui", "diffusers"),
+    "sd3": ("comfyui", "diffusers"),
 }
-"""The formats each family's LoRA is written in; a family not named here (SD3) is offered the diffusers format only."""
+"""The formats each family's LoRA is written in; a family not named here is offered the diffusers format only."""
 
 REPO_EXPORT_NAMES = {"kohya": "kohya_lora.safetensors", "comfyui": "comfyui_lora.safetensors"}
 """The file each format is saved as inside a repo's `model/` (`save_pretrained(..., export_formats=...)`); the
 diffusers format is the repo's own `pytorch_lora_weights.safetensors`."""
 
 _WHY_NOT = {
-    ("flux", "kohya"): "kohya's FLUX.1 layout names the original model's fused q/k/v projections, which a LoRA on "
+    (family, "kohya"): f"kohya's {name} layout names the original model's fused q/k/v projections, which a LoRA on "
                        "diffusers' separate q/k/v projections does not map onto; --format comfyui writes the file "
-                       "ComfyUI reads (diffusers' names with .alpha tensors)",
-    **{("sd3", format): "only the diffusers format is written for SD3; ComfyUI loads that file directly (it reads "
-                        "diffusers' transformer. keys), at the trained strength when lora_alpha equals the rank, since "
-                        "it does not read the alpha the file records in its metadata" for format in ("kohya", "comfyui")},
+                       "ComfyUI reads (diffusers' names with .alpha tensors)"
+    for family, name in (("flux", "FLUX.1"), ("sd3", "SD3"))
 }
 
 
