@@ -12,7 +12,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tinypipe"
 
-LAYERS = ["errors", "lazy_names", "version", "files", "config", "builtin", "data", "families", "models", "training", "trainers", "app"]
+LAYERS = ["errors", "lazy_names", "library_output", "version", "files", "config", "builtin", "data", "families", "models", "training", "trainers", "app"]
 APP_MODULES = {"cli", "cli_arguments", "cli_lm", "cli_repos", "cli_export", "cli_jobs", "cli_builtin", "runner", "jobs",
                "archive", "publish", "derive", "demo", "export", "__main__", "cli_ui", "ui"}
 DOTTED = re.compile(r"\btinypipe((?:\.\w+)+)")

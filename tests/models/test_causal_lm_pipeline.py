@@ -104,9 +104,10 @@ def test_merge_returns_a_plain_model_and_leaves_the_pipeline_alone(adapted, tmp_
     expected = logits(pipeline.model, pipeline.tokenizer)
     merged = pipeline.merge(save_directory=tmp_path / "merged")
     assert type(merged) is LlamaForCausalLM
-    assert torch.allclose(logits(merged, pipeline.tokenizer), expected, atol=1e-5)
+    # W + BA summed once rounds differently from W x + B(A x): float32 agreement, not bit equality (it once missed 1e-5)
+    assert torch.allclose(logits(merged, pipeline.tokenizer), expected, rtol=1e-4, atol=1e-4)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
-    assert torch.allclose(logits(reloaded, AutoTokenizer.from_pretrained(tmp_path / "merged")), expected, atol=1e-5)
+    assert torch.allclose(logits(reloaded, AutoTokenizer.from_pretrained(tmp_path / "merged")), expected, rtol=1e-4, atol=1e-4)
     assert pipeline.has_lora and torch.equal(logits(pipeline.model, pipeline.tokenizer), expected)
 
 

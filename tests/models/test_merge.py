@@ -91,3 +91,32 @@ def test_the_merged_generation_config_stops_at_the_tokenizers_end_of_sequence_to
     save_merged_model(model, tokenizer, tmp_path / "merged")
     stops = json.loads((tmp_path / "merged" / "generation_config.json").read_text())["eos_token_id"]
     assert stops == [model.config.eos_token_id, tokenizer.eos_token_id] and stops[0] != stops[1]
+
+
+@pytest.mark.parametrize("level, bars_during_the_write", [("INFO", False), ("DEBUG", True)])
+def test_merge_shows_transformers_writing_bars_only_under_debug_and_leaves_the_setting_as_it_was(
+        chat_repo, tmp_path, monkeypatch, level, bars_during_the_write):
+    import logging
+
+    from transformers import PreTrainedModel
+    from transformers.utils import logging as transformers_logging
+
+    repo, _ = chat_repo
+    seen = []
+    writer = PreTrainedModel.save_pretrained
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", lambda self, *args, **kwargs: (
+        seen.append(transformers_logging.is_progress_bar_enabled()), writer(self, *args, **kwargs))[1])
+    logger = logging.getLogger("tinypipe")
+    previous = logger.level
+    logger.setLevel(level)  # what --log-level sets
+    try:
+        transformers_logging.disable_progress_bar()  # a caller that turned them off
+        merge_repo(repo, tmp_path / f"merged-{level}")
+        assert not transformers_logging.is_progress_bar_enabled()  # still off afterwards
+        transformers_logging.enable_progress_bar()
+        merge_repo(repo, tmp_path / f"merged-again-{level}")
+        assert transformers_logging.is_progress_bar_enabled()
+    finally:
+        logger.setLevel(previous)
+        transformers_logging.enable_progress_bar()
+    assert seen == [False, bars_during_the_write]  # off when the caller turned them off, even under DEBUG

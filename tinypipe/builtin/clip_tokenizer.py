@@ -4,12 +4,13 @@ Its vocabulary is in `tinypipe/builtin/vocab/clip/` (see `scripts/make_clip_voca
 identifier `sks` are one token each. The built-ins are built with the torch RNG seeded by `seeded`.
 """
 
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from transformers import CLIPTokenizer
+
+from ..library_output import quiet_libraries
 
 __all__ = ["CLIP_VOCAB_FOLDER", "load_clip_tokenizer", "seeded"]
 
@@ -48,16 +49,8 @@ def save_tiny_pipeline(pipe, staging: Path, not_clip: Sequence[str] = ()) -> Non
     (every `tokenizer*` component but those in `not_clip`) gets the vocabulary files beside its `tokenizer.json`, which
     is all transformers 5 writes, so that older readers of CLIP tokenizers (`vocab.json`, `merges.txt`) load it too.
     """
-    from transformers.utils import logging as transformers_logging
-
-    quiet = not logging.getLogger("tinypipe").isEnabledFor(logging.DEBUG)
-    if quiet:
-        transformers_logging.disable_progress_bar()
-    try:
+    with quiet_libraries("transformers", notices=False):
         pipe.save_pretrained(staging, safe_serialization=True)
-    finally:
-        if quiet:
-            transformers_logging.enable_progress_bar()
     for name in pipe.components:
         if name.startswith("tokenizer") and name not in not_clip and (staging / name).is_dir():
             for file_name in ("vocab.json", "merges.txt"):

@@ -25,6 +25,7 @@ import torch
 import transformers
 
 from ..errors import ConfigError
+from ..library_output import quiet_libraries
 from . import TINY_INSTRUCTIONS, TINY_LLAMA, TINY_LLAMA_CHAT, cached_builtin_folder, is_builtin
 
 __all__ = [
@@ -226,19 +227,9 @@ def builtin_lm_folder(name: str = TINY_LLAMA) -> Path:
     load_tokenizer = load_tiny_llama_chat_tokenizer if name == TINY_LLAMA_CHAT else load_tiny_llama_tokenizer
 
     def build(staging: Path) -> None:
-        import logging
-
-        from transformers.utils import logging as transformers_logging
-
         tokenizer = load_tokenizer()
-        quiet = not logging.getLogger("tinypipe").isEnabledFor(logging.DEBUG)  # the bars show under --log-level DEBUG
-        if quiet:
-            transformers_logging.disable_progress_bar()
-        try:
+        with quiet_libraries("transformers", notices=False):  # the bars show under --log-level DEBUG
             build_tiny_llama(tokenizer).save_pretrained(staging, safe_serialization=True)
-        finally:
-            if quiet:
-                transformers_logging.enable_progress_bar()
         tokenizer.save_pretrained(staging)
 
     return cached_builtin_folder(name, build, format_version=_BUILTIN_FORMAT_VERSION, libraries=("torch", "transformers"),

@@ -7,10 +7,7 @@ their code, and a base model folder gives no consent to that). `save_pipeline_fo
 the family's diffusers pipeline class (`StableDiffusionPipeline`, ...) reads, with transformers 4.x as well as 5.
 """
 
-import contextlib
 import json
-import logging
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +16,7 @@ import torch
 from ..files import read_json
 from ..errors import ConfigError
 from ..builtin.tiny_sd import is_builtin
+from ..library_output import quiet_libraries
 from ..families import ModelFamily, family_of
 from .base_models import base_model_load_error, base_model_source
 
@@ -30,32 +28,10 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@contextlib.contextmanager
 def quiet_loading():
-    """Silence the loading progress bars and notices of diffusers/transformers for one load.
-
-    Under `--log-level DEBUG` (tinypipe's logger at DEBUG) nothing is silenced: the libraries' bars and warnings show.
-    """
-    import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
-
-    if logging.getLogger("tinypipe").isEnabledFor(logging.DEBUG):
-        yield
-        return
-    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        diffusers_logging.set_verbosity(levels[0])
-        transformers_logging.set_verbosity(levels[1])
-        diffusers_logging.enable_progress_bar()
-        transformers_logging.enable_progress_bar()
+    """Silence the loading progress bars and notices of diffusers/transformers (and diffusers' FutureWarnings) for
+    one load; under `--log-level DEBUG` nothing is silenced (`library_output.quiet_libraries`)."""
+    return quiet_libraries("diffusers", "transformers", future_warnings=True)
 
 
 _COMPONENT_LIBRARIES = (None, "diffusers", "transformers")

@@ -20,6 +20,7 @@ import torch
 from ..config.filelist import sha256_file
 from ..errors import ConfigError
 from ..files import atomic_folder, read_marker, write_marker
+from ..library_output import quiet_libraries
 from ..version import __version__
 
 __all__ = ["MERGE_DTYPES", "MERGE_MARKER", "check_merge_output", "resolve_merge_dtype", "save_merged_model"]
@@ -103,20 +104,15 @@ def save_merged_model(model: torch.nn.Module, tokenizer: Any, output: Union[str,
     Raises:
         ConfigError: An `output` that would overwrite files merge did not write (see `check_merge_output`).
     """
-    from transformers.utils import logging as transformers_logging
-
     output = Path(output)
     check_merge_output(output, source)
     _stop_at_the_tokenizers_eos(model, tokenizer)
     output.parent.mkdir(parents=True, exist_ok=True)
-    transformers_logging.disable_progress_bar()
-    try:
+    with quiet_libraries("transformers", notices=False):  # --log-level DEBUG shows the writing bars
         with atomic_folder(output) as staging:
             model.save_pretrained(staging, safe_serialization=True)
             tokenizer.save_pretrained(staging)
             files = {path.relative_to(staging).as_posix(): sha256_file(path) for path in sorted(staging.rglob("*")) if path.is_file()}
             write_marker(staging, MERGE_MARKER, {**(record or {}), "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
                                                  "files": files, "tinypipe_version": __version__})
-    finally:
-        transformers_logging.enable_progress_bar()
     return output

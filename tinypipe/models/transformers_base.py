@@ -8,7 +8,6 @@ A base model named by a built-in name loads from that model's folder; `quantizat
 it through bitsandbytes (CUDA only), refused with the fix where bitsandbytes cannot run.
 """
 
-import logging
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +15,7 @@ import torch
 
 from ..builtin.tiny_llama import is_builtin_lm
 from ..errors import ConfigError
+from ..library_output import quiet_libraries
 from .base_models import base_model_load_error, base_model_source
 
 __all__ = ["QUANTIZATIONS", "load_base_model"]
@@ -59,26 +59,19 @@ def load_base_model(base_model: str, revision: Optional[str] = None, torch_dtype
             quantization bitsandbytes cannot do here.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as transformers_logging
 
     quantization_config = _quantization_config(quantization, torch_dtype)
     source = base_model_source(base_model, "causal-lm")
     hub_revision = revision if not isinstance(source, Path) else None
-    verbosity = transformers_logging.get_verbosity()
-    if not logging.getLogger("tinypipe").isEnabledFor(logging.DEBUG):  # --log-level DEBUG shows the loading bars
-        transformers_logging.set_verbosity_error()
-        transformers_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=hub_revision, token=token)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, revision=hub_revision, token=token, dtype=torch_dtype, quantization_config=quantization_config,
-            **({"device_map": {"": 0}} if quantization_config is not None else {}),
-        )
+        with quiet_libraries("transformers"):  # --log-level DEBUG shows the loading bars
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=hub_revision, token=token)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, revision=hub_revision, token=token, dtype=torch_dtype, quantization_config=quantization_config,
+                **({"device_map": {"": 0}} if quantization_config is not None else {}),
+            )
     except OSError as error:
         raise base_model_load_error(base_model, revision, error, "causal-lm") from error
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-        transformers_logging.enable_progress_bar()
     if is_builtin_lm(base_model):
         model.name_or_path = base_model  # what peft records as the adapter's base model
     if tokenizer.eos_token_id is None:
