@@ -4,6 +4,8 @@ preflight check of the data, the summed token loss and the eval loss, and the pr
 Each is a plain function, as `diffusion_steps.py` is for the diffusion recipes.
 """
 
+import functools
+import inspect
 import logging
 import random
 from typing import Any, Optional, Sequence, Union
@@ -51,14 +53,45 @@ def log_data_summary(train_set: list[TokenizedExample], validation_set: list[Tok
                      max(len(example.input_ids) for example in train_set), max_length)
 
 
+@functools.lru_cache(maxsize=None)
+def _keeps_chosen_logits(model_class: type) -> bool:
+    """Whether a causal-LM class computes logits at chosen positions only (`forward(logits_to_keep=<1-D tensor>)`)."""
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
+def _causal_lm_class(model: torch.nn.Module) -> type:
+    """The transformers class under the wrappers a training run adds (DDP's `.module`, peft's `get_base_model()`)."""
+    model = getattr(model, "module", model)
+    return type(model.get_base_model() if hasattr(model, "get_base_model") else model)
+
+
 def summed_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """The summed next-token cross-entropy of a batch's learned tokens, and how many there are."""
+    """The summed next-token cross-entropy of a batch's learned tokens, and how many there are.
+
+    Only the positions that predict a learned token in some row of the batch get logits (transformers' causal-LM
+    heads take them as `logits_to_keep`, a 1-D tensor of positions): the LM head and the cross-entropy, whose cost
+    and memory grow with the vocabulary, skip the prompts and the padding. A model class without `logits_to_keep`
+    computes every position's logits and the same positions are picked from them: the loss is the same sum.
+
+    Args:
+        model: The causal LM (with its LoRA), called with the batch's inputs and `use_cache=False`.
+        batch: `input_ids`, `labels` (`IGNORE_INDEX` where nothing is learned), `attention_mask` or `position_ids`;
+            each `(batch, length)`.
+
+    Returns:
+        `(loss_sum, tokens)`: the summed loss (a scalar tensor) and the count of learned tokens.
+    """
     inputs = {key: value for key, value in batch.items() if key != "labels"}
-    logits = model(**inputs, use_cache=False).logits.float()  # a KV cache would turn the packed-sequence masks off
-    labels = batch["labels"][:, 1:]
-    loss_sum = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
+    targets = batch["labels"][:, 1:]
+    positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # predicting position p learns token p + 1
+    keep = {"logits_to_keep": positions} if _keeps_chosen_logits(_causal_lm_class(model)) else {}
+    logits = model(**inputs, use_cache=False, **keep).logits.float()  # a KV cache would turn the packed-sequence masks off
+    if logits.shape[1] != len(positions):  # every position's logits came back
+        logits = logits[:, positions]
+    targets = targets[:, positions]
+    loss_sum = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                                  ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss_sum, int((labels != IGNORE_INDEX).sum())
+    return loss_sum, int((targets != IGNORE_INDEX).sum())
 
 
 @torch.no_grad()
