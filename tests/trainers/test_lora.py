@@ -58,6 +58,7 @@ def test_effective_configuration_is_recorded(trained):
     assert saved["max_train_steps"] == 4  # the call-time value, not the constructor's 2
     assert saved["learning_rate"] == 1e-3 and saved["data"] == "tinypipe/shapes"
     assert saved["base_model"] == "tinypipe/tiny-sd"
+    assert saved["lora_alpha"] == saved["rank"] == 4  # the alpha that scaled the update (the rank: none was given)
     ran = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert saved["num_train_epochs"] == 1 + max(record["epoch"] for record in ran) < 30  # the epochs that ran (from 0)
 

@@ -45,7 +45,7 @@ def test_start_run_refuses_a_missing_data_and_a_resume_without_output_dir_before
 
 def test_a_run_records_the_epoch_count_by_one_name_and_the_optimizer_that_runs():
     arguments = {**SETTINGS, "epoch": 5, "data": [1, 2], "use_8bit_adam": True}
-    loop.record_effective_arguments(arguments, "Test", base_model="base", rank=4)
+    loop.record_effective_arguments(arguments, base_model="base", rank=4)
     assert (arguments["num_train_epochs"], arguments["epoch"], arguments["data"], arguments["base_model"], arguments["rank"]) == \
         (5, None, None, "base", 4)
     assert arguments["use_8bit_adam"] is (torch.cuda.is_available() and arguments["use_8bit_adam"])  # AdamW without CUDA
@@ -70,7 +70,7 @@ def train(output, *, max_train_steps=None, resume_from_checkpoint=None, checkpoi
     model = torch.nn.Linear(1, 1, bias=False)
     torch.nn.init.zeros_(model.weight)
     setup = loop.set_up_training(accelerator, settings, example_count=len(inputs), models=[model],
-                                 parameters=list(model.parameters()), use_8bit_adam=False)
+                                 parameters=list(model.parameters()), use_8bit_adam=False, description="Test")
     checkpoints = RunCheckpoints(output, checkpointing_steps, None, {"test": 1}, dict(model.named_parameters()), "the weight")
     resumed = resume_run(checkpoints, resume_from_checkpoint, setup)
     ended = []

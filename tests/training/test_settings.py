@@ -61,9 +61,11 @@ def test_num_train_epochs_given_now_wins_over_an_epoch_saved_by_an_earlier_call(
     assert (trainer.train_config.num_train_epochs, trainer.train_config.epoch) == (2, None)
 
 
-def test_a_run_cut_short_by_max_train_steps_records_the_epochs_it_ran_not_the_default():
+def test_a_run_cut_short_by_max_train_steps_records_the_epochs_it_ran_not_the_default(caplog):
     trainer = CausalLMTrainer()  # num_train_epochs defaults to 3
-    trainer.train(data=TINY_INSTRUCTIONS, train_batch_size=20, max_train_steps=3, checkpointing_steps=0)  # 2 steps an epoch
+    with caplog.at_level("INFO", logger="tinypipe.training.loop"):
+        trainer.train(data=TINY_INSTRUCTIONS, train_batch_size=20, max_train_steps=3, checkpointing_steps=0)  # 2 steps an epoch
+    assert '"num_train_epochs": 2' in caplog.text and '"num_train_epochs": 3' not in caplog.text  # the log says so too
     assert [(record["epoch"], record["step"]) for record in trainer.metrics] == [(1, 2), (2, 3)]  # per epoch
     assert (trainer.train_config.num_train_epochs, trainer.train_config.max_train_steps) == (2, 3)
 

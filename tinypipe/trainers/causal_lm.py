@@ -188,7 +188,7 @@ class CausalLMTrainer(TrainerConfigMixin):
         r, lora_alpha, lora_dropout, target_modules = lm_steps.resolve_adapter_settings(pipeline, r, lora_alpha, lora_dropout,
                                                                                         target_modules)
         # What is recorded is what runs: one name per setting, the adapter's settings.
-        loop.record_effective_arguments(arguments, "Causal-LM LoRA", base_model=pipeline.config["base_model"],
+        loop.record_effective_arguments(arguments, base_model=pipeline.config["base_model"],
                                         revision=pipeline.config["revision"], train_batch_size=train_batch_size, batch_size=None,
                                         validation_data=validation_data if isinstance(validation_data, (str, Path)) else None,
                                         r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules)
@@ -243,7 +243,7 @@ class CausalLMTrainer(TrainerConfigMixin):
 
         # 4. Steps, optimizer and schedule; resume from a checkpoint of this run (never another run's).
         setup = loop.set_up_training(accelerator, arguments, example_count=len(train_set), models=[model],
-                                     parameters=trainable.values(), use_8bit_adam=use_8bit_adam)
+                                     parameters=trainable.values(), use_8bit_adam=use_8bit_adam, description="Causal-LM LoRA")
         model = setup.models[0]
         run = run_fingerprint(arguments, total_steps=setup.plan.total_steps, train_batch_size=train_batch_size,
                               num_processes=accelerator.num_processes,

@@ -186,7 +186,7 @@ class DreamBoothTrainer(TrainerConfigMixin):
         if learning_rate is None:
             learning_rate = LORA_LEARNING_RATE if use_lora else FULL_FINE_TUNE_LEARNING_RATE
         # What is recorded is what runs: the LoRA's settings, the learning rate.
-        loop.record_effective_arguments(arguments, "DreamBooth", base_model=pipeline.config["base_model"], rank=rank,
+        loop.record_effective_arguments(arguments, base_model=pipeline.config["base_model"], rank=rank,
                                         lora_alpha=lora_alpha, learning_rate=learning_rate,
                                         class_data_dir=str(class_data_dir) if class_data_dir is not None else None,
                                         **steps.resolve_objective_settings(pipeline, arguments))

@@ -148,7 +148,7 @@ class LoRATrainer(TrainerConfigMixin):
         export_formats = arguments["export_formats"] = list(check_export_formats(export_formats or (), pipeline.family.name)) or None
         rank, lora_alpha = steps.resolve_lora_settings(pipeline, rank=rank, lora_alpha=lora_alpha,
                                                        train_text_encoder=train_text_encoder)
-        loop.record_effective_arguments(arguments, "LoRA", base_model=pipeline.config["base_model"], rank=rank,
+        loop.record_effective_arguments(arguments, base_model=pipeline.config["base_model"], rank=rank,
                                         lora_alpha=lora_alpha, class_data_dir=None if class_data_dir is None else str(class_data_dir),
                                         **steps.resolve_objective_settings(pipeline, arguments))
 

@@ -202,7 +202,7 @@ class TextualInversionTrainer(TrainerConfigMixin):
         for tokenizer in pipeline.tokenizers.values():
             for name in token_names:
                 check_new_token(tokenizer, name)
-        loop.record_effective_arguments(arguments, "Textual inversion", base_model=pipeline.config["base_model"])
+        loop.record_effective_arguments(arguments, base_model=pipeline.config["base_model"])
         output = Path(output_dir) if output_dir is not None else None
 
         # 2. Data: read and check the images, cache their VAE latents; tokenize every template once.
@@ -238,7 +238,7 @@ class TextualInversionTrainer(TrainerConfigMixin):
         # 4. Steps, optimizer and schedule; resume from a checkpoint of this run (never another run's).
         epoch_length = len(examples) * repeats
         setup = loop.set_up_training(accelerator, arguments, example_count=epoch_length, models=list(text_encoders.values()),
-                                     parameters=[rows.new_rows for rows in token_rows.values()], use_8bit_adam=use_8bit_adam)
+                                     parameters=[rows.new_rows for rows in token_rows.values()], use_8bit_adam=use_8bit_adam, description="Textual inversion")
         wrapped_encoders = dict(zip(text_encoders, setup.models))
         objective = steps.training_objective(arguments)
         generator = torch.Generator("cpu").manual_seed(seed + 1_000_003 * accelerator.process_index)

@@ -103,7 +103,7 @@ def train_denoiser(pipeline: DiffusionPipeline, settings: Mapping[str, Any], *, 
     # 3. Steps, optimizer and schedule; accelerate wraps the models (DDP) and the optimizer (mixed precision).
     epoch_length = max(instance_count, class_count)
     setup = set_up_training(accelerator, settings, example_count=epoch_length, models=trainable_models, parameters=parameters,
-                            use_8bit_adam=use_8bit_adam)
+                            use_8bit_adam=use_8bit_adam, description=description)
     denoiser = setup.models[0]
     text_encoders = dict(pipeline.text_encoders)
     if train_text_encoder:  # the wrapped ones that train, the others as they are

@@ -37,21 +37,24 @@ DEFAULT_LORA_RANK = 4
 
 
 def resolve_lora_settings(pipeline, *, rank: Optional[int], lora_alpha: Optional[float], train_text_encoder: bool) -> tuple:
-    """The rank and alpha of the LoRA that trains: a new one's (rank 4 unless given), or the pipeline's own.
+    """The rank and alpha of the LoRA that trains: a new one's (rank 4 unless given; alpha the rank unless given, as
+    diffusers' training scripts set it), or the pipeline's own. The alpha is returned as the number that scales the
+    update (`lora_alpha / rank`), never None, so that the run records what ran.
 
     Raises:
         ConfigError: The pipeline has a LoRA and `rank` / `lora_alpha` differ from its own, or `train_text_encoder`
             asks for a text-encoder LoRA it does not have.
     """
     if not pipeline.has_lora:
-        return (DEFAULT_LORA_RANK if rank is None else rank), lora_alpha
+        rank = DEFAULT_LORA_RANK if rank is None else rank
+        return rank, rank if lora_alpha is None else lora_alpha
     config = pipeline.config
     check_existing_lora({"rank": config["lora_rank"], "lora_alpha": config["lora_alpha"] or config["lora_rank"]},
                         {"rank": rank, "lora_alpha": lora_alpha})
     if train_text_encoder and not config["text_encoder_lora"]:
         raise ConfigError("train_text_encoder=True, but the pipeline's LoRA has no text-encoder part, so nothing of the text "
                           "encoder would train. Set train_text_encoder=False, or start from a pipeline without a LoRA.")
-    return config["lora_rank"], config["lora_alpha"]
+    return config["lora_rank"], config["lora_alpha"] or config["lora_rank"]
 
 
 def log_data_summary(examples: Sequence[ImageExample], class_examples: Sequence[ImageExample] = (), *, resolution: int,

@@ -112,8 +112,8 @@ def start_run(arguments: Mapping[str, Any], owner: str, *, data_forms: str, none
     return accelerator
 
 
-def record_effective_arguments(arguments: MutableMapping[str, Any], description: str, *, base_model: str, **resolved: Any) -> None:
-    """Put into `arguments` (the run's recorded config) what runs, and log it.
+def record_effective_arguments(arguments: MutableMapping[str, Any], *, base_model: str, **resolved: Any) -> None:
+    """Put into `arguments` (the run's recorded config) what runs (`set_up_training` logs it once the steps are planned).
 
     The epoch count is recorded as `num_train_epochs` (the `epoch` alias given wins), `use_8bit_adam` as whether
     8-bit Adam runs here, `data` only when it is a path (a list of images is not recorded), `base_model` as the
@@ -124,7 +124,6 @@ def record_effective_arguments(arguments: MutableMapping[str, Any], description:
     arguments.update(base_model=base_model, data=data if isinstance(data, (str, Path)) else None,
                      num_train_epochs=epoch if epoch is not None else arguments["num_train_epochs"], epoch=None,
                      use_8bit_adam=runs_8bit_adam(arguments["use_8bit_adam"]), **resolved)
-    logger.info("%s training with %s", description, json.dumps(arguments, sort_keys=True, default=str))
 
 
 def plan_steps(example_count: int, *, train_batch_size: int, num_processes: int, gradient_accumulation_steps: int,
@@ -227,11 +226,13 @@ class TrainingSetup:
 
 def set_up_training(accelerator: Any, settings: MutableMapping[str, Any], *, example_count: int,
                     models: Sequence[torch.nn.Module], parameters: Sequence[torch.nn.Parameter],
-                    use_8bit_adam: bool) -> TrainingSetup:
-    """Plan the steps, build the optimizer and schedule, and let accelerate prepare the models and optimizer.
+                    use_8bit_adam: bool, description: str) -> TrainingSetup:
+    """Plan the steps, log the run's settings, build the optimizer and schedule, and let accelerate prepare the models
+    and optimizer.
 
     When `max_train_steps` decides the run's length, `settings["num_train_epochs"]` becomes the epochs it passes
-    through, so the run records what ran (as diffusers' training scripts do), not the default it overrode.
+    through, so the run records (and logs, as `<description> training with {...}`) what runs, as diffusers' training
+    scripts do, not the default it overrode.
 
     Args:
         accelerator: The run's accelerator.
@@ -245,6 +246,7 @@ def set_up_training(accelerator: Any, settings: MutableMapping[str, Any], *, exa
                       gradient_accumulation_steps=settings["gradient_accumulation_steps"],
                       num_train_epochs=settings["num_train_epochs"], max_train_steps=settings["max_train_steps"])
     settings["num_train_epochs"] = plan.epochs
+    logger.info("%s training with %s", description, json.dumps(dict(settings), sort_keys=True, default=str))
     parameters = list(parameters)
     learning_rate = scaled_learning_rate(settings, accelerator.num_processes)
     log_resolved_steps(accelerator, plan=plan, learning_rate=learning_rate, trainable_parameters=parameters)
