@@ -114,10 +114,37 @@ def check_request(request: TrainRequest) -> None:
         _check_type(key, value, config_class._arguments_signature.parameters[key].default)
     defaults_to_none = tuple(name for name, parameter in config_class._arguments_signature.parameters.items()
                              if parameter.default is None)
-    check_training_settings(request.train_arguments, "the training settings", none_means_default=defaults_to_none)
+    check_training_settings(request.train_arguments, "--training-args", none_means_default=defaults_to_none)
     if not model_is_local:
         check_base_model(request.model, kind=model_kind, revision=request.revision)
+    elif request.kind == "train-diffuser":
+        _check_family_options(request, config_class)
     _check_dataset(request)
+
+
+def _check_family_options(request: TrainRequest, config_class: Any) -> None:
+    """Refuse a method or export format the base model's family does not take, before any job exists (the trainer
+    checks the same once the model is loaded; a hub model's family is known only then)."""
+    from .builtin import BUILTIN_FAMILIES
+    from .config.export_formats import check_export_formats
+    from .families import family_named, family_of
+
+    index = Path(request.model) / "model_index.json"
+    if request.model in BUILTIN_FAMILIES:
+        family = family_named(BUILTIN_FAMILIES[request.model])
+    elif index.is_file():
+        family = family_of(index)
+    else:
+        return
+    given = {name: request.train_arguments.get(name, parameter.default)
+             for name, parameter in config_class._arguments_signature.parameters.items()}
+    if request.method == "textual-inversion":
+        family.check_method("textual_inversion")
+    elif request.method == "dreambooth":
+        family.check_method("dreambooth_lora" if given.get("use_lora") else "dreambooth_full")
+    else:
+        family.check_method("dreambooth_lora" if given.get("with_prior_preservation") else "lora")
+    check_export_formats(given.get("export_formats") or (), family.name)
 
 
 # The type of the training arguments whose default is None (the others take the type of their default).

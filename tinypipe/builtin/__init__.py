@@ -18,7 +18,7 @@ from typing import Optional
 from ..files import cached_folder
 
 __all__ = ["TINY_SD", "TINY_SDXL", "TINY_FLUX", "TINY_FLUX_SCHNELL", "TINY_SD3", "TINY_LLAMA", "TINY_LLAMA_CHAT", "SHAPES_DATA",
-           "TINY_INSTRUCTIONS", "TINY_CHATS", "BUILTIN_NAMES", "builtin_names", "is_builtin", "cached_builtin_folder"]
+           "TINY_INSTRUCTIONS", "TINY_CHATS", "BUILTIN_NAMES", "BUILTIN_FAMILIES", "builtin_names", "is_builtin", "cached_builtin_folder"]
 
 TINY_SD = "tinypipe/tiny-sd"
 """The name of the built-in tiny Stable Diffusion model."""
@@ -64,6 +64,10 @@ BUILTIN_NAMES: Mapping[str, str] = {
 }
 """Every built-in name, with the kind of thing it builds: `"diffusion"`, `"causal-lm"`, `"images"`, `"instructions"` (causal-LM
 training records of any format)."""
+
+BUILTIN_FAMILIES: Mapping[str, str] = {TINY_SD: "sd", TINY_SDXL: "sdxl", TINY_FLUX: "flux", TINY_FLUX_SCHNELL: "flux",
+                                       TINY_SD3: "sd3"}
+"""The model family of each built-in diffusion model (`tinypipe.families`), known without building it."""
 
 
 def builtin_names(kind: str) -> list[str]:

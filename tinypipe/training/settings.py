@@ -92,7 +92,7 @@ def check_training_settings(arguments: Mapping[str, Any], owner: str = "train()"
     """
 
     def refuse(name: str, rule: str, hint: str = "") -> None:
-        raise ConfigError(f"{owner}: {name} must be {rule}, got {arguments[name]!r}{hint}.")
+        raise ConfigError(f"{owner}: {name} must be {rule}{hint}, got {arguments[name]!r}.")
 
     for name, value in arguments.items():
         optional = value is None
@@ -100,13 +100,13 @@ def check_training_settings(arguments: Mapping[str, Any], owner: str = "train()"
             continue
         if name in _WHOLE_AT_LEAST_ONE or (name in _OPTIONAL_WHOLE_AT_LEAST_ONE and not optional):
             if not _is_whole(value) or value < 1:
-                refuse(name, "a whole number >= 1", " (or None)" if name in _OPTIONAL_WHOLE_AT_LEAST_ONE else "")
+                refuse(name, "a whole number >= 1", " (or None, null in JSON, for the default)" if name in _OPTIONAL_WHOLE_AT_LEAST_ONE else "")
         elif name in _WHOLE_AT_LEAST_ZERO or (name in _OPTIONAL_WHOLE_AT_LEAST_ZERO and not optional):
             if not _is_whole(value) or value < 0:
                 refuse(name, "a whole number >= 0", " (0 or None: no checkpoints)" if name == "checkpointing_steps" else "")
         elif name in _POSITIVE or (name in _OPTIONAL_POSITIVE and not optional):
             if not _is_number(value) or value <= 0:
-                refuse(name, "a number > 0", " (or None)" if name in _OPTIONAL_POSITIVE else "")
+                refuse(name, "a number > 0", " (or None, null in JSON, for the default)" if name in _OPTIONAL_POSITIVE else "")
         elif name in _NOT_NEGATIVE or (name in _OPTIONAL_NOT_NEGATIVE and not optional):
             if not _is_number(value) or value < 0:
                 refuse(name, "a number >= 0", " (0 or None: no clipping)" if name == "max_grad_norm" else "")
