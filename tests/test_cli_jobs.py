@@ -156,6 +156,13 @@ def test_resume_without_a_checkpoint_is_refused_saying_why(capsys):
     assert len(JobStore().recent()) == 1  # no new job
 
 
+def test_a_succeeded_job_without_checkpoints_is_not_told_to_resume_from_one(capsys):
+    job = ended_job(JobStore(), "short", status="succeeded")
+    code, _, err = run(capsys, "resume", job.id)
+    assert code == 2 and "larger max_train_steps" in err and "it starts over: this run wrote no checkpoint" in err
+    assert "resume_from_checkpoint" not in err
+
+
 def test_every_repo_command_takes_a_job_by_name_or_id_prefix_and_ambiguity_lists_the_ids(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)

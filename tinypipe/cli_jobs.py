@@ -156,19 +156,21 @@ def resume_request(job):
 
     if job.status in ACTIVE:
         raise JobError(f"Job {job.id} is still {job.status}; resume it once it has ended (or `tinypipe cancel {job.id}`).")
-    if job.status == "succeeded":
-        raise JobError(
-            f"Job {job.id} ({job.name}) already succeeded: it ran all its steps, so resuming it would train none. To train "
-            f"further, start a new job with a larger max_train_steps in --training-args (same model, data and options); "
-            f"with --output {job.output} and \"resume_from_checkpoint\": \"latest\" it continues from this run's newest "
-            "checkpoint instead of starting over.")
     folder = job.output / "checkpoints"
     found = sorted(folder.glob("checkpoint-*/complete.json")) if folder.is_dir() else []
+    if job.status == "succeeded":
+        further = (f"; with --output {job.output} and \"resume_from_checkpoint\": \"latest\" it continues from this run's "
+                   "newest checkpoint instead of starting over" if found else
+                   f" (it starts over: this run wrote no checkpoint in {folder})")
+        raise JobError(
+            f"Job {job.id} ({job.name}) already succeeded: it ran all its steps, so resuming it would train none. To train "
+            f"further, start a new job with a larger max_train_steps in --training-args (same model, data and options)"
+            f"{further}.")
     if not found:
         every = job.arguments.get("train_arguments", {}).get("checkpointing_steps")
-        raise JobError(f"Job {job.id} has no checkpoint to resume from: {folder} holds none (checkpointing_steps="
-                       f"{every if every is not None else 'the default'}; the run ended before the first one). Start "
-                       f"it again with `tinypipe {job.kind}`.")
+        raise JobError(f"Job {job.id} has no checkpoint to resume from: {folder} holds none (it writes one every "
+                       f"{every if every is not None else 'checkpointing_steps'} steps, and the job stopped "
+                       f"before the first: see `tinypipe logs {job.id}`). Start it again with `tinypipe {job.kind}`.")
     request = TrainRequest(**job.arguments)
     return replace(request, train_arguments={**request.train_arguments, "resume_from_checkpoint": "latest"})
 
