@@ -122,7 +122,7 @@ def test_unknown_lr_schedule():
 
 
 def test_max_train_steps_zero():
-    with pytest.raises(ConfigError, match="max_train_steps must be a whole number >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"max_train_steps must be a whole number >= 1 \(or None, null in JSON, for the default\), got 0"):
         LoRATrainer().train(**{**FAST, "max_train_steps": 0})
 
 
