@@ -67,7 +67,7 @@ training records of any format)."""
 
 BUILTIN_FAMILIES: Mapping[str, str] = {TINY_SD: "sd", TINY_SDXL: "sdxl", TINY_FLUX: "flux", TINY_FLUX_SCHNELL: "flux",
                                        TINY_SD3: "sd3"}
-"""The model family of each built-in diffusion model (`tinypipe.families`), known without building it."""
+"""The model family name (`"sd"`, `"flux"`, ...) of each built-in diffusion model, known without building it."""
 
 
 def builtin_names(kind: str) -> list[str]:
