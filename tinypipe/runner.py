@@ -128,6 +128,7 @@ def _check_family_options(request: TrainRequest, config_class: Any) -> None:
     from .builtin import BUILTIN_FAMILIES
     from .config.export_formats import check_export_formats
     from .families import family_named, family_of
+    from .families.base import method_of
 
     index = Path(request.model) / "model_index.json"
     if request.model in BUILTIN_FAMILIES:
@@ -138,12 +139,7 @@ def _check_family_options(request: TrainRequest, config_class: Any) -> None:
         return
     given = {name: request.train_arguments.get(name, parameter.default)
              for name, parameter in config_class._arguments_signature.parameters.items()}
-    if request.method == "textual-inversion":
-        family.check_method("textual_inversion")
-    elif request.method == "dreambooth":
-        family.check_method("dreambooth_lora" if given.get("use_lora") else "dreambooth_full")
-    else:
-        family.check_method("dreambooth_lora" if given.get("with_prior_preservation") else "lora")
+    family.check_method(method_of(request.method, given))
     check_export_formats(given.get("export_formats") or (), family.name)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-__all__ = ["ModelFamily", "TrainingObjective", "METHODS", "METHOD_NAMES"]
+__all__ = ["ModelFamily", "TrainingObjective", "METHODS", "METHOD_NAMES", "method_of"]
 
 METHODS = ("lora", "dreambooth_lora", "dreambooth_full", "textual_inversion")
 """The training methods a family may support: LoRA, DreamBooth-LoRA (with prior preservation), DreamBooth
@@ -32,6 +32,16 @@ METHOD_NAMES = {
 }
 """Each method as a user asks for it (the command line's --method and options, the trainer class): the names every
 refusal uses, never the internal ones of `METHODS`."""
+
+
+def method_of(command_method: str, settings: Mapping[str, Any]) -> str:
+    """The `METHODS` name of a run: its `--method` (`"lora"`, `"dreambooth"`, `"textual-inversion"`, as the trainer
+    classes' own) and the settings that change it (`with_prior_preservation` for LoRA, `use_lora` for DreamBooth)."""
+    if command_method == "textual-inversion":
+        return "textual_inversion"
+    if command_method == "dreambooth":
+        return "dreambooth_lora" if settings.get("use_lora") else "dreambooth_full"
+    return "dreambooth_lora" if settings.get("with_prior_preservation") else "lora"
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from typing import Any, Mapping, Optional
 from ..builtin.tiny_sd import TINY_SD
 from ..config import BaseArgsFromConfig, FromConfig, Ignore, TrainerConfigMixin, copy_signature, save_config, set_from_config
 from ..config.export_formats import check_export_formats
+from ..families.base import method_of
 from ..errors import ConfigError
 from ..models.diffusion import DiffusionPipeline
 from ..training import arguments as shared, diffusion_steps as steps, loop
@@ -172,7 +173,7 @@ class DreamBoothTrainer(TrainerConfigMixin):
             raise ConfigError(f"A full DreamBooth fine-tune (every weight) is not supported for the {pipeline.family.title} "
                               "family on one machine; train a DreamBooth LoRA instead: use_lora=True (tinypipe train-diffuser "
                               "--method dreambooth --training-args '{\"use_lora\": true}').")
-        pipeline.family.check_method("dreambooth_lora" if use_lora else "dreambooth_full")
+        pipeline.family.check_method(method_of("dreambooth", arguments))
         if export_formats and not use_lora:
             raise ConfigError(f"export_formats {export_formats!r} writes LoRA files, and use_lora is False (a full fine-tune, "
                               "whose model/ is a diffusers pipeline folder); set use_lora=True, or leave export_formats out.")

@@ -28,6 +28,7 @@ from typing import Any, Optional
 from ..builtin.tiny_sd import TINY_SD
 from ..config import BaseArgsFromConfig, FromConfig, Ignore, TrainerConfigMixin, copy_signature, save_config, set_from_config
 from ..config.export_formats import check_export_formats
+from ..families.base import method_of
 from ..models.diffusion import DiffusionPipeline
 from ..training import arguments as shared, diffusion_steps as steps, loop
 from ..training.checkpoints import save_checkpoint
@@ -144,7 +145,7 @@ class LoRATrainer(TrainerConfigMixin):
                                      "of images, a datasets.Dataset, or 'tinypipe/shapes'")
         check_prior_preservation(arguments)
         pipeline = self.model if self.model is not None else self.init_model(base_model).model
-        pipeline.family.check_method("dreambooth_lora" if with_prior_preservation else "lora")
+        pipeline.family.check_method(method_of("lora", arguments))
         export_formats = arguments["export_formats"] = list(check_export_formats(export_formats or (), pipeline.family.name)) or None
         rank, lora_alpha = steps.resolve_lora_settings(pipeline, rank=rank, lora_alpha=lora_alpha,
                                                        train_text_encoder=train_text_encoder)
